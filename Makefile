@@ -1,0 +1,33 @@
+# `make demo` and `make test` create the environment when it is missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.relprop-installed
+OUT ?= demo-out
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned, so that nothing below can pull another (CUDA) build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# test-only oracle, never a runtime dependency
+	$(PY) -m pip install -q --no-deps zennit==0.5.1 || echo "zennit not installed: its agreement tests will skip"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/relprop demo --out $(OUT)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/mypy src/relprop
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf $(VENV) $(OUT)

@@ -1,0 +1,24 @@
+"""relprop: Layer-wise Relevance Propagation for any eager PyTorch model, in one backward pass.
+
+>>> import relprop
+>>> expl = relprop.explain(model, x, target=y)      # doctest: +SKIP
+>>> expl.relevance                                   # doctest: +SKIP
+"""
+
+from . import composites, rules, targets
+from .errors import (
+    InvalidInputError,
+    RelpropError,
+    RuleAssignmentError,
+    UnsupportedOperationError,
+    UnsupportedOperationWarning,
+)
+from .explain import Explanation, explain
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "explain", "Explanation", "composites", "rules", "targets", "RelpropError",
+    "UnsupportedOperationError", "UnsupportedOperationWarning", "InvalidInputError",
+    "RuleAssignmentError",
+]

@@ -1,0 +1,57 @@
+"""Records of the rule-bearing op calls of one forward pass, in execution order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .rules import Rule
+
+
+@dataclass(eq=False)
+class OpCall:
+    """One call of an op that takes a rule (a layer, activation, max pooling or product).
+
+    ``index`` is the position in execution order among all such calls; ``call`` counts how
+    often ``module`` had already run before (a module called twice has two records).
+    """
+
+    index: int
+    kind: str
+    op_name: str
+    path: str
+    module: nn.Module | None
+    call: int = 0
+    fused: str | None = None
+    reads_input: bool = False
+    rule: Rule | None = None
+    gates: list[bool] = field(default_factory=list, repr=False)
+
+    @property
+    def name(self) -> str:
+        """``module.path`` (``#k`` for the k-th repeated call) and the op, e.g. ``features.0:conv2d``."""
+        where = self.path or "<model>"
+        if self.call:
+            where += f"#{self.call}"
+        op = self.op_name if self.fused is None else f"{self.op_name}+batch_norm"
+        return f"{where}:{op}"
+
+    @property
+    def module_type(self) -> type[nn.Module] | None:
+        return None if self.module is None else type(self.module)
+
+
+@dataclass
+class LedgerEntry:
+    """Relevance bookkeeping of one op call, summed per sample (shape ``(batch,)``)."""
+
+    name: str
+    rule: str
+    relevance_in: list[float]
+    relevance_out: list[float]
+
+    @property
+    def absorbed(self) -> list[float]:
+        """What the bias, the stabiliser or dropped inputs took: ``in − out`` per sample."""
+        return [i - o for i, o in zip(self.relevance_in, self.relevance_out)]

@@ -1,0 +1,133 @@
+"""Autograd functions that compute the model's own forward and apply a rule on the way back.
+
+Each returns exactly what the model computed, so the explained output is the model's output
+to the bit; the backward reads the rule the composite assigned to the call after the
+forward pass (rules by position, such as "the first layer", need the whole pass first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._calls import OpCall
+from ._ops import LinearOp
+from .rules import Gradient, LayerRule, Pass, Product, SumPooling, WinnerTakeAll
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+
+class LayerFunction(torch.autograd.Function):
+    """A linear layer call (possibly with a BatchNorm merged in) under a :class:`LayerRule`."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, op: LinearOp, call: OpCall, session: Session,
+                compute: Callable[[], Tensor]) -> Tensor:
+        z = compute()
+        ctx.save_for_backward(a, z)
+        ctx.op, ctx.call, ctx.session = op, call, session
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        a, z = ctx.saved_tensors
+        call: OpCall = ctx.call
+        rule = call.rule
+        assert isinstance(rule, LayerRule)
+        out = rule.propagate(ctx.op, a, z, grad)
+        if rule.factorizes:
+            ctx.session.log(call, z * grad, a * out)
+            return out, None, None, None, None
+        return ctx.session.relevance_to_grad(call, out, a, z * grad), None, None, None, None
+
+
+class ElementwiseFunction(torch.autograd.Function):
+    """An elementwise activation ``z = f(a)``: identity rule or its own gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, fn: Callable[[Tensor], Tensor], call: OpCall,
+                session: Session) -> Tensor:
+        z = fn(a)
+        ctx.save_for_backward(a, z)
+        ctx.fn, ctx.call, ctx.session = fn, call, session
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        a, z = ctx.saved_tensors
+        rule = ctx.call.rule
+        if isinstance(rule, Gradient):
+            with torch.enable_grad():
+                a_ = a.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(ctx.fn(a_), a_, grad)
+        else:
+            assert isinstance(rule, Pass)
+            g = rule.propagate(None, a, z, grad)
+        ctx.session.log(ctx.call, z * grad, a * g)
+        return g, None, None, None
+
+
+class MaxPoolFunction(torch.autograd.Function):
+    """Max pooling: winner-take-all, or redistribution as if it were sum pooling."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, options: dict[str, Any], call: OpCall,
+                session: Session) -> tuple[Tensor, Tensor]:
+        nd = a.dim() - 2
+        pool = getattr(F, f"max_pool{nd}d")
+        z, indices = pool(a, return_indices=True, **options)
+        ctx.save_for_backward(a, z, indices)
+        ctx.options, ctx.call, ctx.session = options, call, session
+        ctx.mark_non_differentiable(indices)
+        return z, indices
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
+        a, z, indices = ctx.saved_tensors
+        rule = ctx.call.rule
+        if isinstance(rule, SumPooling):
+            g = _sum_pool_grad(a, z * grad, ctx.options, rule.stabilizer)
+        else:
+            assert isinstance(rule, WinnerTakeAll)
+            g = torch.zeros_like(a).flatten(2)
+            g.scatter_add_(2, indices.flatten(2), grad.flatten(2))
+            g = g.view_as(a)
+        ctx.session.log(ctx.call, z * grad, a * g)
+        return g, None, None, None
+
+
+def _sum_pool_grad(a: Tensor, relevance: Tensor, options: dict[str, Any],
+                   stabilizer: float) -> Tensor:
+    if options.get("dilation", 1) not in (1, (1,), (1, 1), (1, 1, 1)):
+        raise ValueError("SumPooling cannot treat a dilated max pooling as sum pooling")
+    nd = a.dim() - 2
+    avg = getattr(F, f"avg_pool{nd}d")
+    kwargs = {k: options[k] for k in ("kernel_size", "stride", "padding", "ceil_mode")}
+    with torch.enable_grad():
+        a_ = a.detach().requires_grad_(True)
+        mean = avg(a_, **kwargs)
+        denom = mean + stabilizer * torch.where(mean >= 0, 1.0, -1.0).to(mean.dtype)
+        (g,) = torch.autograd.grad(mean, a_, relevance / denom)
+    return g
+
+
+class ShareFunction(torch.autograd.Function):
+    """Identity on one factor of a product; scales its gradient by the factor's share."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor, call: OpCall, position: int, session: Session) -> Tensor:
+        ctx.call, ctx.position, ctx.session = call, position, session
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        call: OpCall = ctx.call
+        rule = call.rule
+        assert isinstance(rule, Product)
+        share = rule.shares(call.gates)[ctx.position]
+        return grad * share, None, None, None

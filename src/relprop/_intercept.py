@@ -1,0 +1,253 @@
+"""The torch-function mode that routes rule-bearing op calls through relprop's functions.
+
+Layers (linear, conv, transposed conv), BatchNorm, activations other than ReLU, max pooling
+and products of two activations are replaced by autograd functions that compute the same
+output and apply a rule on the way back. Every other op runs unchanged: if it is linear its
+gradient already is LRP-0, and :mod:`relprop._graph` checks the rest after the forward pass.
+Parameters are detached at the call, so the graph holds only what depends on the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.overrides import TorchFunctionMode, resolve_name
+
+from ._functions import ElementwiseFunction, LayerFunction, MaxPoolFunction, ShareFunction
+from ._ops import LinearOp, linear_op_from_call
+from ._session import Session
+from .errors import UnsupportedOperationError
+
+Handler = Callable[[Session, Callable[..., Any], str, tuple[Any, ...], dict[str, Any]], Any]
+
+_PREFIXES = ("torch.nn.functional.", "torch.Tensor.", "torch.functional.", "torch.")
+
+ACTIVATIONS = frozenset({
+    "silu", "gelu", "elu", "selu", "celu", "softplus", "mish", "hardswish", "hardsigmoid",
+    "sigmoid", "tanh", "relu6", "hardtanh", "logsigmoid", "softsign", "tanhshrink",
+})
+GATES = frozenset({"sigmoid", "hardsigmoid"})
+PRODUCTS = frozenset({"mul", "__mul__", "__rmul__", "matmul", "__matmul__", "__rmatmul__",
+                      "bmm", "einsum"})
+SHAPE_OPS = frozenset({
+    "view", "reshape", "expand", "expand_as", "view_as", "unsqueeze", "squeeze", "flatten",
+    "permute", "transpose", "contiguous", "__getitem__", "repeat", "clone",
+})
+_IN_PLACE = {
+    "add_": "add", "__iadd__": "add", "sub_": "sub", "__isub__": "sub", "mul_": "mul",
+    "__imul__": "mul", "div_": "div", "__itruediv__": "div", "relu_": "relu",
+    "sigmoid_": "sigmoid", "tanh_": "tanh", "clamp_": "clamp", "clamp_min_": "clamp_min",
+}
+
+
+#: position of a positional ``inplace`` argument, for functions that take one
+_INPLACE_POSITION = {"relu": 1, "selu": 1, "elu": 2, "celu": 2, "leaky_relu": 2,
+                     "hardtanh": 3, "threshold": 3, "dropout": 3, "rrelu": 4}
+
+
+def _out_of_place(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                  ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Turn ``inplace=True`` off: our functions keep their outputs for the backward pass."""
+    if kwargs.get("inplace"):
+        kwargs = {**kwargs, "inplace": False}
+    position = _INPLACE_POSITION.get(name)
+    if position is not None and len(args) > position and args[position] is True:
+        args = args[:position] + (False,) + args[position + 1:]
+    return args, kwargs
+
+
+def short_name(func: Callable[..., Any]) -> str:
+    name = resolve_name(func) or getattr(func, "__name__", repr(func))
+    for prefix in _PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def _on_path(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.requires_grad
+
+
+def _detach_leaves(value: Any, x: Tensor) -> Any:
+    """Parameters (and other leaves that are not the input) become constants."""
+    if isinstance(value, Tensor):
+        if value.requires_grad and value.grad_fn is None and value is not x:
+            return value.detach()
+        return value
+    if isinstance(value, list | tuple) and any(isinstance(v, Tensor) for v in value):
+        return type(value)(_detach_leaves(v, x) for v in value)
+    return value
+
+
+def _reads_input(session: Session, a: Tensor) -> bool:
+    x = session.x
+    if a is x:
+        return True
+    return a._base is x and a.is_contiguous() and a.numel() == x.numel()
+
+
+def _layer(session: Session, func: Callable[..., Any], name: str,
+           args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    a, op = linear_op_from_call(name, args, kwargs)
+    if not _on_path(a) or _on_path(op.weight) or _on_path(op.bias):
+        return func(*args, **kwargs)  # constant, or a weight computed from the input
+    kind = op.kind
+    call = session.new_call(kind, name, reads_input=_reads_input(session, a))
+    out = LayerFunction.apply(a, op, call, session, lambda: func(*args, **kwargs))
+    session.producers[id(out)] = (_weakref(out), call, op, a)
+    return out
+
+
+def _weakref(t: Tensor) -> Any:
+    import weakref
+
+    return weakref.ref(t)
+
+
+def _batch_norm(session: Session, func: Callable[..., Any], name: str,
+                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum",
+             "eps")
+    bound: dict[str, Any] = {"weight": None, "bias": None, "training": False, "eps": 1e-5}
+    bound.update(zip(names, args))
+    bound.update(kwargs)
+    x = bound["input"]
+    if not _on_path(x):
+        return func(*args, **kwargs)
+    path, _, _ = session.where()
+    if bound["training"] or bound["running_mean"] is None:
+        raise UnsupportedOperationError(
+            f"batch_norm at '{path or '<model>'}' normalises with batch statistics (module in "
+            "training mode or track_running_stats=False), so each sample's output depends on "
+            "the others. Call model.eval() and use running statistics."
+        )
+    var, mean = bound["running_var"], bound["running_mean"]
+    scale = torch.rsqrt(var + bound["eps"])
+    if bound["weight"] is not None:
+        scale = scale * bound["weight"]
+    shift = -mean * scale
+    if bound["bias"] is not None:
+        shift = shift + bound["bias"]
+    channels = scale.numel()
+    producer = session.producers.pop(id(x), None)
+    if producer is not None and producer[0]() is x and producer[2].can_fuse_affine_on(x, channels):
+        _, call, op, a = producer
+        call.fused = path
+        fused = op.fuse_affine(scale, shift)
+        out = LayerFunction.apply(a, fused, call, session, lambda: func(x.detach(), *args[1:],
+                                                                           **kwargs))
+        session.producers[id(out)] = (_weakref(out), call, fused, a)
+        return out
+    op = LinearOp("norm", scale, shift, {})
+    call = session.new_call("norm", name, reads_input=_reads_input(session, x))
+    return LayerFunction.apply(x, op, call, session, lambda: func(*args, **kwargs))
+
+
+def _activation(session: Session, func: Callable[..., Any], name: str,
+                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    a = args[0]
+    if not _on_path(a):
+        return func(*args, **kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
+    rest = args[1:]
+    call = session.new_call("activation", name)
+    out = ElementwiseFunction.apply(a, lambda t: func(t, *rest, **kwargs), call, session)
+    if name in GATES:
+        session.mark_gate(out)
+    return out
+
+
+def _max_pool(session: Session, func: Callable[..., Any], name: str,
+              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
+             "return_indices")
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    a = bound.pop("input")
+    if not _on_path(a):
+        return func(*args, **kwargs)
+    return_indices = bool(bound.pop("return_indices", False))
+    options = {"kernel_size": bound["kernel_size"], "stride": bound.get("stride"),
+               "padding": bound.get("padding", 0), "dilation": bound.get("dilation", 1),
+               "ceil_mode": bound.get("ceil_mode", False)}
+    call = session.new_call("max_pool", name)
+    out, indices = MaxPoolFunction.apply(a, options, call, session)
+    return (out, indices) if return_indices else out
+
+
+def _product(session: Session, func: Callable[..., Any], name: str,
+             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    operands = list(args[1]) if name == "einsum" and len(args) == 2 and isinstance(
+        args[1], list | tuple) else list(args[1:] if name == "einsum" else args)
+    on_path = [i for i, t in enumerate(operands) if _on_path(t)]
+    if len(on_path) < 2:
+        return func(*args, **kwargs)
+    call = session.new_call("product", name)
+    call.gates = [session.is_gate(operands[i]) for i in on_path]
+    for position, i in enumerate(on_path):
+        operands[i] = ShareFunction.apply(operands[i], call, position, session)
+    if name == "einsum":
+        equation = args[0]
+        return func(equation, *operands, **kwargs)
+    return func(*operands, **kwargs)
+
+
+_HANDLERS: dict[str, Handler] = {
+    **{n: _layer for n in ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+                           "conv_transpose2d", "conv_transpose3d")},
+    "batch_norm": _batch_norm,
+    **{n: _activation for n in ACTIVATIONS},
+    **{n: _max_pool for n in ("max_pool1d", "max_pool2d", "max_pool3d")},
+    **{n: _product for n in PRODUCTS},
+}
+
+
+class Interceptor(TorchFunctionMode):
+    """Routes each op call of the forward pass to its handler (see module docstring)."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+        self._names: dict[Any, str] = {}
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any,
+                           args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+                           ) -> Any:
+        session = self.session
+        name = self._names.get(func)
+        if name is None:
+            name = self._names[func] = short_name(func)
+        x = session.x
+        args = tuple(_detach_leaves(v, x) for v in args)
+        kwargs = {k: _detach_leaves(v, x) for k, v in (kwargs or {}).items()}
+        if name in _IN_PLACE and any(_on_path(v) for v in args):
+            name = _IN_PLACE[name]
+            func = getattr(torch, name)
+        elif args and _on_path(args[0]):
+            args, kwargs = _out_of_place(name, args, kwargs)
+        handler = _HANDLERS.get(name)
+        out = func(*args, **kwargs) if handler is None else handler(session, func, name, args,
+                                                                    kwargs)
+        self._stamp(out, name, handler is not None, args)
+        return out
+
+    def _stamp(self, out: Any, name: str, handled: bool, args: tuple[Any, ...]) -> None:
+        session = self.session
+        outs = out if isinstance(out, tuple | list) else (out,)
+        path = session.where()[0] or "<model>"
+        for t in outs:
+            if not isinstance(t, Tensor) or t.grad_fn is None:
+                continue
+            node = t.grad_fn
+            if node not in session.node_info:
+                session.node_info[node] = (path, name)
+            if handled:
+                session.approved.add(node)
+                for parent, _ in node.next_functions:
+                    if parent is not None and type(parent).__name__ == "ShareFunctionBackward":
+                        session.approved.add(parent)
+            elif name in SHAPE_OPS and args and session.is_gate(args[0]):
+                session.mark_gate(t)

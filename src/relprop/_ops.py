@@ -1,0 +1,152 @@
+"""Linear maps as the model called them: forward with any weights, and the input-vjp.
+
+A :class:`LinearOp` is ``z = W a + b`` for one call of a linear, convolution, transposed
+convolution or elementwise-affine (stand-alone BatchNorm) op. Rules evaluate the op with
+modified weights ``rho(W)`` (``forward``) and pull a signal back through it (``input_vjp``)
+without ever touching the model's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: op kinds that are linear layers with weights (rules with rho(W) apply to them)
+LAYER_KINDS = frozenset({"linear", "conv", "conv_transpose", "norm"})
+
+
+def _tuple(value: Any, n: int) -> list[int]:
+    if isinstance(value, int):
+        return [value] * n
+    return [int(v) for v in value]
+
+
+@dataclass(frozen=True)
+class LinearOp:
+    """One call of a linear op, with detached weights; ``kind`` selects the maths."""
+
+    kind: str  # "linear" | "conv" | "conv_transpose" | "norm"
+    weight: Tensor
+    bias: Tensor | None
+    options: dict[str, Any]
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, a: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The op evaluated on ``a`` with the given (possibly modified) weight and bias."""
+        if self.kind == "linear":
+            return F.linear(a, weight, bias)
+        if self.kind == "norm":
+            out = a * self._channel_view(weight, a)
+            return out if bias is None else out + self._channel_view(bias, a)
+        fn = self.options["fn"]
+        if self.kind == "conv":
+            o = self.options
+            return fn(a, weight, bias, o["stride"], o["padding"], o["dilation"], o["groups"])
+        o = self.options
+        return fn(
+            a, weight, bias, o["stride"], o["padding"], o["output_padding"], o["groups"],
+            o["dilation"],
+        )
+
+    def add_bias(self, z: Tensor, bias: Tensor | None) -> Tensor:
+        """``z + bias`` broadcast along the op's output-channel dimension."""
+        if bias is None:
+            return z
+        if self.kind == "linear":
+            return z + bias
+        return z + self._channel_view(bias, z)
+
+    @staticmethod
+    def _channel_view(values: Tensor, like: Tensor) -> Tensor:
+        shape = [1] * like.dim()
+        shape[1 if like.dim() > 1 else 0] = -1
+        return values.reshape(shape)
+
+    # -- backward ------------------------------------------------------------------------
+    def input_vjp(self, a: Tensor, weight: Tensor, grad: Tensor) -> Tensor:
+        """``sum_k w_jk grad_k``: the vector-Jacobian product of the op w.r.t. its input."""
+        if self.kind == "linear":
+            return grad @ weight
+        if self.kind == "norm":
+            return grad * self._channel_view(weight, a)
+        o = self.options
+        if isinstance(o["padding"], str):  # 'same' / 'valid': let autograd find the padding
+            with torch.enable_grad():
+                a_ = a.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(self.forward(a_, weight), a_, grad)
+            return g
+        nd = a.dim() - 2
+        transposed = self.kind == "conv_transpose"
+        return torch.ops.aten.convolution_backward(
+            grad, a, weight, None,
+            _tuple(o["stride"], nd), _tuple(o["padding"], nd), _tuple(o["dilation"], nd),
+            transposed, _tuple(o.get("output_padding", 0), nd), o["groups"],
+            [True, False, False],
+        )[0]
+
+    # -- structure -----------------------------------------------------------------------
+    def fuse_affine(self, scale: Tensor, shift: Tensor) -> LinearOp:
+        """The op followed by ``y = scale * z + shift`` per output channel, as one op."""
+        scale = scale.to(self.weight.dtype)
+        shift = shift.to(self.weight.dtype)
+        bias = shift if self.bias is None else self.bias * scale + shift
+        w = self.weight
+        if self.kind in ("linear", "conv", "norm"):
+            weight = w * scale.reshape([-1] + [1] * (w.dim() - 1))
+        else:  # conv_transpose weight: (C_in, C_out / groups, *k)
+            groups = self.options["groups"]
+            grouped = w.reshape(groups, w.shape[0] // groups, *w.shape[1:])
+            s = scale.reshape(groups, 1, w.shape[1], *([1] * (w.dim() - 2)))
+            weight = (grouped * s).reshape(w.shape)
+        return replace(self, weight=weight, bias=bias)
+
+    def can_fuse_affine_on(self, output: Tensor, channels: int) -> bool:
+        """Whether a per-channel affine over dim 1 of ``output`` acts on this op's channels."""
+        if self.kind == "linear":
+            return output.dim() == 2 and output.shape[1] == channels
+        return output.dim() >= 2 and output.shape[1] == channels
+
+
+_CONV_FNS: dict[str, tuple[str, Callable[..., Tensor]]] = {
+    "conv1d": ("conv", F.conv1d),
+    "conv2d": ("conv", F.conv2d),
+    "conv3d": ("conv", F.conv3d),
+    "conv_transpose1d": ("conv_transpose", F.conv_transpose1d),
+    "conv_transpose2d": ("conv_transpose", F.conv_transpose2d),
+    "conv_transpose3d": ("conv_transpose", F.conv_transpose3d),
+}
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONVT_ARGS = (
+    "input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation",
+)
+_DEFAULTS: dict[str, Any] = {
+    "bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1, "output_padding": 0,
+}
+
+
+def _bind(names: Sequence[str], args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    bound = dict(_DEFAULTS)
+    bound.update(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+def linear_op_from_call(short_name: str, args: Sequence[Any], kwargs: dict[str, Any]
+                        ) -> tuple[Tensor, LinearOp]:
+    """Parse a call of ``F.linear`` or a ``F.conv*`` into (input, LinearOp)."""
+    if short_name == "linear":
+        bound = _bind(("input", "weight", "bias"), args, kwargs)
+        op = LinearOp("linear", bound["weight"], bound["bias"], {})
+        return bound["input"], op
+    kind, fn = _CONV_FNS[short_name]
+    bound = _bind(_CONV_ARGS if kind == "conv" else _CONVT_ARGS, args, kwargs)
+    options = {k: bound[k] for k in ("stride", "padding", "dilation", "groups")}
+    options["fn"] = fn
+    if kind == "conv_transpose":
+        options["output_padding"] = bound["output_padding"]
+    return bound["input"], LinearOp(kind, bound["weight"], bound["bias"], options)

@@ -1,0 +1,126 @@
+"""The state of one explanation: module context, op records, and relevance bookkeeping.
+
+A :class:`Session` is created per call of :func:`relprop.explain`. Its hooks and its
+``TorchFunctionMode`` are installed only inside :meth:`Session.installed` and removed on the
+way out, exceptions included. Hooks act only for the thread that owns the session, and
+torch-function modes are thread-local, so two threads can explain the same model at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._calls import LedgerEntry, OpCall
+
+
+class Session:
+    """Everything one explanation records while the model runs forward and backward."""
+
+    def __init__(self, model: nn.Module, x: Tensor, record: bool) -> None:
+        self.model = model
+        self.x = x
+        self.record = record
+        self.thread = threading.get_ident()
+        self.paths: dict[nn.Module, str] = {m: name for name, m in model.named_modules()}
+        self.calls: list[OpCall] = []
+        self.stack: list[tuple[str, nn.Module, int]] = []
+        self.call_counts: dict[nn.Module, int] = {}
+        self.node_info: dict[Any, tuple[str, str]] = {}
+        self.approved: set[Any] = set()
+        self.producers: dict[int, tuple[weakref.ref[Tensor], OpCall, Any, Tensor]] = {}
+        self.gates: dict[int, weakref.ref[Tensor]] = {}
+        self.deposit: Tensor | None = None
+        self.ledger: list[LedgerEntry] = []
+        self.layers: dict[str, Tensor] = {}
+
+    def mark_gate(self, t: Tensor) -> None:
+        """Remember ``t`` as a gate (a sigmoid output, or a reshaped view of one)."""
+        self.gates[id(t)] = weakref.ref(t)
+
+    def is_gate(self, t: Any) -> bool:
+        ref = self.gates.get(id(t))
+        return ref is not None and ref() is t
+
+    # -- module context ------------------------------------------------------------------
+    def where(self) -> tuple[str, nn.Module | None, int]:
+        """The innermost running module: (path, module, how often it ran before)."""
+        if not self.stack:
+            return "", self.model, 0
+        return self.stack[-1]
+
+    def new_call(self, kind: str, op_name: str, reads_input: bool = False) -> OpCall:
+        path, module, count = self.where()
+        call = OpCall(len(self.calls), kind, op_name, path, module, count, reads_input=reads_input)
+        self.calls.append(call)
+        return call
+
+    def _pre_hook(self, module: nn.Module, args: Any) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        count = self.call_counts.get(module, 0)
+        self.call_counts[module] = count + 1
+        self.stack.append((self.paths.get(module, type(module).__name__), module, count))
+
+    def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if threading.get_ident() != self.thread or not self.stack:
+            return
+        path, _, count = self.stack.pop()
+        if self.record and isinstance(output, Tensor) and output.requires_grad:
+            name = path + (f"#{count}" if count else "")
+            detached = output.detach()
+
+            def keep(grad: Tensor, name: str = name, out: Tensor = detached) -> None:
+                self.layers[name] = out * grad
+
+            output.register_hook(keep)
+
+    @contextmanager
+    def installed(self, mode: Any) -> Iterator[None]:
+        """Hooks on every submodule and the interception mode, for the block's duration."""
+        with ExitStack() as stack:
+            for module in self.model.modules():
+                stack.callback(module.register_forward_pre_hook(self._pre_hook).remove)
+                handle = module.register_forward_hook(self._post_hook, always_call=True)
+                stack.callback(handle.remove)
+            stack.enter_context(mode)
+            yield
+
+    # -- relevance bookkeeping -----------------------------------------------------------
+    def log(self, call: OpCall, relevance_in: Tensor, relevance_out: Tensor) -> None:
+        """Record relevance arriving at a call's output and leaving through its input."""
+        if not self.record:
+            return
+        self.ledger.append(LedgerEntry(
+            call.name, repr(call.rule), _per_sample(relevance_in), _per_sample(relevance_out)
+        ))
+
+    def relevance_to_grad(self, call: OpCall, relevance: Tensor, a: Tensor,
+                          relevance_in: Tensor) -> Tensor:
+        """Turn a rule's input relevance into the signal ``G = R / a`` the engine carries.
+
+        On the explained input itself the relevance is kept as is (so z^B, flat and w² give
+        pixels of value 0 their share); elsewhere relevance on inputs that are exactly 0
+        cannot be carried and is reported as absorbed in the ledger.
+        """
+        if call.reads_input:
+            flat = relevance.reshape(self.x.shape)
+            self.deposit = flat if self.deposit is None else self.deposit + flat
+            self.log(call, relevance_in, relevance)
+            return torch.zeros_like(a)
+        nonzero = a != 0
+        grad = relevance / torch.where(nonzero, a, torch.ones_like(a)) * nonzero
+        self.log(call, relevance_in, a * grad)
+        return grad
+
+
+def _per_sample(t: Tensor) -> list[float]:
+    if t.dim() == 0:
+        return [float(t)]
+    return t.detach().reshape(t.shape[0], -1).sum(dim=1).double().tolist()

@@ -1,0 +1,92 @@
+"""The ``relprop`` command line: ``relprop demo --out DIR [--n N]``.
+
+Each subcommand is a pair of functions, ``_add_<name>(subparsers)`` to declare its arguments and
+``_run_<name>(args) -> int`` to run it, registered in :data:`COMMANDS`; add new ones there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    p.add_argument("--n", type=int, default=6, help="number of test digits (default 6, max 100)")
+    p.add_argument(
+        "--target",
+        choices=("predicted", "true"),
+        default="predicted",
+        help="explain the predicted class (default) or the true label",
+    )
+    p.add_argument("--scale", type=int, default=8, help="pixel upscaling factor (default 8)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo import format_conservation, load_digits_cnn, run_demo
+
+    start = time.perf_counter()
+    png = run_demo(args.out, args.n, target=args.target, scale=args.scale)
+    elapsed = time.perf_counter() - start
+    result = torch.load(png.parent / "explanations.pt", weights_only=True)
+    acc = load_digits_cnn().meta.get("test_accuracy")
+    acc_text = f" (test accuracy {acc:.1%})" if isinstance(acc, float) else ""
+    print(f"model: DigitsCNN on 8x8 digits{acc_text}; explained the {args.target} class")
+    print(f"wrote {png}")
+    print(f"      {png.parent / 'explanations.pt'}")
+    print(f"      {png.parent / 'README.txt'}")
+    print("columns: input | " + " | ".join(result["methods"]))
+    print("\nconservation check, sum of input relevance vs explained logit:")
+    print(format_conservation(result))
+    print(f"\ndone in {elapsed:.2f}s")
+    return 0
+
+
+#: The subcommands: (name, add_arguments, run), with the description from ``run``'s docstring.
+COMMANDS: list[Command] = [
+    ("demo", _add_demo, _run_demo),
+]
+_HELP = {
+    "demo": "explain a small digits CNN with LRP-0, -ε, -γ and a composite; write a PNG grid",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="relprop", description="Layer-wise Relevance Propagation for PyTorch."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, add, run in COMMANDS:
+        p = sub.add_parser(name, help=_HELP.get(name), description=_HELP.get(name))
+        add(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(None if argv is None else list(argv))
+    if getattr(args, "_run", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        status: int = args._run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"relprop {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

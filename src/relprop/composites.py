@@ -1,0 +1,242 @@
+"""Composites: which rule each op call gets, by op kind, module type, name and position.
+
+A :class:`Composite` is an ordered list of ``(selector, rule)`` pairs; each op call of the
+forward pass takes the first rule whose selector matches it and that can apply to its kind
+(a conv never gets :class:`~relprop.rules.Pass`, a ReLU never gets γ). Unmatched calls get the
+kind's default: LRP-0 for layers, ε (1e-6) for stand-alone BatchNorm, the identity rule for
+activations, winner-take-all for max pooling, the product rule for products.
+
+Positions are in *execution* order ("the first layer that runs"), decided after the forward
+pass, so "the dense layers at the top" means the linear calls after the last convolution.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from ._calls import OpCall
+from .errors import RuleAssignmentError
+from .rules import (
+    AlphaBeta, Epsilon, Flat, Gamma, Pass, Product, Rule, WinnerTakeAll, ZBox, Zero, ZPlus,
+)
+
+#: op kinds that count as layers for positions ("first", "top")
+LAYERS = ("linear", "conv", "conv_transpose")
+CONVS = ("conv", "conv_transpose")
+
+Bound = float | Sequence[float] | Tensor
+
+
+@dataclass
+class Layout:
+    """Positions of the layer calls of one forward pass, for position selectors."""
+
+    calls: Sequence[OpCall]
+    layer_position: dict[int, int] = field(default_factory=dict)
+    conv_position: dict[int, int] = field(default_factory=dict)
+    last_conv: int = -1
+
+    def __post_init__(self) -> None:
+        for call in self.calls:
+            if call.kind in LAYERS:
+                self.layer_position[call.index] = len(self.layer_position)
+            if call.kind in CONVS:
+                self.conv_position[call.index] = len(self.conv_position)
+                self.last_conv = call.index
+
+
+class Selector:
+    """A predicate over op calls; combine with ``&``, ``|`` and ``~``."""
+
+    def __init__(self, predicate: Callable[[OpCall, Layout], bool], description: str) -> None:
+        self.predicate = predicate
+        self.description = description
+
+    def __call__(self, call: OpCall, layout: Layout) -> bool:
+        return self.predicate(call, layout)
+
+    def __and__(self, other: Selector) -> Selector:
+        return Selector(lambda c, lay: self(c, lay) and other(c, lay),
+                        f"({self.description} & {other.description})")
+
+    def __or__(self, other: Selector) -> Selector:
+        return Selector(lambda c, lay: self(c, lay) or other(c, lay),
+                        f"({self.description} | {other.description})")
+
+    def __invert__(self) -> Selector:
+        return Selector(lambda c, lay: not self(c, lay), f"~{self.description}")
+
+    def __repr__(self) -> str:
+        return self.description
+
+
+def kind(*kinds: str) -> Selector:
+    """Calls of these op kinds: linear, conv, conv_transpose, norm, activation, max_pool, product."""
+    wanted = frozenset(kinds)
+    return Selector(lambda c, _: c.kind in wanted, f"kind{tuple(kinds)}")
+
+
+def layer_type(*types: type[nn.Module]) -> Selector:
+    """Calls made inside modules of these types (functional calls match their enclosing module)."""
+    return Selector(lambda c, _: isinstance(c.module, types),
+                    f"layer_type({', '.join(t.__name__ for t in types)})")
+
+
+def name(*patterns: str) -> Selector:
+    """Calls whose module path matches one of the glob patterns, e.g. ``"features.*"``."""
+    return Selector(lambda c, _: any(fnmatch.fnmatchcase(c.path, p) for p in patterns),
+                    f"name{patterns}")
+
+
+def first_layers(n: int = 1) -> Selector:
+    """The first ``n`` layer calls (linear, conv, transposed conv) in execution order."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return Selector(lambda c, lay: lay.layer_position.get(c.index, n) < n, f"first_layers({n})")
+
+
+def top_dense() -> Selector:
+    """The linear calls that run after the last convolution (all of them if there is none)."""
+    return Selector(lambda c, lay: c.kind == "linear" and c.index > lay.last_conv, "top_dense()")
+
+
+def lower_convs(fraction: float) -> Selector:
+    """The first ``fraction`` of the convolution calls in execution order."""
+    def pick(c: OpCall, lay: Layout) -> bool:
+        if c.index not in lay.conv_position:
+            return False
+        return lay.conv_position[c.index] < round(fraction * len(lay.conv_position))
+    return Selector(pick, f"lower_convs({fraction})")
+
+
+DEFAULTS: dict[str, Rule] = {
+    "linear": Zero(), "conv": Zero(), "conv_transpose": Zero(), "norm": Epsilon(1e-6),
+    "activation": Pass(), "max_pool": WinnerTakeAll(), "product": Product(),
+}
+
+
+class Composite:
+    """An ordered list of ``(selector, rule)``: the first match that fits the op kind wins."""
+
+    def __init__(self, rules: Sequence[tuple[Selector, Rule]], name: str = "custom") -> None:
+        for pair in rules:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], Rule)):
+                raise RuleAssignmentError(f"composite entries must be (selector, rule), got {pair!r}")
+        self.rules = list(rules)
+        self.name = name
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"({s!r}, {r!r})" for s, r in self.rules)
+        return f"Composite[{self.name}]({inner})"
+
+    def rule_for(self, call: OpCall, layout: Layout) -> Rule:
+        for selector, rule in self.rules:
+            if call.kind in rule.kinds and selector(call, layout):
+                return rule
+        return DEFAULTS[call.kind]
+
+    def assign(self, calls: Sequence[OpCall]) -> None:
+        """Give every call its rule (after the forward pass, before the backward pass)."""
+        layout = Layout(calls)
+        for call in calls:
+            call.rule = self.rule_for(call, layout)
+
+
+def uniform(rule: Rule) -> Composite:
+    """One rule on every op it applies to (e.g. ``uniform(Zero())`` is Gradient × Input on ReLU nets)."""
+    return Composite([(kind(*rule.kinds), rule)], f"uniform({rule!r})")
+
+
+def _dense_conv(dense: Rule, conv: Rule, first: Rule | None, name: str) -> Composite:
+    rules: list[tuple[Selector, Rule]] = []
+    if first is not None:
+        rules.append((first_layers(1), first))
+    rules += [(kind("linear"), dense), (kind(*CONVS), conv)]
+    return Composite(rules, name)
+
+
+def epsilon_plus(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """ε on dense layers, z⁺ on convolutions (Zennit's ``EpsilonPlus``)."""
+    return _dense_conv(Epsilon(epsilon), ZPlus(stabilizer), None, "epsilon_plus")
+
+
+def epsilon_plus_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """``epsilon_plus`` with the flat rule on the first layer (Zennit's ``EpsilonPlusFlat``).
+
+    The default of :func:`relprop.explain`: it is LRP_CMP:α1+♭ of Kohlbrenner et al. (2020),
+    which localised objects far better than uniform rules there, and it needs no input bounds,
+    so it is right whatever the input normalisation.
+    """
+    return _dense_conv(Epsilon(epsilon), ZPlus(stabilizer), Flat(stabilizer), "epsilon_plus_flat")
+
+
+def epsilon_alpha2_beta1(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """ε on dense layers, α2β1 on convolutions (Zennit's ``EpsilonAlpha2Beta1``)."""
+    return _dense_conv(Epsilon(epsilon), AlphaBeta(2.0, 1.0, stabilizer), None,
+                       "epsilon_alpha2_beta1")
+
+
+def epsilon_alpha2_beta1_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """``epsilon_alpha2_beta1`` with the flat rule on the first layer."""
+    return _dense_conv(Epsilon(epsilon), AlphaBeta(2.0, 1.0, stabilizer), Flat(stabilizer),
+                       "epsilon_alpha2_beta1_flat")
+
+
+def epsilon_gamma_box(low: Bound, high: Bound, epsilon: float = 1e-6, gamma: float = 0.25,
+                      stabilizer: float = 1e-6) -> Composite:
+    """z^B(low, high) on the first layer, γ on convolutions, ε on dense layers (Zennit's
+    ``EpsilonGammaBox``). ``low``/``high`` bound the input, scalars or one value per channel."""
+    return _dense_conv(Epsilon(epsilon), Gamma(gamma, stabilizer),
+                       ZBox(_bound(low), _bound(high), stabilizer), "epsilon_gamma_box")
+
+
+def montavon2019(low: Bound = 0.0, high: Bound = 1.0, gamma: float = 0.25,
+                 epsilon: float = 0.25, lower_fraction: float = 0.5) -> Composite:
+    """The composite of Montavon et al. (2019), Fig. 10.4.
+
+    LRP-0 on the dense layers at the top, ε = ``epsilon`` × std on the upper convolutions, γ on
+    the lower ``lower_fraction`` of the convolutions, z^B at the pixels (first layer).
+    """
+    return Composite([
+        (first_layers(1), ZBox(_bound(low), _bound(high))),
+        (top_dense(), Zero()),
+        (lower_convs(lower_fraction), Gamma(gamma)),
+        (kind(*LAYERS), Epsilon(epsilon, relative_to_std=True)),
+    ], "montavon2019")
+
+
+def lrp_cmp(alpha: float = 2.0, flat_layers: int = 0, epsilon: float = 1e-6) -> Composite:
+    """LRP_CMP:α (Kohlbrenner et al. 2020): ε on dense layers, αβ (β = α − 1) on convolutions,
+    and with ``flat_layers = n`` the flat rule (♭) on the first ``n`` layers."""
+    if alpha < 1:
+        raise ValueError(f"alpha must be >= 1 (beta = alpha - 1 >= 0), got {alpha!r}")
+    rules: list[tuple[Selector, Rule]] = []
+    if flat_layers:
+        rules.append((first_layers(flat_layers), Flat()))
+    rules += [(kind("linear"), Epsilon(epsilon)), (kind(*CONVS), AlphaBeta(alpha, alpha - 1.0))]
+    suffix = f"+flat{flat_layers}" if flat_layers else ""
+    return Composite(rules, f"lrp_cmp(alpha={alpha}{suffix})")
+
+
+def default() -> Composite:
+    """The composite :func:`relprop.explain` uses when none is given: :func:`epsilon_plus_flat`."""
+    return epsilon_plus_flat()
+
+
+def _bound(value: Bound) -> float | list[float]:
+    if isinstance(value, float | int):
+        return float(value)
+    if isinstance(value, Tensor):
+        return value.detach().reshape(-1).tolist()
+    return [float(v) for v in value]
+
+
+__all__ = [
+    "Composite", "Selector", "Layout", "kind", "layer_type", "name", "first_layers", "top_dense",
+    "lower_convs", "uniform", "epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2_beta1",
+    "epsilon_alpha2_beta1_flat", "epsilon_gamma_box", "montavon2019", "lrp_cmp", "default",
+]

@@ -1,0 +1,368 @@
+"""LRP rules: how one op call redistributes the relevance of its output onto its input.
+
+Notation (Montavon et al. 2019, "Layer-wise relevance propagation: an overview", §10.2):
+``a_j`` are the op's inputs, ``w_jk`` its weights, ``z_k = sum_j a_j w_jk + b_k`` its outputs
+and ``R_k`` the relevance of output ``k``. The engine carries ``G = R / a`` backwards, so a
+layer rule returns ``c_j`` with ``R_j = a_j c_j`` (the four-step recipe of §10.2.2: forward with
+``rho(W)``, divide, vjp, multiply). Rules that do not factor through ``a`` (flat, w², z^B)
+return ``R_j`` itself and say so with ``factorizes = False``.
+
+Every rule is pure configuration; the maths are functions of ``(op, a, z, grad)`` where
+``grad = R / z`` is the signal arriving at the op's output.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ._ops import LAYER_KINDS, LinearOp
+
+__all__ = [
+    "Rule", "LayerRule", "Zero", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "Flat", "WSquare",
+    "ZBox", "Pass", "Gradient", "WinnerTakeAll", "SumPooling", "Product",
+]
+
+
+def sign0(x: Tensor) -> Tensor:
+    """``sign(x)`` with ``sign(0) = +1``, so that ``x + eps * sign0(x)`` is never 0 for eps > 0."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def stabilize(denominator: Tensor, epsilon: float | Tensor) -> Tensor:
+    """``z + eps * sign0(z)``: moves the denominator away from 0, keeping its sign."""
+    return denominator + epsilon * sign0(denominator)
+
+
+def _pos(t: Tensor) -> Tensor:
+    return t.clamp(min=0)
+
+
+def _neg(t: Tensor) -> Tensor:
+    return t.clamp(max=0)
+
+
+def _bias_part(op: LinearOp, sign: int) -> Tensor | None:
+    if op.bias is None:
+        return None
+    return _pos(op.bias) if sign > 0 else _neg(op.bias)
+
+
+def _positive_contributions(op: LinearOp, a: Tensor, nonneg: bool) -> Tensor:
+    """``P_k = sum_j (a_j w_jk)^+`` (bias excluded)."""
+    w = op.weight
+    if nonneg:
+        return op.forward(a, _pos(w))
+    return op.forward(_pos(a), _pos(w)) + op.forward(_neg(a), _neg(w))
+
+
+def _signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,
+                s_pos: Tensor | None, s_neg: Tensor | None) -> Tensor:
+    """``c_j`` with ``a_j c_j = sum_k (a_j w_jk)^+ s_pos_k + (a_j w_jk)^- s_neg_k``.
+
+    For ``a_j > 0`` the positive contributions are ``a_j w^+``, for ``a_j < 0`` they are
+    ``a_j w^-``: this is what makes γ, αβ and z⁺ correct on inputs of both signs.
+    """
+    w = op.weight
+    w_pos, w_neg = _pos(w), _neg(w)
+
+    def pull(weight_for_pos: Tensor, weight_for_neg: Tensor) -> Tensor:
+        total = torch.zeros_like(a)
+        if s_pos is not None:
+            total = total + op.input_vjp(a, weight_for_pos, s_pos)
+        if s_neg is not None:
+            total = total + op.input_vjp(a, weight_for_neg, s_neg)
+        return total
+
+    if nonneg:
+        return pull(w_pos, w_neg)
+    return (a > 0) * pull(w_pos, w_neg) + (a < 0) * pull(w_neg, w_pos)
+
+
+class Rule:
+    """A propagation rule; ``kinds`` names the op kinds it can be given to."""
+
+    kinds: ClassVar[frozenset[str]] = frozenset()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class LayerRule(Rule):
+    """A rule for linear layers ``z = W a + b`` (linear, conv, transposed conv, BatchNorm)."""
+
+    kinds = LAYER_KINDS
+    #: True: :meth:`propagate` returns ``c`` with ``R_in = a * c``; False: it returns ``R_in``.
+    factorizes: ClassVar[bool] = True
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        if stabilizer < 0:
+            raise ValueError(f"stabilizer must be >= 0, got {stabilizer!r}")
+        self.stabilizer = float(stabilizer)
+
+    def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        """Map the signal ``grad = R_out / z`` at the output to ``c`` (or ``R_in``)."""
+        raise NotImplementedError
+
+
+class Zero(LayerRule):
+    """LRP-0 (Bach et al. 2015): ``R_j = sum_k a_j w_jk / (sum_{0,j} a_j w_jk) R_k``.
+
+    Uniform LRP-0 on a ReLU network equals Gradient × Input. The bias (j = 0) absorbs its
+    share. This is the plain input-vjp: no extra forward pass.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+
+    def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        return op.input_vjp(a, op.weight, grad)
+
+
+class Epsilon(LayerRule):
+    """LRP-ε (Bach et al. 2015), signed: ``R_j = sum_k a_j w_jk / (z_k + ε·sign(z_k)) R_k``.
+
+    ``sign(0) = +1`` (Kohlbrenner et al. 2020, Eq. 2). With ``relative_to_std=True``, ε is
+    a multiple of the standard deviation of ``z`` over each sample's outputs at that layer
+    ("ε = 0.25 std", Montavon et al. 2019, Fig. 10.4). Costs only an elementwise rescale of
+    the plain vjp: ``c = W^T (R / (z + ε sign z))``.
+    """
+
+    def __init__(self, epsilon: float = 1e-6, relative_to_std: bool = False) -> None:
+        if not epsilon >= 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
+        super().__init__(0.0)
+        self.epsilon = float(epsilon)
+        self.relative_to_std = bool(relative_to_std)
+
+    def _epsilon_for(self, z: Tensor) -> float | Tensor:
+        if not self.relative_to_std:
+            return self.epsilon
+        flat = z.reshape(z.shape[0], -1)
+        std = flat.std(dim=1, unbiased=False) if flat.shape[1] > 1 else flat.abs()[:, 0]
+        return (self.epsilon * std).reshape([-1] + [1] * (z.dim() - 1))
+
+    def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        denominator = stabilize(z, self._epsilon_for(z))
+        return op.input_vjp(a, op.weight, grad * z / denominator)
+
+
+class Gamma(LayerRule):
+    """LRP-γ (Montavon et al. 2019, §10.2.1), for inputs of either sign.
+
+    ``R_j = sum_k (a_j w_jk + γ (a_j w_jk)^σk) / (z_k + γ (sum_j (a_j w_jk)^σk + b_k^σk)) R_k``
+    where ``σk`` is the sign of ``z_k``: positive outputs favour positive contributions
+    ``(·)^+`` and negative outputs favour negative ones ``(·)^-``, so the denominator keeps the
+    sign of ``z_k`` and grows in size. For ``a ≥ 0`` and ``z > 0`` this is the paper's
+    ``rho(w) = w + γ w^+``; γ → ∞ gives z⁺ (= α1β0) on positive outputs.
+    """
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
+        if not gamma >= 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma!r}")
+        super().__init__(stabilizer)
+        self.gamma = float(gamma)
+
+    def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        gamma, w = self.gamma, op.weight
+        nonneg = not bool((a < 0).any())
+        relevance = z * grad
+        positive_out = z >= 0
+        p = _positive_contributions(op, a, nonneg)
+        b_pos, b_neg = _bias_part(op, 1), _bias_part(op, -1)
+        denom_pos = z + gamma * op.add_bias(p, b_pos)
+        s_pos = relevance / stabilize(denom_pos, self.stabilizer) * positive_out
+        negative_used = bool((relevance * ~positive_out).any())
+        if nonneg and not negative_used:  # ReLU-fed layer: one vjp with rho(W) = W + γW⁺
+            return op.input_vjp(a, w + gamma * _pos(w), s_pos)
+        n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
+        denom_neg = z + gamma * op.add_bias(n, b_neg)
+        s_neg = relevance / stabilize(denom_neg, self.stabilizer) * ~positive_out
+        s = s_pos + s_neg
+        return op.input_vjp(a, w, s) + gamma * _signed_vjp(op, a, nonneg, s_pos, s_neg)
+
+
+class AlphaBeta(LayerRule):
+    """LRP-αβ (Bach et al. 2015) with ``α − β = 1``, for inputs of either sign.
+
+    ``R_j = sum_k (α (a_j w_jk)^+ / z_k^+ − β (a_j w_jk)^- / z_k^-) R_k`` with
+    ``z_k^± = sum_j (a_j w_jk)^± + b_k^±``. Positive contributions are ``a^+ w^+ + a^- w^-``.
+    """
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> None:
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha!r}, beta={beta!r}")
+        if abs(alpha - beta - 1.0) > 1e-12:
+            raise ValueError(
+                f"alpha - beta must equal 1 for conservation, got alpha={alpha!r}, beta={beta!r}"
+            )
+        super().__init__(stabilizer)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
+    def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        nonneg = not bool((a < 0).any())
+        relevance = z * grad
+        p = _positive_contributions(op, a, nonneg)
+        z_pos = op.add_bias(p, _bias_part(op, 1))
+        s_pos = self.alpha * relevance / stabilize(z_pos, self.stabilizer)
+        s_neg = None
+        if self.beta != 0:
+            n = z - op.add_bias(p, op.bias)
+            z_neg = op.add_bias(n, _bias_part(op, -1))
+            s_neg = -self.beta * relevance / stabilize(z_neg, self.stabilizer)
+        return _signed_vjp(op, a, nonneg, s_pos, s_neg)
+
+
+class ZPlus(AlphaBeta):
+    """z⁺ rule (Montavon et al. 2017): ``R_j = sum_k (a_j w_jk)^+ / sum_{0,j} (a_j w_jk)^+ R_k``.
+
+    Identical to ``AlphaBeta(1, 0)`` and the limit γ → ∞ of :class:`Gamma` on positive outputs.
+    """
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        super().__init__(1.0, 0.0, stabilizer)
+
+    def __repr__(self) -> str:
+        return f"ZPlus(stabilizer={self.stabilizer!r})"
+
+
+class Flat(LayerRule):
+    """Flat rule (Lapuschkin et al. 2019): ``R_j = sum_k 1 / (sum_j 1) R_k``.
+
+    Spreads each output's relevance uniformly over its receptive field, whatever the input.
+    Bias ignored. Returns relevance (it does not factor through ``a``).
+    """
+
+    factorizes = False
+
+    def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        ones_w = torch.ones_like(op.weight)
+        count = op.forward(torch.ones_like(a), ones_w)
+        return op.input_vjp(a, ones_w, z * grad / stabilize(count, self.stabilizer))
+
+
+class WSquare(LayerRule):
+    """w² rule (Montavon et al. 2017): ``R_i = sum_j w_ij² / (sum_i w_ij²) R_j``.
+
+    For a first layer on unbounded real inputs. Bias ignored (the paper's formula has none).
+    Returns relevance.
+    """
+
+    factorizes = False
+
+    def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        w2 = op.weight * op.weight
+        total = op.forward(torch.ones_like(a), w2)
+        return op.input_vjp(a, w2, z * grad / stabilize(total, self.stabilizer))
+
+
+class ZBox(LayerRule):
+    """z^B rule (Montavon et al. 2017) for inputs bounded by ``low ≤ x ≤ high``.
+
+    ``R_i = sum_j (x_i w_ij − l_i w_ij^+ − h_i w_ij^-) / sum_i (x_i w_ij − l_i w_ij^+ − h_i w_ij^-) R_j``.
+    ``low`` and ``high`` are scalars or per-channel sequences/tensors (channel = dim 1).
+    Returns relevance.
+    """
+
+    factorizes = False
+
+    def __init__(self, low: float | Tensor | list[float], high: float | Tensor | list[float],
+                 stabilizer: float = 1e-6) -> None:
+        super().__init__(stabilizer)
+        self.low = low if isinstance(low, float | int) else torch.as_tensor(low).tolist()
+        self.high = high if isinstance(high, float | int) else torch.as_tensor(high).tolist()
+
+    def _bound(self, value: float | list[float], a: Tensor) -> Tensor:
+        t = torch.as_tensor(value, dtype=a.dtype, device=a.device)
+        if t.dim() == 1 and a.dim() > 1:
+            if t.numel() != a.shape[1]:
+                raise ValueError(
+                    f"ZBox bound has {t.numel()} values but the layer input has "
+                    f"{a.shape[1]} channels (shape {tuple(a.shape)})"
+                )
+            t = t.reshape([1, -1] + [1] * (a.dim() - 2))
+        return t.expand_as(a)
+
+    def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        w = op.weight
+        low, high = self._bound(self.low, a), self._bound(self.high, a)
+        denom = op.forward(a, w) - op.forward(low, _pos(w)) - op.forward(high, _neg(w))
+        s = z * grad / stabilize(denom, self.stabilizer)
+        return (a * op.input_vjp(a, w, s) - low * op.input_vjp(a, _pos(w), s)
+                - high * op.input_vjp(a, _neg(w), s))
+
+
+class Pass(LayerRule):
+    """Identity rule: ``R_in = R_out`` elementwise (activations, normalisation).
+
+    For an elementwise op ``z = f(a)`` this is ``c = grad · z / a``; for ReLU it equals the
+    gradient. The default for SiLU, GELU, tanh, sigmoid and other activations.
+    """
+
+    kinds = frozenset({"activation", "norm"})
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+
+    def propagate(self, op: LinearOp | None, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        if a.shape != z.shape:
+            raise ValueError(f"Pass needs input and output of one shape, got {a.shape} -> {z.shape}")
+        safe = torch.where(a == 0, torch.ones_like(a), a)
+        return grad * z / safe * (a != 0)
+
+
+class Gradient(Rule):
+    """The op's own derivative: ``c = f'(a) · grad`` (e.g. to reproduce Gradient × Input)."""
+
+    kinds = frozenset({"activation"})
+
+
+class WinnerTakeAll(Rule):
+    """Max pooling, winner-take-all (Bach et al. 2015): all of ``R_k`` goes to the arg-max."""
+
+    kinds = frozenset({"max_pool"})
+
+
+class SumPooling(Rule):
+    """Max pooling treated as sum pooling (Montavon et al. 2019, §10.3.2).
+
+    ``R_j = sum_k a_j / (sum_{j in window k} a_j) R_k``.
+    """
+
+    kinds = frozenset({"max_pool"})
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+
+class Product(Rule):
+    """Product of two or more activations ``z = a · b`` (elementwise or matmul).
+
+    Uniform split (Achtibat et al. 2024): each of the n factors receives ``R / n``; this is
+    exact because a product is homogeneous of degree n in its factors. When exactly one
+    factor is a gate (the output of a sigmoid, as in squeeze-and-excitation or LSTM), the
+    signal takes all (Arras et al. 2017): the gate receives no relevance. Set
+    ``gates_take_none=False`` to split uniformly always.
+    """
+
+    kinds = frozenset({"product"})
+
+    def __init__(self, gates_take_none: bool = True) -> None:
+        self.gates_take_none = bool(gates_take_none)
+
+    def shares(self, is_gate: list[bool]) -> list[float]:
+        """The fraction of the product's relevance that goes to each factor."""
+        if self.gates_take_none and 0 < sum(is_gate) < len(is_gate):
+            signals = len(is_gate) - sum(is_gate)
+            return [0.0 if g else 1.0 / signals for g in is_gate]
+        return [1.0 / len(is_gate)] * len(is_gate)

@@ -1,0 +1,156 @@
+"""What to explain: which output, turned into the relevance that starts the backward pass.
+
+The engine starts from ``G = R / y`` at the model output ``y``. A class index ``c`` means
+``R = y_c`` (the logit); :class:`LogOdds` explains ``η_c = log P(c) / (1 − P(c))`` through the
+reverse log-sum-exp with the min-take-most rule (Montavon et al. 2019, §10.3.1);
+:class:`Contrast` explains ``y_c − y_c'``; a float tensor of the output's shape is the output
+relevance itself (regression, dense outputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import InvalidInputError
+
+
+
+
+class Target:
+    """Base class: ``seed(output)`` gives ``(G, explained)`` with ``explained`` per sample."""
+
+    def seed(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+def _classes(classes: int | Tensor, output: Tensor, what: str) -> Tensor:
+    if output.dim() != 2:
+        raise InvalidInputError(
+            f"a class {what} needs a model output of shape (batch, classes), got "
+            f"{tuple(output.shape)}; pass the output relevance as a float tensor of that "
+            "shape instead"
+        )
+    batch, n = output.shape
+    index = torch.as_tensor(classes, device=output.device)
+    if index.is_floating_point() or index.dtype == torch.bool:
+        raise InvalidInputError(f"{what} must hold integer class indices, got dtype {index.dtype}")
+    index = index.long()
+    if index.dim() == 0:
+        index = index.expand(batch)
+    if index.shape != (batch,):
+        raise InvalidInputError(
+            f"{what} must be one class index per sample, shape ({batch},); got shape "
+            f"{tuple(index.shape)}"
+        )
+    bad = (index < 0) | (index >= n)
+    if bool(bad.any()):
+        raise InvalidInputError(
+            f"{what} {index[bad].tolist()} out of range: the model has {n} outputs (0..{n - 1})"
+        )
+    return index
+
+
+@dataclass(frozen=True)
+class Logit(Target):
+    """Explain the score ``y_c`` of class ``c`` (one index, or one per sample)."""
+
+    classes: int | Tensor
+
+    def seed(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        index = _classes(self.classes, output, "target")
+        grad = torch.zeros_like(output).scatter_(1, index[:, None], 1.0)
+        return grad, output.gather(1, index[:, None])[:, 0]
+
+
+@dataclass(frozen=True)
+class Contrast(Target):
+    """Explain ``y_c − y_c'``: evidence for ``c`` against ``against``."""
+
+    classes: int | Tensor
+    against: int | Tensor
+
+    def seed(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        c = _classes(self.classes, output, "target")
+        other = _classes(self.against, output, "against")
+        if bool((c == other).any()):
+            raise InvalidInputError("Contrast needs two different classes per sample")
+        grad = torch.zeros_like(output)
+        grad.scatter_(1, c[:, None], 1.0).scatter_(1, other[:, None], -1.0)
+        return grad, (output.gather(1, c[:, None]) - output.gather(1, other[:, None]))[:, 0]
+
+
+@dataclass(frozen=True)
+class LogOdds(Target):
+    """Explain ``η_c = −log sum_{c'≠c} exp(−(y_c − y_c'))`` (Montavon et al. 2019, §10.3.1).
+
+    The reverse log-sum-exp is redistributed min-take-most:
+    ``R_{c,c'} = (y_c − y_c') · softmin_{c'}(y_c − y_c')``; ``explained`` is their sum, which
+    approximates ``η_c`` (exactly so when one competitor dominates).
+    """
+
+    classes: int | Tensor
+
+    def seed(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        c = _classes(self.classes, output, "target")
+        if output.shape[1] < 2:
+            raise InvalidInputError("LogOdds needs at least two classes")
+        diff = output.gather(1, c[:, None]) - output  # y_c - y_c'
+        mask = torch.zeros_like(output, dtype=torch.bool).scatter_(1, c[:, None], True)
+        weights = torch.softmax((-diff).masked_fill(mask, float("-inf")), dim=1)
+        grad = (-weights).scatter(1, c[:, None], 1.0)
+        return grad, (diff * weights).sum(dim=1)
+
+
+@dataclass(frozen=True)
+class OutputRelevance(Target):
+    """Start from a given relevance ``R`` of the output's shape (``G = R / y``)."""
+
+    relevance: Tensor
+
+    def seed(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        r = self.relevance.to(output.device, output.dtype)
+        if r.shape != output.shape:
+            raise InvalidInputError(
+                f"output relevance has shape {tuple(r.shape)}, the model output "
+                f"{tuple(output.shape)}"
+            )
+        zero = output == 0
+        if bool((zero & (r != 0)).any()):
+            raise InvalidInputError(
+                "output relevance is non-zero where the model output is exactly 0; relevance "
+                "must be carried by a non-zero output (R = y · G)"
+            )
+        grad = r / torch.where(zero, torch.ones_like(output), output)
+        return grad, r.reshape(r.shape[0], -1).sum(dim=1)
+
+
+def as_target(target: int | Tensor | Target | None, output: Tensor) -> Target:
+    """Interpret ``target`` as given to :func:`relprop.explain`."""
+    if isinstance(target, Target):
+        return target
+    if target is None:
+        if output.dim() != 2:
+            raise InvalidInputError(
+                f"target=None explains the top class, which needs an output of shape "
+                f"(batch, classes); got {tuple(output.shape)}"
+            )
+        return Logit(output.argmax(dim=1))
+    if isinstance(target, bool):
+        raise InvalidInputError(f"target must be a class index, got {target!r}")
+    if isinstance(target, int):
+        return Logit(target)
+    if isinstance(target, Tensor):
+        if target.is_floating_point() and target.shape == output.shape and output.dim() != 1:
+            return OutputRelevance(target)
+        if target.is_floating_point():
+            raise InvalidInputError(
+                f"a float target is output relevance and must have the output's shape "
+                f"{tuple(output.shape)}; got {tuple(target.shape)} (class indices must be "
+                "integers)"
+            )
+        return Logit(target)
+    raise InvalidInputError(f"target must be an int, a tensor or a relprop Target; got "
+                            f"{type(target).__name__}")
