@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"epoch {epoch + 1:3d}  loss {total / len(y_train):.4f}  test acc {acc:.4f}")
     model.eval()
     train_acc, test_acc = _accuracy(model, x_train, y_train), _accuracy(model, x_test, y_test)
-    print(f"trained in {time.perf_counter() - start:.1f}s: train acc {train_acc:.4f}, "
-          f"test acc {test_acc:.4f} ({len(y_test)} test digits)")
+    print(
+        f"trained in {time.perf_counter() - start:.1f}s: train acc {train_acc:.4f}, "
+        f"test acc {test_acc:.4f} ({len(y_test)} test digits)"
+    )
 
     pick = _pick_samples(y_test, args.per_class)
     samples = {
@@ -118,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "meta": meta}, args.out / "digits_cnn.pt")
-    torch.save({**samples, "meta": {**meta, "sample_accuracy": sample_acc}},
-               args.out / "digits_samples.pt")
+    torch.save(
+        {**samples, "meta": {**meta, "sample_accuracy": sample_acc}}, args.out / "digits_samples.pt"
+    )
     for name in ("digits_cnn.pt", "digits_samples.pt"):
         print(f"wrote {args.out / name} ({(args.out / name).stat().st_size / 1024:.1f} KiB)")
     print(f"accuracy on the {len(pick)} shipped samples: {sample_acc:.4f}")

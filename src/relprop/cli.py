@@ -1,7 +1,8 @@
 """The ``relprop`` command line: ``relprop demo --out DIR [--n N]``.
 
-Each subcommand is a pair of functions, ``_add_<name>(subparsers)`` to declare its arguments and
-``_run_<name>(args) -> int`` to run it, registered in :data:`COMMANDS`; add new ones there.
+Each subcommand is an entry of :data:`COMMANDS`: its name, a one-line help, a function that
+declares its arguments on its parser and a function ``run(args) -> int`` (the exit status).
+To add one (``bench``, say), write ``_add_bench`` and ``_run_bench`` and append an entry.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+Command = tuple[
+    str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
+]
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
@@ -26,7 +29,7 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
         default="predicted",
         help="explain the predicted class (default) or the true label",
     )
-    p.add_argument("--scale", type=int, default=8, help="pixel upscaling factor (default 8)")
+    p.add_argument("--scale", type=int, default=12, help="pixel upscaling factor (default 12)")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -51,13 +54,15 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The subcommands: (name, add_arguments, run), with the description from ``run``'s docstring.
+#: The subcommands: (name, help, add_arguments, run).
 COMMANDS: list[Command] = [
-    ("demo", _add_demo, _run_demo),
+    (
+        "demo",
+        "explain a small digits CNN with LRP-0, -ε, -γ and a composite; write a PNG grid",
+        _add_demo,
+        _run_demo,
+    ),
 ]
-_HELP = {
-    "demo": "explain a small digits CNN with LRP-0, -ε, -γ and a composite; write a PNG grid",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="relprop", description="Layer-wise Relevance Propagation for PyTorch."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, add, run in COMMANDS:
-        p = sub.add_parser(name, help=_HELP.get(name), description=_HELP.get(name))
+    for name, help_text, add, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
         add(p)
         p.set_defaults(_run=run)
     return parser
@@ -82,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         status: int = args._run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"relprop {args.command}: error: {err}", file=sys.stderr)
         return 1
     return status

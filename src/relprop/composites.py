@@ -147,8 +147,16 @@ class Composite:
 
 
 def uniform(rule: Rule) -> Composite:
-    """One rule on every op it applies to (e.g. ``uniform(Zero())`` is Gradient × Input on ReLU nets)."""
-    return Composite([(kind(*rule.kinds), rule)], f"uniform({rule!r})")
+    """One rule on every op it applies to (e.g. ``uniform(Zero())`` is Gradient × Input on ReLU nets).
+
+    Stand-alone BatchNorm (an elementwise affine map, one input per output) takes the rule
+    only if it is LRP-0 or ε: γ, αβ, z⁺ and z^B are meaningless with a single contribution
+    per output (αβ would scale relevance by α or −β), so BatchNorm keeps its default there.
+    """
+    kinds = set(rule.kinds)
+    if not isinstance(rule, Zero | Epsilon):
+        kinds.discard("norm")
+    return Composite([(kind(*sorted(kinds)), rule)], f"uniform({rule!r})")
 
 
 def _dense_conv(dense: Rule, conv: Rule, first: Rule | None, name: str) -> Composite:

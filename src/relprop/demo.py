@@ -152,15 +152,13 @@ def format_conservation(result: dict[str, Any]) -> str:
     methods = result["methods"]
     lines = ["digit  class   logit  " + "  ".join(f"{m:>9}" for m in methods)]
     for i in range(len(logit)):
-        sums = [result["relevance"][m][i].sum().item() for m in methods]
-        lines.append(
-            f"{int(result['labels'][i]):>5}  {int(result['targets'][i]):>5}  {logit[i].item():6.2f}  "
-            + "  ".join(f"{s:9.2f}" for s in sums)
-        )
+        sums = "  ".join(f"{result['relevance'][m][i].sum().item():9.2f}" for m in methods)
+        label, target = int(result["labels"][i]), int(result["targets"][i])
+        lines.append(f"{label:>5}  {target:>5}  {logit[i].item():6.2f}  {sums}")
     return "\n".join(lines)
 
 
-def run_demo(out_dir: Path, n: int = 6, *, target: str = "predicted", scale: int = 8) -> Path:
+def run_demo(out_dir: Path, n: int = 6, *, target: str = "predicted", scale: int = 12) -> Path:
     """Explain ``n`` test digits four ways and write the figure; returns the PNG's path.
 
     Writes to ``out_dir`` (created if needed): ``lrp_digits.png`` (rows = digits; columns =
@@ -177,7 +175,7 @@ def run_demo(out_dir: Path, n: int = 6, *, target: str = "predicted", scale: int
         for m in result["methods"]:
             cells.append(viz.upscale(viz.heatmap(result["relevance"][m][i], "bwr"), scale))
     rows = []
-    for y, p in zip(result["labels"].tolist(), result["predictions"].tolist()):
+    for y, p in zip(result["labels"].tolist(), result["predictions"].tolist(), strict=True):
         rows.append(f"{y}" if y == p else f"{y}>{p}")
     figure = viz.grid(
         cells,
@@ -185,7 +183,7 @@ def run_demo(out_dir: Path, n: int = 6, *, target: str = "predicted", scale: int
         padding=max(2, scale // 2),
         labels=["input", *result["methods"]],
         row_labels=rows,
-        label_scale=2 if scale >= 12 else 1,
+        label_scale=2 if scale >= 10 else 1,
     )
     png = viz.save_png(out / "lrp_digits.png", figure)
     torch.save(result, out / "explanations.pt")
@@ -195,7 +193,8 @@ def run_demo(out_dir: Path, n: int = 6, *, target: str = "predicted", scale: int
         f"rows: {n} test digits, labelled 'true class' or 'true>predicted' where they differ;\n"
         f"explained class: the {target} one.\n"
         "columns: input | LRP-0 | LRP-eps (eps = 0.25 std) | LRP-gamma (gamma = 0.25) | composite\n"
-        "  (composite = montavon2019: LRP-0 upper layers, eps middle, gamma lower, z^B on pixels).\n"
+        "  (composite = montavon2019: LRP-0 on top layers, eps in the middle, gamma in the\n"
+        "  lower layers, z^B on the pixels).\n"
         "colours: each heatmap divided by its max |R|; red = evidence for the class, blue =\n"
         "  against, white = none.\n"
         "explanations.pt: torch.load(..., weights_only=True) -> dict of the tensors above.\n\n"
