@@ -96,6 +96,10 @@ class NotInstalled(Exception):
     """The library a method needs cannot be imported."""
 
 
+class Unavailable(Exception):
+    """The library is importable but lacks the API the method needs."""
+
+
 # ------------------------------------------------------------------------------ models
 def build_model(name: str, quick: bool) -> tuple[Any, int, int]:
     """Return (model, input side, number of classes)."""
@@ -154,7 +158,7 @@ def make_method(method: str, model: Any, x: Any, target: Any,
         import relprop
 
         if not hasattr(relprop, "explain") or not hasattr(relprop, "composites"):
-            raise NotInstalled("relprop (no relprop.explain / relprop.composites yet)")
+            raise Unavailable("relprop.explain / relprop.composites do not exist")
         if method.endswith("epsilon_plus_flat"):
             composite = relprop.composites.epsilon_plus_flat()
         else:
@@ -308,8 +312,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     target = ((7 * torch.arange(args.batch)) % num_classes).to(device)
     try:
         run = make_method(args.method, model, x, target, num_classes)
-    except NotInstalled as e:
-        return {"status": "not installed", "note": str(e)}
+    except NotInstalled:
+        return {"status": "not installed"}
+    except Unavailable as e:
+        return {"status": f"not available: {e}"}
 
     def sync() -> None:
         if device.startswith("cuda"):
@@ -353,6 +359,13 @@ def run_worker(args: argparse.Namespace, model: str, batch: int, method: str) ->
 
 
 # ------------------------------------------------------------------------------ report
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a is not None and b else "n/a"
 
@@ -400,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    load_before = _loadavg()
     print(f"# relprop engine benchmark ({_dt.date.today().isoformat()})\n")
     print(f"- command: `python {' '.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}`")
     print(f"- torch {torch.__version__}, python {platform.python_version()}, "
@@ -424,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = results[m]
                 all_results.append({"model": model, "batch": batch, "method": m, **r})
                 if r["status"] != "ok":
-                    note = r["status"] + (f" ({r['note']})" if r.get("note") else "")
-                    print(f"| {model} | {batch} | {m} | – | – | – | – | {note} |", flush=True)
+                    print(f"| {model} | {batch} | {m} | – | – | – | – | {r['status']} |",
+                          flush=True)
                     continue
                 t, mem = r["time_s"], r["peak_bytes"]
                 mem_kinds.add(r["mem"])
@@ -433,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"| {mem / 2**20:.1f} | {_ratio(mem, gm)} | |", flush=True)
     print(f"\npeak memory measured as: {', '.join(sorted(mem_kinds)) or 'n/a'} "
           "(see the docstring of bench/engine.py)")
+    print(f"load average before / after: {load_before} / {_loadavg()} "
+          f"(other processes on the machine distort timings)")
     if args.json:
         args.json.write_text(json.dumps(all_results, indent=2))
     return 0

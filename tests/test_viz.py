@@ -37,7 +37,8 @@ def read_png(path: Path) -> torch.Tensor:
     out = bytearray()
     prev = bytearray(stride)
     for y in range(h):
-        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        start = y * (stride + 1)
+        f, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
         for i in range(stride):
             a = line[i - c] if i >= c else 0
             b, d = prev[i], prev[i - c] if i >= c else 0
@@ -118,7 +119,7 @@ def test_normalize_symmetric_keeps_sign_and_centres_zero() -> None:
 def test_normalize_symmetric_per_sample() -> None:
     r = torch.stack([torch.tensor([1.0, -0.5]), torch.tensor([100.0, 50.0])])
     n = viz.normalize_symmetric(r, batched=True)
-    assert n.tolist() == pytest.approx([[1.0, 0.25], [1.0, 0.75]])
+    assert torch.allclose(n, torch.tensor([[1.0, 0.25], [1.0, 0.75]]))
 
 
 def test_normalize_symmetric_percentile_clips() -> None:
@@ -208,7 +209,7 @@ def test_text_image() -> None:
     t = viz.text_image("LRP-0", scale=2)
     assert t.shape == (14, (6 * 5 - 1) * 2, 3) and t.dtype == torch.uint8
     assert (t == 0).any() and (t == 255).any()
-    assert viz.text_image("lrp") .shape == viz.text_image("LRP").shape
+    assert viz.text_image("lrp").shape == viz.text_image("LRP").shape
     assert torch.equal(viz.text_image("lrp"), viz.text_image("LRP"))
     assert viz.text_image("ε~").shape == (7, 11, 3)  # unknown characters still take a cell
 
@@ -232,7 +233,8 @@ def test_grid_layout() -> None:
 
 @pytest.mark.parametrize("shape", [(5, 7, 3), (6, 3), (2, 9, 4), (1, 1, 3)])
 def test_png_round_trip(tmp_path: Path, shape: tuple[int, ...]) -> None:
-    img = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    img = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
     path = viz.save_png(tmp_path / "x.png", img)
     assert path == tmp_path / "x.png"
     back = read_png(path)

@@ -59,8 +59,8 @@ def find_unsupported(session: Session, root: Any) -> list[str]:
         kind = type(node).__name__
         if node not in session.approved and not _accepted(node, kind):
             if op == "?":
-                problems.append(f"'{path}' (inside or after it): autograd node {kind} "
-                                f"(an op relprop does not see, e.g. a custom autograd Function)")
+                problems.append(f"'{path}': autograd node {kind}, made by an op relprop "
+                                "does not see (e.g. a custom autograd Function)")
             else:
                 problems.append(f"'{path}': op '{op}' (autograd node {kind})")
         for parent, _ in node.next_functions:

@@ -72,6 +72,10 @@ class Session:
         if threading.get_ident() != self.thread or not self.stack:
             return
         path, _, count = self.stack.pop()
+        if isinstance(output, Tensor) and output.grad_fn is not None:
+            # ops that bypass the interception mode (custom autograd Functions) get their
+            # module named at least
+            self.node_info.setdefault(output.grad_fn, (path or "<model>", "?"))
         if self.record and isinstance(output, Tensor) and output.requires_grad:
             name = path + (f"#{count}" if count else "")
             detached = output.detach()
