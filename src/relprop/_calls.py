@@ -30,7 +30,7 @@ class OpCall:
 
     @property
     def name(self) -> str:
-        """``module.path`` (``#k`` for the k-th repeated call) and the op, e.g. ``features.0:conv2d``."""
+        """``path#k:op``, e.g. ``features.0:conv2d`` (``#k`` marks the k-th repeated call)."""
         where = self.path or "<model>"
         if self.call:
             where += f"#{self.call}"

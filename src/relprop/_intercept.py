@@ -137,8 +137,9 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
         _, call, op, a = producer
         call.fused = path
         fused = op.fuse_affine(scale, shift)
-        out = LayerFunction.apply(a, fused, call, session, lambda: func(x.detach(), *args[1:],
-                                                                           **kwargs))
+        value = bound["input"].detach()
+        out = LayerFunction.apply(a, fused, call, session,
+                                  lambda: func(value, *args[1:], **kwargs))
         session.producers[id(out)] = (_weakref(out), call, fused, a)
         return out
     op = LinearOp("norm", scale, shift, {})

@@ -21,7 +21,17 @@ from torch import Tensor, nn
 from ._calls import OpCall
 from .errors import RuleAssignmentError
 from .rules import (
-    AlphaBeta, Epsilon, Flat, Gamma, Pass, Product, Rule, WinnerTakeAll, ZBox, Zero, ZPlus,
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Pass,
+    Product,
+    Rule,
+    WinnerTakeAll,
+    ZBox,
+    Zero,
+    ZPlus,
 )
 
 #: op kinds that count as layers for positions ("first", "top")
@@ -75,7 +85,10 @@ class Selector:
 
 
 def kind(*kinds: str) -> Selector:
-    """Calls of these op kinds: linear, conv, conv_transpose, norm, activation, max_pool, product."""
+    """Calls of these op kinds.
+
+    Kinds: linear, conv, conv_transpose, norm, activation, max_pool, product.
+    """
     wanted = frozenset(kinds)
     return Selector(lambda c, _: c.kind in wanted, f"kind{tuple(kinds)}")
 
@@ -125,7 +138,9 @@ class Composite:
     def __init__(self, rules: Sequence[tuple[Selector, Rule]], name: str = "custom") -> None:
         for pair in rules:
             if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], Rule)):
-                raise RuleAssignmentError(f"composite entries must be (selector, rule), got {pair!r}")
+                raise RuleAssignmentError(
+                    f"composite entries must be (selector, rule), got {pair!r}"
+                )
         self.rules = list(rules)
         self.name = name
 
@@ -147,7 +162,7 @@ class Composite:
 
 
 def uniform(rule: Rule) -> Composite:
-    """One rule on every op it applies to (e.g. ``uniform(Zero())`` is Gradient × Input on ReLU nets).
+    """One rule on every op it applies to; ``uniform(Zero())`` is Gradient × Input on ReLU nets.
 
     Stand-alone BatchNorm (an elementwise affine map, one input per output) takes the rule
     only if it is LRP-0 or ε: γ, αβ, z⁺ and z^B are meaningless with a single contribution

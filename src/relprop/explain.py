@@ -61,7 +61,9 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
     _check_input(x)
     composite = default() if composite is None else composite
     if not isinstance(composite, Composite):
-        raise InvalidInputError(f"composite must be a relprop Composite, got {type(composite).__name__}")
+        raise InvalidInputError(
+            f"composite must be a relprop Composite, got {type(composite).__name__}"
+        )
     x_leaf = x.detach().requires_grad_(True)
     session = Session(model, x_leaf, record)
     with torch.enable_grad(), session.installed(Interceptor(session)):

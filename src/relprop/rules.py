@@ -269,7 +269,8 @@ class WSquare(LayerRule):
 class ZBox(LayerRule):
     """z^B rule (Montavon et al. 2017) for inputs bounded by ``low ≤ x ≤ high``.
 
-    ``R_i = sum_j (x_i w_ij − l_i w_ij^+ − h_i w_ij^-) / sum_i (x_i w_ij − l_i w_ij^+ − h_i w_ij^-) R_j``.
+    ``R_i = sum_j (x_i w_ij − l_i w_ij^+ − h_i w_ij^-) / z^B_j · R_j`` with the denominator
+    ``z^B_j = sum_i (x_i w_ij − l_i w_ij^+ − h_i w_ij^-)``.
     ``low`` and ``high`` are scalars or per-channel sequences/tensors (channel = dim 1).
     Returns relevance.
     """
@@ -316,7 +317,9 @@ class Pass(LayerRule):
 
     def propagate(self, op: LinearOp | None, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         if a.shape != z.shape:
-            raise ValueError(f"Pass needs input and output of one shape, got {a.shape} -> {z.shape}")
+            raise ValueError(
+                f"Pass needs input and output of one shape, got {a.shape} -> {z.shape}"
+            )
         safe = torch.where(a == 0, torch.ones_like(a), a)
         return grad * z / safe * (a != 0)
 

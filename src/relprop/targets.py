@@ -17,8 +17,6 @@ from torch import Tensor
 from .errors import InvalidInputError
 
 
-
-
 class Target:
     """Base class: ``seed(output)`` gives ``(G, explained)`` with ``explained`` per sample."""
 
