@@ -1,0 +1,613 @@
+"""Every LRP rule against an independent float64 dense-matrix oracle.
+
+A linear layer (linear, conv, transposed conv, optionally followed by an eval BatchNorm) is an
+affine map ``z = W a + b`` over the flattened input. We recover ``W`` (outputs x inputs) with
+``torch.autograd.functional.jacobian`` and ``b`` as ``f(0)``, then evaluate each rule's formula
+from Montavon et al. (2019), Appendix 10.A, directly with numpy matrices, one sample at a time.
+``relprop.explain`` on ``nn.Sequential(layer)`` with ``OutputRelevance(R_out)`` must agree.
+
+Notation of the oracles: ``a`` (D,) the layer input, ``W`` (K, D), ``b`` (K,), ``R`` (K,) the
+output relevance; ``Z[k, j] = a_j w_jk`` are the contributions and ``z = Z.sum(1) + b``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import relprop
+from relprop import rules
+from relprop.composites import Composite, kind, uniform
+from relprop.targets import OutputRelevance
+
+S = 1e-12  # stabilizer for the rules that take one: small enough not to matter at 1e-9
+RTOL = 1e-9
+
+Oracle = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The shapes here are tiny: intra-op threads only add overhead (10x on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------ oracles
+def sign0(x: np.ndarray) -> np.ndarray:
+    """``sign(x)`` with ``sign(0) = +1``."""
+    return np.where(x >= 0, 1.0, -1.0)
+
+
+def stab(d: np.ndarray, s: float | np.ndarray = S) -> np.ndarray:
+    """The rules' stabilised denominator ``d + s * sign0(d)``."""
+    return d + s * sign0(d)
+
+
+def pos(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0)
+
+
+def neg(x: np.ndarray) -> np.ndarray:
+    return np.minimum(x, 0.0)
+
+
+def spread(num: np.ndarray, den: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """``R_j = sum_k num[k, j] / den[k] * R_k`` (terms with ``R_k = 0`` are 0, even where
+    ``den[k] = 0``: an output that is exactly 0 carries no relevance)."""
+    ratio = np.divide(R, den, out=np.zeros_like(R), where=R != 0)
+    return (num * ratio[:, None]).sum(axis=0)
+
+
+def oracle_zero(a, W, b, R):
+    """LRP-0: ``R_j = sum_k a_j w_jk / (sum_j a_j w_jk + b_k) R_k``."""
+    Z = W * a
+    return spread(Z, Z.sum(1) + b, R)
+
+
+def oracle_epsilon(eps: float, relative: bool = False) -> Oracle:
+    """LRP-ε: ``R_j = sum_k a_j w_jk / (z_k + ε' sign0(z_k)) R_k`` with ``ε' = ε``, or with
+    ``relative``: ``ε' = ε · std(z)`` over this sample's outputs (population std)."""
+    def oracle(a, W, b, R):
+        Z = W * a
+        z = Z.sum(1) + b
+        e = eps * np.std(z) if relative else eps
+        return spread(Z, stab(z, e), R)
+    return oracle
+
+
+def oracle_gamma(gamma: float) -> Oracle:
+    """LRP-γ, sign-aware. For ``z_k >= 0``:
+    ``R_j = sum_k (Z_kj + γ Z_kj^+) / (z_k + γ (sum_j Z_kj^+ + b_k^+)) R_k``;
+    for ``z_k < 0`` the same with the negative parts ``Z^-``, ``b^-``."""
+    def oracle(a, W, b, R):
+        Z = W * a
+        z = Z.sum(1) + b
+        part = np.where((z >= 0)[:, None], pos(Z), neg(Z))
+        b_part = np.where(z >= 0, pos(b), neg(b))
+        return spread(Z + gamma * part, stab(z + gamma * (part.sum(1) + b_part)), R)
+    return oracle
+
+
+def oracle_alpha_beta(alpha: float, beta: float) -> Oracle:
+    """LRP-αβ: ``R_j = sum_k (α Z_kj^+ / z_k^+ − β Z_kj^- / z_k^-) R_k`` with
+    ``z_k^± = sum_j Z_kj^± + b_k^±``."""
+    def oracle(a, W, b, R):
+        Z = W * a
+        Zp, Zn = pos(Z), neg(Z)
+        return (alpha * spread(Zp, stab(Zp.sum(1) + pos(b)), R)
+                - beta * spread(Zn, stab(Zn.sum(1) + neg(b)), R))
+    return oracle
+
+
+def oracle_flat(a, W, b, R):
+    """Flat: ``R_j = sum_k 1[j ∈ field(k)] / |field(k)| R_k``; the receptive field of ``k`` is
+    every input connected to it (``w_jk != 0``; random weights are never exactly 0)."""
+    M = (W != 0).astype(np.float64)
+    return spread(M, stab(M.sum(1)), R)
+
+
+def oracle_wsquare(a, W, b, R):
+    """w²: ``R_i = sum_j w_ij² / (sum_i w_ij²) R_j``; bias ignored."""
+    W2 = W * W
+    return spread(W2, stab(W2.sum(1)), R)
+
+
+def oracle_zbox(low: np.ndarray, high: np.ndarray) -> Oracle:
+    """z^B: ``R_i = sum_j (x_i w_ij − l_i w_ij^+ − h_i w_ij^-) / sum_i (same) R_j``; bias
+    ignored. ``low``/``high`` hold one bound per flattened input."""
+    def oracle(a, W, b, R):
+        num = W * a - pos(W) * low - neg(W) * high
+        return spread(num, stab(num.sum(1)), R)
+    return oracle
+
+
+def per_input(values: list[float], shape: tuple[int, ...]) -> np.ndarray:
+    """Per-channel bounds (channel = dim 1) broadcast to one value per flattened input."""
+    v = np.asarray(values, dtype=np.float64).reshape([-1] + [1] * (len(shape) - 2))
+    return np.broadcast_to(v, shape[1:]).reshape(-1)
+
+
+# ------------------------------------------------------------------------------- layers
+# name -> (layer factory, input shape); every factory takes ``bias``
+LAYERS: dict[str, tuple[Callable[[bool], nn.Module], tuple[int, ...]]] = {
+    "linear": (lambda b: nn.Linear(6, 5, bias=b), (3, 6)),
+    "conv1d": (lambda b: nn.Conv1d(2, 3, 3, bias=b), (2, 2, 7)),
+    "conv1d-s2-p1-g2": (lambda b: nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2, bias=b),
+                        (2, 4, 8)),
+    "conv1d-d2-same": (lambda b: nn.Conv1d(2, 3, 3, dilation=2, padding="same", bias=b),
+                       (2, 2, 9)),
+    "conv2d": (lambda b: nn.Conv2d(2, 3, 3, bias=b), (2, 2, 5, 5)),
+    "conv2d-s2-p1": (lambda b: nn.Conv2d(2, 4, 3, stride=2, padding=1, bias=b), (2, 2, 6, 6)),
+    "conv2d-g2-d2": (lambda b: nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2, bias=b),
+                     (2, 4, 5, 5)),
+    "conv2d-depthwise": (lambda b: nn.Conv2d(3, 3, 3, padding=1, groups=3, bias=b),
+                         (2, 3, 4, 4)),
+    "conv3d": (lambda b: nn.Conv3d(2, 2, 2, stride=(1, 2, 1), bias=b), (2, 2, 3, 4, 3)),
+    "convT1d": (lambda b: nn.ConvTranspose1d(2, 3, 3, stride=2, bias=b), (2, 2, 4)),
+    "convT1d-p1-op1-g2": (lambda b: nn.ConvTranspose1d(4, 2, 3, stride=2, padding=1,
+                                                       output_padding=1, groups=2, bias=b),
+                          (2, 4, 4)),
+    "convT2d": (lambda b: nn.ConvTranspose2d(2, 3, 3, bias=b), (2, 2, 3, 3)),
+    "convT2d-s2-p1-op1-g2-d2": (lambda b: nn.ConvTranspose2d(
+        4, 4, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2, bias=b),
+        (2, 4, 3, 3)),
+    # an eval BatchNorm after the layer is merged into it: the oracle is the composed map
+    "conv2d+bn": (lambda b: nn.Sequential(nn.Conv2d(2, 3, 3, bias=b), nn.BatchNorm2d(3)),
+                  (2, 2, 4, 4)),
+    "convT2d-g2+bn": (lambda b: nn.Sequential(
+        nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2, bias=b), nn.BatchNorm2d(4)),
+        (2, 4, 2, 2)),
+    "linear+bn": (lambda b: nn.Sequential(nn.Linear(5, 4, bias=b), nn.BatchNorm1d(4)), (3, 5)),
+}
+SEEDS = (0, 1, 2)
+
+
+@functools.cache
+def dense_layer(name: str, bias: bool, seed: int
+                ) -> tuple[nn.Module, np.ndarray, np.ndarray]:
+    """The model ``nn.Sequential(layer)`` in float64 and eval mode, its ``W`` and ``b``."""
+    factory, shape = LAYERS[name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layer = factory(bias).double()
+        with torch.no_grad():
+            for m in layer.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.running_mean.normal_(0.0, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(-1.5, 1.5)  # negative scales flip signs of W and b
+                    m.bias.normal_(0.0, 0.5)
+                elif getattr(m, "bias", None) is not None:
+                    m.bias.normal_(0.0, 0.5)  # biases large enough to matter
+    model = nn.Sequential(layer).eval()
+    in_shape = (1,) + shape[1:]
+
+    def f(v: torch.Tensor) -> torch.Tensor:
+        return model(v.reshape(in_shape)).reshape(-1)
+
+    zero = torch.zeros(math.prod(in_shape), dtype=torch.float64)
+    with torch.no_grad():
+        b = f(zero).numpy()
+    W = torch.autograd.functional.jacobian(f, zero, vectorize=True).numpy()
+    return model, W, b
+
+
+def make_input(shape: tuple[int, ...], mode: str, seed: int) -> torch.Tensor:
+    """``signed``: N(0, 1) with every 5th entry exactly 0; ``nonneg``: ReLU of N(0, 1)."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    if mode == "signed":
+        x.view(-1)[::5] = 0.0
+        return x
+    return x.clamp(min=0)
+
+
+def output_relevance(y: torch.Tensor, mode: str, seed: int) -> torch.Tensor:
+    """Random relevance of both signs on every non-zero output (an output that is exactly 0
+    cannot carry relevance); for ``pos-out`` only on outputs > 0 (as behind a ReLU: the γ
+    rule's single-vjp fast path)."""
+    g = torch.Generator().manual_seed(2000 + seed)
+    R = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    return R * (y > 0) if mode == "pos-out" else R * (y != 0)
+
+
+def run_oracle(oracle: Oracle, x: torch.Tensor, W: np.ndarray, b: np.ndarray,
+               R: torch.Tensor) -> np.ndarray:
+    xs = x.reshape(x.shape[0], -1).numpy()
+    Rs = R.reshape(R.shape[0], -1).numpy()
+    return np.stack([oracle(xs[n], W, b, Rs[n]) for n in range(len(xs))]).reshape(x.shape)
+
+
+def assert_matches(actual: torch.Tensor, expected: np.ndarray, what: str) -> None:
+    exp = torch.from_numpy(np.ascontiguousarray(expected))
+    scale = float(exp.abs().max()) or 1.0
+    torch.testing.assert_close(actual, exp, rtol=RTOL, atol=RTOL * scale,
+                               msg=lambda m: f"{what}: {m}")
+
+
+# ----------------------------------------------------------------------- rule vs oracle
+CH_LOW, CH_HIGH = [-1.0, -1.5, -0.5, -2.0], [1.0, 2.0, 1.5, 0.5]
+
+
+def rule_cases(channels: int, shape: tuple[int, ...]) -> dict[str, tuple[rules.Rule, Oracle]]:
+    low, high = CH_LOW * channels, CH_HIGH * channels  # cycled, cut to the channel count
+    low, high = low[:channels], high[:channels]
+    return {
+        "zero": (rules.Zero(), oracle_zero),
+        "epsilon": (rules.Epsilon(0.5), oracle_epsilon(0.5)),
+        "epsilon-std": (rules.Epsilon(0.25, relative_to_std=True), oracle_epsilon(0.25, True)),
+        "gamma": (rules.Gamma(0.25, stabilizer=S), oracle_gamma(0.25)),
+        "gamma-2": (rules.Gamma(2.0, stabilizer=S), oracle_gamma(2.0)),
+        "alpha2beta1": (rules.AlphaBeta(2.0, 1.0, stabilizer=S), oracle_alpha_beta(2.0, 1.0)),
+        "alpha1beta0": (rules.AlphaBeta(1.0, 0.0, stabilizer=S), oracle_alpha_beta(1.0, 0.0)),
+        "zplus": (rules.ZPlus(stabilizer=S), oracle_alpha_beta(1.0, 0.0)),
+        "flat": (rules.Flat(stabilizer=S), oracle_flat),
+        "wsquare": (rules.WSquare(stabilizer=S), oracle_wsquare),
+        "zbox": (rules.ZBox(-2.0, 2.5, stabilizer=S),
+                 oracle_zbox(np.full(1, -2.0), np.full(1, 2.5))),
+        "zbox-channel": (rules.ZBox(low, high, stabilizer=S),
+                         oracle_zbox(per_input(low, shape), per_input(high, shape))),
+    }
+
+
+RULE_NAMES = list(rule_cases(1, (1, 1)))
+MODES = [("signed", "all"), ("nonneg", "all"), ("nonneg", "pos-out")]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("layer_name", list(LAYERS))
+@pytest.mark.parametrize("rule_name", RULE_NAMES)
+def test_rule_matches_dense_oracle(rule_name: str, layer_name: str, bias: bool,
+                                   seed: int) -> None:
+    model, W, b = dense_layer(layer_name, bias, seed)
+    shape = LAYERS[layer_name][1]
+    rule, oracle = rule_cases(shape[1], shape)[rule_name]
+    for input_mode, relevance_mode in MODES:
+        x = make_input(shape, input_mode, seed)
+        with torch.no_grad():
+            y = model(x)
+        R_out = output_relevance(y, relevance_mode, seed)
+        if input_mode == "signed":  # the cases must exercise both branches of signed rules
+            assert bool((y > 0).any()) and bool((y < 0).any())
+        expl = relprop.explain(model, x, target=OutputRelevance(R_out), composite=uniform(rule))
+        assert set(expl.rules.values()) == {repr(rule)}, expl.rules
+        assert_matches(expl.relevance, run_oracle(oracle, x, W, b, R_out),
+                       f"{rule_name} on {layer_name} ({input_mode} input, {relevance_mode})")
+
+
+def test_oracle_layers_are_affine_maps() -> None:
+    """Sanity of the oracle itself: ``W x + b`` reproduces the layer output."""
+    for name in LAYERS:
+        model, W, b = dense_layer(name, True, 0)
+        x = make_input(LAYERS[name][1], "signed", 0)
+        with torch.no_grad():
+            y = model(x).reshape(x.shape[0], -1).numpy()
+        np.testing.assert_allclose(x.reshape(x.shape[0], -1).numpy() @ W.T + b, y,
+                                   rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_stabilize_uses_sign_of_zero_as_plus() -> None:
+    z = torch.tensor([0.0, -0.0, 2.0, -2.0], dtype=torch.float64)
+    assert rules.stabilize(z, 0.5).tolist() == [0.5, 0.5, 2.5, -2.5]
+
+
+# ------------------------------------------------------------------ identities on nets
+def relu_net(seed: int) -> nn.Module:
+    """conv-ReLU-maxpool-conv-ReLU-avgpool-linear-ReLU-linear, with biases, float64."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3),
+        ).double()
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.Conv2d | nn.Linear):
+                    m.bias.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+def mlp_net(seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(),
+                              nn.Linear(8, 3)).double()
+        with torch.no_grad():
+            model[-1].bias.uniform_(0.0, 0.3)  # some logits > 0 for the γ → ∞ check
+    return model.eval()
+
+
+NETS = {"conv": (relu_net, (3, 2, 8, 8)), "mlp": (mlp_net, (4, 6))}
+
+
+def net_and_input(name: str, seed: int) -> tuple[nn.Module, torch.Tensor]:
+    build, shape = NETS[name]
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return build(seed), x
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("net", list(NETS))
+def test_uniform_zero_is_gradient_times_input(net: str, seed: int) -> None:
+    model, x = net_and_input(net, seed)
+    x_ = x.clone().requires_grad_(True)
+    model(x_)[:, 1].sum().backward()
+    expl = relprop.explain(model, x, target=1, composite=uniform(rules.Zero()))
+    assert torch.equal(expl.relevance, x * x_.grad)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("net", list(NETS))
+def test_large_gamma_is_zplus_is_alpha1_beta0(net: str, seed: int) -> None:
+    model, x = net_and_input(net, seed)
+    with torch.no_grad():
+        y = model(x)
+    R = y.clamp(min=0)  # γ → ∞ is z⁺ only on outputs z > 0 (on z < 0 it favours z⁻)
+    assert bool((R > 0).any())
+
+    def explain(rule: rules.Rule) -> torch.Tensor:
+        return relprop.explain(model, x, target=OutputRelevance(R),
+                               composite=uniform(rule)).relevance
+
+    zplus = explain(rules.ZPlus(stabilizer=S))
+    scale = float(zplus.abs().max())
+    torch.testing.assert_close(explain(rules.AlphaBeta(1.0, 0.0, stabilizer=S)), zplus,
+                               rtol=1e-12, atol=1e-12 * scale)
+    torch.testing.assert_close(explain(rules.Gamma(1e8, stabilizer=S)), zplus,
+                               rtol=1e-6, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("net", list(NETS))
+def test_epsilon_tends_to_zero_rule(net: str) -> None:
+    model, x = net_and_input(net, 0)
+
+    def explain(rule: rules.Rule) -> torch.Tensor:
+        return relprop.explain(model, x, target=0, composite=uniform(rule)).relevance
+
+    lrp0 = explain(rules.Zero())
+    errors = [float((explain(rules.Epsilon(e)) - lrp0).abs().max()) for e in (1e-1, 1e-3, 1e-5)]
+    assert errors[0] > errors[1] > errors[2]
+    scale = float(lrp0.abs().max())
+    torch.testing.assert_close(explain(rules.Epsilon(1e-12)), lrp0, rtol=1e-8, atol=1e-8 * scale)
+    torch.testing.assert_close(explain(rules.Epsilon(0.0)), lrp0, rtol=1e-12, atol=1e-12 * scale)
+
+
+# ------------------------------------------------------------------- parameter checks
+@pytest.mark.parametrize("alpha,beta", [(2.0, 2.0), (1.5, 0.25), (3.0, 1.0), (1.0, 1.0)])
+def test_alpha_beta_needs_alpha_minus_beta_one(alpha: float, beta: float) -> None:
+    with pytest.raises(ValueError, match=rf"alpha={alpha!r}.*beta={beta!r}"):
+        rules.AlphaBeta(alpha, beta)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: rules.AlphaBeta(-1.0, -2.0),
+    lambda: rules.Gamma(-0.25),
+    lambda: rules.Gamma(float("nan")),
+    lambda: rules.Epsilon(-1e-6),
+    lambda: rules.Epsilon(float("nan")),
+    lambda: rules.Gamma(0.25, stabilizer=-1.0),
+    lambda: rules.ZPlus(stabilizer=-1e-6),
+    lambda: rules.Flat(stabilizer=-1e-6),
+], ids=["alphabeta-negative", "gamma-negative", "gamma-nan", "epsilon-negative",
+        "epsilon-nan", "gamma-stabilizer", "zplus-stabilizer", "flat-stabilizer"])
+def test_negative_parameters_raise(make: Callable[[], rules.Rule]) -> None:
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_valid_parameters_construct() -> None:
+    assert rules.AlphaBeta(2.0, 1.0).alpha == 2.0
+    assert rules.Gamma(0.0).gamma == 0.0
+    assert rules.Epsilon(0.0).epsilon == 0.0
+    assert rules.ZPlus() == rules.AlphaBeta(1.0, 0.0) or repr(rules.ZPlus()).startswith("ZPlus")
+
+
+# ----------------------------------------------------------------------- max pooling
+POOLS = {
+    "2d-k2": (lambda: nn.MaxPool2d(2), (2, 2, 6, 6)),
+    "2d-k3-s2-p1": (lambda: nn.MaxPool2d(3, stride=2, padding=1), (2, 2, 7, 7)),
+    "2d-ceil": (lambda: nn.MaxPool2d(2, ceil_mode=True), (2, 2, 5, 5)),
+    "1d-k3-s2": (lambda: nn.MaxPool1d(3, stride=2), (2, 3, 9)),
+}
+
+
+def pool_windows(pool: nn.Module, shape: tuple[int, ...]) -> np.ndarray:
+    """Window membership ``M[c, k, j]``: per channel, output ``k`` pools input ``j``.
+
+    Found by pooling one-hot inputs: input ``j`` is in window ``k`` iff raising ``j`` far
+    above all others makes it output ``k``'s value (padding is -inf, so never chosen)."""
+    spatial = shape[2:]
+    d = math.prod(spatial)
+    probes = torch.eye(d, dtype=torch.float64).reshape(d, 1, *spatial) * 10.0 - 1.0
+    with torch.no_grad():
+        out = pool(probes).reshape(d, -1)  # (j, k)
+    return (out == 9.0).T.double().numpy()  # (k, j), the same for every channel
+
+
+def pooled_inputs(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g, dtype=torch.float64) + 0.1  # positive, no ties
+
+
+@pytest.mark.parametrize("pool_name", list(POOLS))
+def test_max_pool_winner_take_all(pool_name: str) -> None:
+    """All of ``R_k`` goes to the arg-max of window ``k`` (summed if it wins several)."""
+    factory, shape = POOLS[pool_name]
+    model = nn.Sequential(factory()).eval()
+    x = pooled_inputs(shape, 0)
+    M = pool_windows(model[0], shape)
+    with torch.no_grad():
+        y = model(x)
+    R = output_relevance(y, "all", 0)
+    xs, Rs = x.reshape(*shape[:2], -1).numpy(), R.reshape(*shape[:2], -1).numpy()
+    expected = np.zeros_like(xs)
+    for n in range(shape[0]):
+        for c in range(shape[1]):
+            for k in range(M.shape[0]):
+                window = np.flatnonzero(M[k])
+                expected[n, c, window[np.argmax(xs[n, c, window])]] += Rs[n, c, k]
+    expl = relprop.explain(model, x, target=OutputRelevance(R))
+    assert_matches(expl.relevance, expected.reshape(shape), f"winner-take-all {pool_name}")
+
+
+@pytest.mark.parametrize("pool_name", list(POOLS))
+def test_max_pool_as_sum_pooling(pool_name: str) -> None:
+    """``R_j = sum_k a_j / (sum_{i in window k} a_i) R_k``."""
+    factory, shape = POOLS[pool_name]
+    model = nn.Sequential(factory()).eval()
+    x = pooled_inputs(shape, 1)
+    M = pool_windows(model[0], shape)
+    with torch.no_grad():
+        y = model(x)
+    R = output_relevance(y, "all", 1)
+    xs, Rs = x.reshape(*shape[:2], -1).numpy(), R.reshape(*shape[:2], -1).numpy()
+    expected = np.zeros_like(xs)
+    for n in range(shape[0]):
+        for c in range(shape[1]):
+            num = M * xs[n, c]
+            expected[n, c] = spread(num, num.sum(1), Rs[n, c])
+    composite = Composite([(kind("max_pool"), rules.SumPooling(stabilizer=S))], "sum")
+    expl = relprop.explain(model, x, target=OutputRelevance(R), composite=composite)
+    assert_matches(expl.relevance, expected.reshape(shape), f"sum pooling {pool_name}")
+
+
+# ----------------------------------------------------------------------- activations
+class Elementwise(nn.Module):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def signed_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("fn", [F.silu, F.gelu, torch.tanh], ids=["silu", "gelu", "tanh"])
+def test_identity_rule_passes_relevance_elementwise(fn: Callable[[torch.Tensor], torch.Tensor]
+                                                    ) -> None:
+    model = Elementwise(fn).eval()
+    x = signed_input((3, 7))
+    R = output_relevance(fn(x), "all", 0)
+    expl = relprop.explain(model, x, target=OutputRelevance(R))
+    assert set(expl.rules.values()) == {repr(rules.Pass())}
+    torch.testing.assert_close(expl.relevance, R, rtol=1e-12, atol=1e-14)
+
+
+def test_identity_rule_after_linear_layer() -> None:
+    """Linear (LRP-0) then SiLU (identity rule): the oracle is LRP-0 applied to ``R_out``."""
+    model, W, b = dense_layer("linear", True, 0)
+    model = nn.Sequential(model[0], nn.SiLU()).eval()
+    x = make_input((3, 6), "signed", 0)
+    with torch.no_grad():
+        y = model(x)
+    R = output_relevance(y, "all", 0)
+    expl = relprop.explain(model, x, target=OutputRelevance(R), composite=uniform(rules.Zero()))
+    assert_matches(expl.relevance, run_oracle(oracle_zero, x, W, b, R), "linear + silu")
+
+
+DERIVATIVES: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
+                             Callable[[torch.Tensor], torch.Tensor]]] = {
+    "silu": (F.silu, lambda x: torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x)))),
+    "tanh": (torch.tanh, lambda x: 1 - torch.tanh(x) ** 2),
+    "sigmoid": (torch.sigmoid, lambda x: torch.sigmoid(x) * (1 - torch.sigmoid(x))),
+    "softplus": (F.softplus, torch.sigmoid),
+}
+
+
+@pytest.mark.parametrize("name", list(DERIVATIVES))
+def test_gradient_rule_on_activation(name: str) -> None:
+    """``c = f'(a) · grad`` with ``grad = R_out / f(a)``, so ``R_in = a f'(a) R_out / f(a)``."""
+    fn, derivative = DERIVATIVES[name]
+    model = Elementwise(fn).eval()
+    x = signed_input((3, 7), 1)
+    y = fn(x)
+    R = output_relevance(y, "all", 1)
+    composite = Composite([(kind("activation"), rules.Gradient())], "grad")
+    expl = relprop.explain(model, x, target=OutputRelevance(R), composite=composite)
+    assert set(expl.rules.values()) == {repr(rules.Gradient())}
+    torch.testing.assert_close(expl.relevance, x * derivative(x) * R / y, rtol=1e-12,
+                               atol=1e-14)
+
+
+# --------------------------------------------------------------------------- products
+class HalvesProduct(nn.Module):
+    """``y = x[:, :n] * x[:, n:]`` (optionally with a sigmoid on the first half: a gate)."""
+
+    def __init__(self, gate: bool = False) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1] // 2
+        first = torch.sigmoid(x[:, :n]) if self.gate else x[:, :n]
+        return first * x[:, n:]
+
+
+def test_product_splits_relevance_in_halves() -> None:
+    x = signed_input((3, 8), 2)
+    y = x[:, :4] * x[:, 4:]
+    R = output_relevance(y, "all", 2)
+    expl = relprop.explain(HalvesProduct().eval(), x, target=OutputRelevance(R))
+    torch.testing.assert_close(expl.relevance, torch.cat([R / 2, R / 2], dim=1), rtol=1e-12,
+                               atol=1e-14)
+
+
+class LinearProduct(nn.Module):
+    """``y = A(x) * B(x)``: both factors depend on the whole input."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.A = nn.Linear(5, 4).double()
+            self.B = nn.Linear(5, 4).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.A(x) * self.B(x)
+
+
+def test_product_of_two_layers_halves_and_matches_oracle() -> None:
+    model = LinearProduct(3).eval()
+    x = signed_input((3, 5), 3)
+    with torch.no_grad():
+        y = model(x)
+    R = output_relevance(y, "all", 3)
+    expl = relprop.explain(model, x, target=OutputRelevance(R), composite=uniform(rules.Zero()),
+                           record=True)
+    ledger = {e.name: e for e in expl.conservation}
+    half = (R.sum(dim=1) / 2).tolist()
+    for layer in ("A:linear", "B:linear"):
+        np.testing.assert_allclose(ledger[layer].relevance_in, half, rtol=1e-12)
+    expected = sum(run_oracle(oracle_zero, x, layer.weight.detach().numpy(),
+                              layer.bias.detach().numpy(), R / 2) for layer in (model.A, model.B))
+    assert_matches(expl.relevance, expected, "LRP-0 through A(x) * B(x)")
+
+
+@pytest.mark.parametrize("gates_take_none", [True, False])
+def test_sigmoid_gate_takes_no_relevance(gates_take_none: bool) -> None:
+    x = signed_input((3, 8), 4)
+    y = torch.sigmoid(x[:, :4]) * x[:, 4:]
+    R = output_relevance(y, "all", 4)
+    composite = Composite([(kind("product"), rules.Product(gates_take_none))], "product")
+    expl = relprop.explain(HalvesProduct(gate=True).eval(), x, target=OutputRelevance(R),
+                           composite=composite)
+    gate_share = 0.0 if gates_take_none else 0.5
+    # the gate's share passes the sigmoid under the identity rule
+    expected = torch.cat([gate_share * R, (1 - gate_share) * R], dim=1)
+    torch.testing.assert_close(expl.relevance, expected, rtol=1e-12, atol=1e-14)
