@@ -143,13 +143,16 @@ def _merge_batchnorm(model: nn.Module) -> nn.Module:
         for name, module in list(seq.named_children()):
             if isinstance(module, nn.BatchNorm2d):
                 assert isinstance(previous, nn.Conv2d), "BN must follow a conv in these nets"
-                scale = module.weight.double() / torch.sqrt(module.running_var.double()
-                                                            + module.eps)
+                mean, var = module.running_mean, module.running_var
+                gamma, beta = module.weight, module.bias
+                assert mean is not None and var is not None and gamma is not None
+                assert beta is not None
+                scale = gamma.double() / torch.sqrt(var.double() + module.eps)
                 bias = (previous.bias.double() if previous.bias is not None
                         else torch.zeros_like(scale))
                 weight = previous.weight.double() * scale.reshape(-1, 1, 1, 1)
                 previous.weight.copy_(weight.to(previous.weight.dtype))
-                new_bias = (bias - module.running_mean.double()) * scale + module.bias.double()
+                new_bias = (bias - mean.double()) * scale + beta.double()
                 previous.bias = nn.Parameter(new_bias.to(previous.weight.dtype))
                 setattr(seq, name, nn.Identity())
             previous = module

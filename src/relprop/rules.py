@@ -26,14 +26,12 @@ __all__ = [
 ]
 
 
-def sign0(x: Tensor) -> Tensor:
-    """``sign(x)`` with ``sign(0) = +1``, so that ``x + eps * sign0(x)`` is never 0 for eps > 0."""
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-
-
 def stabilize(denominator: Tensor, epsilon: float | Tensor) -> Tensor:
-    """``z + eps * sign0(z)``: moves the denominator away from 0, keeping its sign."""
-    return denominator + epsilon * sign0(denominator)
+    """``z + ε·sign(z)`` with ``sign(0) = +1``: moves the denominator away from 0, keeping its
+    sign (``torch.sign(0) = 0`` would leave 0/0 = NaN)."""
+    if isinstance(epsilon, Tensor):
+        return denominator + torch.where(denominator >= 0, epsilon, -epsilon)
+    return torch.where(denominator >= 0, denominator + epsilon, denominator - epsilon)
 
 
 def _pos(t: Tensor) -> Tensor:
@@ -152,8 +150,8 @@ class Epsilon(LayerRule):
         return (self.epsilon * std).reshape([-1] + [1] * (z.dim() - 1))
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        denominator = stabilize(z, self._epsilon_for(z))
-        return op.input_vjp(a, op.weight, grad * z / denominator)
+        signal = torch.div(z, stabilize(z, self._epsilon_for(z))).mul_(grad)
+        return op.input_vjp(a, op.weight, signal)
 
 
 class Gamma(LayerRule):
