@@ -137,8 +137,10 @@ def _stub_torchvision() -> None:
 
 
 def make_method(method: str, model: Any, x: Any, target: Any,
-                num_classes: int) -> Callable[[], None]:
-    """Return a no-argument closure that runs ``method`` once (raises NotInstalled)."""
+                num_classes: int) -> tuple[Callable[[], None], str]:
+    """Return a closure that runs ``method`` once, and a note for the table.
+
+    Raises NotInstalled / Unavailable when the library or its API is missing."""
     import torch
 
     lib = method.split()[0]
@@ -149,14 +151,14 @@ def make_method(method: str, model: Any, x: Any, target: Any,
         def run() -> None:
             with torch.no_grad():
                 model(x)
-        return run
+        return run, ""
 
     if method == "gradient":
         def run() -> None:
             xg = x.detach().requires_grad_(True)
             out = model(xg)
             (grad,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), xg)
-        return run
+        return run, ""
 
     if lib == "relprop":
         import relprop
@@ -170,7 +172,7 @@ def make_method(method: str, model: Any, x: Any, target: Any,
 
         def run() -> None:
             relprop.explain(model, x, target=target, composite=composite)
-        return run
+        return run, ""
 
     if lib == "zennit":
         _stub_torchvision()
@@ -190,8 +192,10 @@ def make_method(method: str, model: Any, x: Any, target: Any,
             return None
 
         canonizers: list[Any] = []
+        note = ""
         if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
             canonizers = [SequentialMergeBatchNorm(), AttributeCanonizer(block_map)]
+            note = "BN merged, residual sums via zennit's ResNet block canonizer"
         if method.endswith("EpsilonPlusFlat"):
             zcomp = zc.EpsilonPlusFlat(canonizers=canonizers)
         else:
@@ -201,16 +205,21 @@ def make_method(method: str, model: Any, x: Any, target: Any,
         def run() -> None:
             with Gradient(model=model, composite=zcomp) as attributor:
                 attributor(x, onehot)
-        return run
+        return run, note
 
     if lib == "captum":
         from captum.attr import LRP
 
+        from tests.helpers import models as M
+
         lrp = LRP(model)
+        note = "captum default rules (epsilon everywhere)"
+        if any(isinstance(m, (M.BasicBlock, M.Bottleneck)) for m in model.modules()):
+            note += "; residual adds get no rule in captum: timing only"
 
         def run() -> None:
             lrp.attribute(x, target=target)
-        return run
+        return run, note
 
     raise SystemExit(f"unknown method {method!r}")
 
@@ -326,11 +335,11 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     x = torch.randn(args.batch, 3, side, side, generator=gen).to(device)
     target = ((7 * torch.arange(args.batch)) % num_classes).to(device)
     try:
-        run = make_method(args.method, model, x, target, num_classes)
+        run, note = make_method(args.method, model, x, target, num_classes)
         # One-time process costs (lazy imports, e.g. torch's sympy stack that autograd hooks
         # pull in, ~35 MB) are paid before the baseline, by one call on a 1x3x32x32 input.
         tiny = torch.randn(1, 3, 32, 32, generator=gen).to(device)
-        make_method(args.method, model, tiny, target[:1], num_classes)()
+        make_method(args.method, model, tiny, target[:1], num_classes)[0]()
         del tiny
     except NotInstalled:
         return {"status": "not installed"}
@@ -353,7 +362,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
     peak = mem.stop()
     return {"status": "ok", "time_s": statistics.median(times), "times_s": times,
-            "peak_bytes": max(peak, 0), "mem": mem.kind}
+            "peak_bytes": max(peak, 0), "mem": mem.kind, "note": note}
 
 
 def run_worker(args: argparse.Namespace, model: str, batch: int, method: str) -> dict[str, Any]:
@@ -463,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
                 t, mem = r["time_s"], r["peak_bytes"]
                 mem_kinds.add(r["mem"])
                 print(f"| {model} | {batch} | {m} | {t * 1e3:.1f} | {_ratio(t, gt)} "
-                      f"| {mem / 2**20:.1f} | {_ratio(mem, gm)} | |", flush=True)
+                      f"| {mem / 2**20:.1f} | {_ratio(mem, gm)} | {r.get('note', '')} |",
+                      flush=True)
     print(f"\npeak memory measured as: {', '.join(sorted(mem_kinds)) or 'n/a'} "
           "(see the docstring of bench/engine.py)")
     print(f"load average before / after: {load_before} / {_loadavg()} "

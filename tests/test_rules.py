@@ -62,9 +62,10 @@ def neg(x: np.ndarray) -> np.ndarray:
 
 
 def spread(num: np.ndarray, den: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """``R_j = sum_k num[k, j] / den[k] * R_k`` (terms with ``R_k = 0`` are 0, even where
-    ``den[k] = 0``: an output that is exactly 0 carries no relevance)."""
-    ratio = np.divide(R, den, out=np.zeros_like(R), where=R != 0)
+    """``R_j = sum_k num[k, j] / den[k] * R_k``, where a row with ``R_k = 0`` or ``den[k] = 0``
+    gives 0 (an exactly-0 output carries no relevance; a denominator that is a sum of terms of
+    one sign is 0 only if every term, i.e. every numerator of the row, is 0)."""
+    ratio = np.divide(R, den, out=np.zeros_like(R), where=(R != 0) & (den != 0))
     return (num * ratio[:, None]).sum(axis=0)
 
 
@@ -85,7 +86,7 @@ def oracle_epsilon(eps: float, relative: bool = False) -> Oracle:
     return oracle
 
 
-def oracle_gamma(gamma: float) -> Oracle:
+def oracle_gamma(gamma: float, s: float = S) -> Oracle:
     """LRP-γ, sign-aware. For ``z_k >= 0``:
     ``R_j = sum_k (Z_kj + γ Z_kj^+) / (z_k + γ (sum_j Z_kj^+ + b_k^+)) R_k``;
     for ``z_k < 0`` the same with the negative parts ``Z^-``, ``b^-``."""
@@ -94,18 +95,18 @@ def oracle_gamma(gamma: float) -> Oracle:
         z = Z.sum(1) + b
         part = np.where((z >= 0)[:, None], pos(Z), neg(Z))
         b_part = np.where(z >= 0, pos(b), neg(b))
-        return spread(Z + gamma * part, stab(z + gamma * (part.sum(1) + b_part)), R)
+        return spread(Z + gamma * part, stab(z + gamma * (part.sum(1) + b_part), s), R)
     return oracle
 
 
-def oracle_alpha_beta(alpha: float, beta: float) -> Oracle:
+def oracle_alpha_beta(alpha: float, beta: float, s: float = S) -> Oracle:
     """LRP-αβ: ``R_j = sum_k (α Z_kj^+ / z_k^+ − β Z_kj^- / z_k^-) R_k`` with
     ``z_k^± = sum_j Z_kj^± + b_k^±``."""
     def oracle(a, W, b, R):
         Z = W * a
         Zp, Zn = pos(Z), neg(Z)
-        return (alpha * spread(Zp, stab(Zp.sum(1) + pos(b)), R)
-                - beta * spread(Zn, stab(Zn.sum(1) + neg(b)), R))
+        return (alpha * spread(Zp, stab(Zp.sum(1) + pos(b), s), R)
+                - beta * spread(Zn, stab(Zn.sum(1) + neg(b), s), R))
     return oracle
 
 
@@ -302,6 +303,114 @@ def test_stabilize_uses_sign_of_zero_as_plus() -> None:
     assert rules.stabilize(z, 0.5).tolist() == [0.5, 0.5, 2.5, -2.5]
 
 
+ZERO_STABILIZER = {
+    "epsilon-0": (rules.Epsilon(0.0), oracle_epsilon(0.0)),
+    "gamma-s0": (rules.Gamma(0.25, stabilizer=0.0), oracle_gamma(0.25, s=0.0)),
+    "alpha2beta1-s0": (rules.AlphaBeta(2.0, 1.0, stabilizer=0.0), oracle_alpha_beta(2, 1, 0.0)),
+    "zplus-s0": (rules.ZPlus(stabilizer=0.0), oracle_alpha_beta(1.0, 0.0, s=0.0)),
+    "flat-s0": (rules.Flat(stabilizer=0.0), oracle_flat),
+}
+
+
+@pytest.mark.parametrize("rule_name", list(ZERO_STABILIZER))
+def test_zero_stabilizer_on_exactly_zero_denominators(rule_name: str) -> None:
+    """ε = 0 and stabilizer = 0 are accepted; a denominator that is exactly 0 (a bias-free conv
+    over a black image corner: ``z_k = 0``; non-negative inputs: ``z_k^- = 0``) has all-zero
+    numerators, so its row must contribute 0, not 0/0 = NaN spread over the receptive field.
+    """
+    rule, oracle = ZERO_STABILIZER[rule_name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False)).double().eval()
+    W = torch.autograd.functional.jacobian(
+        lambda v: model(v.reshape(1, 1, 4, 4)).reshape(-1), torch.zeros(16).double()).numpy()
+    x = make_input((2, 1, 4, 4), "nonneg", 0) + 0.1
+    x[:, :, :2, :2] = 0.0  # the black corner: outputs there are exactly 0
+    with torch.no_grad():
+        y = model(x)
+    R = output_relevance(y, "all", 0)
+    expl = relprop.explain(model, x, target=OutputRelevance(R), composite=uniform(rule))
+    assert_matches(expl.relevance, run_oracle(oracle, x, W, np.zeros(W.shape[0]), R), rule_name)
+
+
+# ------------------------------------------------- a first layer that reads x indirectly
+class Indirect(nn.Module):
+    """A layer fed by an index-only transform of the input: ``layer(transform(x))``."""
+
+    def __init__(self, layer: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.layer = layer
+        self.transform = transform
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.transform(x))
+
+
+def _reflect_conv() -> tuple[nn.Module, Callable, Callable]:
+    conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect")
+    pad = lambda v: F.pad(v, conv._reversed_padding_repeated_twice, mode="reflect")
+    return nn.Sequential(conv), pad, lambda p: F.conv2d(p, conv.weight, conv.bias)
+
+
+def _channels_last() -> tuple[nn.Module, Callable, Callable]:
+    conv = nn.Conv2d(2, 3, 3)
+    transform = lambda v: v.permute(0, 3, 1, 2)
+    return Indirect(conv, transform), transform, conv
+
+
+def _channel_slice() -> tuple[nn.Module, Callable, Callable]:
+    conv = nn.Conv2d(2, 3, 3)
+    transform = lambda v: v[:, :2]
+    return Indirect(conv, transform), transform, conv
+
+
+# name -> (builder of (model, transform T, layer L with model = L ∘ T), input shape)
+INDIRECT = {
+    "conv-reflect-padding": (_reflect_conv, (2, 2, 4, 5)),
+    "channels-last-permute": (_channels_last, (2, 4, 5, 2)),
+    "channel-slice": (_channel_slice, (2, 3, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("rule_name", RULE_NAMES)
+@pytest.mark.parametrize("case", list(INDIRECT))
+def test_rule_on_layer_reading_transformed_input(case: str, rule_name: str) -> None:
+    """``model = L ∘ T`` with ``T`` an index-only map (reflect padding, permute, slice): the
+    rule acts on ``L`` with input ``a = T x`` (per tap: a padded copy of a pixel is an input of
+    its own) and ``T``'s transpose sums the relevance of the copies, ``R_x = P^T R_a``.
+
+    Flat, w² and z^B give relevance also to inputs that are exactly 0. Where the first layer
+    reads ``x`` itself the engine deposits it; here it divides by ``a`` and drops it.
+    """
+    build, shape = INDIRECT[case]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        model, transform, layer = build()
+    model = model.double().eval()
+    in_shape = (1,) + shape[1:]
+    a_shape = transform(torch.zeros(in_shape, dtype=torch.float64)).shape
+    T_ = lambda v: transform(v.reshape(in_shape)).reshape(-1)
+    L_ = lambda v: layer(v.reshape(a_shape)).reshape(-1)
+    P = torch.autograd.functional.jacobian(T_, torch.zeros(math.prod(in_shape)).double()).numpy()
+    a0 = torch.zeros(math.prod(a_shape), dtype=torch.float64)
+    W = torch.autograd.functional.jacobian(L_, a0, vectorize=True).detach().numpy()
+    with torch.no_grad():
+        b = L_(a0).numpy()
+    rule, oracle = rule_cases(a_shape[1], a_shape)[rule_name]
+    for input_mode in ("no zeros", "signed", "nonneg"):
+        x = make_input(shape, "nonneg" if input_mode == "nonneg" else "signed", 0)
+        if input_mode == "no zeros":
+            x[x == 0] = 0.5
+        with torch.no_grad():
+            y = model(x)
+        R = output_relevance(y, "all", 0)
+        xs, Rs = x.reshape(shape[0], -1).numpy(), R.reshape(shape[0], -1).numpy()
+        expected = np.stack([P.T @ oracle(P @ xs[n], W, b, Rs[n]) for n in range(shape[0])])
+        expl = relprop.explain(model, x, target=OutputRelevance(R), composite=uniform(rule))
+        assert_matches(expl.relevance, expected.reshape(shape),
+                       f"{rule_name} on {case} ({input_mode} input)")
+
+
 # ------------------------------------------------------------------ identities on nets
 def relu_net(seed: int) -> nn.Module:
     """conv-ReLU-maxpool-conv-ReLU-avgpool-linear-ReLU-linear, with biases, float64."""
@@ -411,7 +520,8 @@ def test_valid_parameters_construct() -> None:
     assert rules.AlphaBeta(2.0, 1.0).alpha == 2.0
     assert rules.Gamma(0.0).gamma == 0.0
     assert rules.Epsilon(0.0).epsilon == 0.0
-    assert rules.ZPlus() == rules.AlphaBeta(1.0, 0.0) or repr(rules.ZPlus()).startswith("ZPlus")
+    zplus = rules.ZPlus()
+    assert isinstance(zplus, rules.AlphaBeta) and (zplus.alpha, zplus.beta) == (1.0, 0.0)
 
 
 # ----------------------------------------------------------------------- max pooling
@@ -611,3 +721,36 @@ def test_sigmoid_gate_takes_no_relevance(gates_take_none: bool) -> None:
     # the gate's share passes the sigmoid under the identity rule
     expected = torch.cat([gate_share * R, (1 - gate_share) * R], dim=1)
     torch.testing.assert_close(expl.relevance, expected, rtol=1e-12, atol=1e-14)
+
+
+MATMULS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "bmm": torch.bmm,
+    "matmul-3d": torch.matmul,
+    "einsum": lambda A, B: torch.einsum("nik,nkj->nij", A, B),
+    "matmul-4d": lambda A, B: (A[:, None] @ B[:, None])[:, 0],  # attention's q @ k^T spelling
+}
+
+
+class MatmulProduct(nn.Module):
+    """``y = A @ B`` with ``A``, ``B`` (2 x 2) matrices read from the two halves of ``x``."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return MATMULS[self.spelling](x[:, :4].reshape(-1, 2, 2), x[:, 4:].reshape(-1, 2, 2))
+
+
+@pytest.mark.parametrize("spelling", list(MATMULS))
+def test_matmul_of_two_activations_halves_relevance(spelling: str) -> None:
+    """Each factor gets half, spread LRP-0-style over the terms ``A_ik B_kj`` of ``y_ij``:
+    ``R_A[i, k] = sum_j A_ik B_kj / (2 y_ij) R_ij`` and ``R_B[k, j] = sum_i (same)``."""
+    x = signed_input((3, 8), 5)
+    A, B = x[:, :4].reshape(-1, 2, 2), x[:, 4:].reshape(-1, 2, 2)
+    y = A @ B
+    R = output_relevance(y, "all", 5)
+    terms = A[:, :, :, None] * B[:, None, :, :] * (R / (2 * y))[:, :, None, :]  # [n, i, k, j]
+    expected = torch.cat([terms.sum(3).reshape(3, 4), terms.sum(1).reshape(3, 4)], dim=1)
+    expl = relprop.explain(MatmulProduct(spelling).eval(), x, target=OutputRelevance(R))
+    torch.testing.assert_close(expl.relevance, expected, rtol=1e-12, atol=1e-12)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ._calls import OpCall
 from ._ops import LinearOp
-from .rules import Gradient, LayerRule, Pass, Product, SumPooling, WinnerTakeAll
+from .rules import Gradient, LayerRule, Pass, Product, SumPooling, WinnerTakeAll, stabilize
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -111,8 +111,7 @@ def _sum_pool_grad(a: Tensor, relevance: Tensor, options: dict[str, Any],
     with torch.enable_grad():
         a_ = a.detach().requires_grad_(True)
         mean = avg(a_, **kwargs)
-        denom = mean + stabilizer * torch.where(mean >= 0, 1.0, -1.0).to(mean.dtype)
-        (g,) = torch.autograd.grad(mean, a_, relevance / denom)
+        (g,) = torch.autograd.grad(mean, a_, relevance / stabilize(mean, stabilizer))
     return g
 
 

@@ -40,6 +40,18 @@ ACCEPTED = frozenset({
     "MaxBackward1", "AmaxBackward0", "MaximumBackward0", "NativeDropoutBackward0",
     "AccumulateGrad", "ExpandAsBackward0", "ViewAsBackward0",
 })
+#: nodes of ops that only move values around (each output is a copy of one input or 0)
+INDEX_ONLY = frozenset({
+    "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "AsStridedBackward0",
+    "ExpandBackward0", "PermuteBackward0", "TransposeBackward0", "TransposeBackward1",
+    "TBackward0", "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2",
+    "SqueezeBackward3", "SqueezeBackward4", "UnsqueezeBackward0", "SliceBackward0",
+    "SelectBackward0", "IndexBackward0", "IndexSelectBackward0", "GatherBackward0",
+    "SplitBackward0", "SplitWithSizesBackward0", "UnbindBackward0", "CloneBackward0",
+    "AliasBackward0", "ToCopyBackward0", "CatBackward0", "StackBackward0", "RepeatBackward0",
+    "FlipBackward0", "RollBackward0", "NarrowBackward0", "ExpandAsBackward0",
+    "ViewAsBackward0",
+})
 #: linear only when one operand is a constant (otherwise a product or a quotient of activations)
 ONE_SIDED = frozenset({"MulBackward0", "DivBackward0", "MmBackward0", "BmmBackward0",
                        "AddmmBackward0", "AddbmmBackward0", "MvBackward0", "DotBackward0"})

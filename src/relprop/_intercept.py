@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from ._functions import ElementwiseFunction, LayerFunction, MaxPoolFunction, ShareFunction
+from ._graph import INDEX_ONLY
 from ._ops import LinearOp, linear_op_from_call
 from ._session import Session
 from .errors import UnsupportedOperationError
@@ -83,10 +84,27 @@ def _detach_leaves(value: Any, x: Tensor) -> Any:
 
 
 def _reads_input(session: Session, a: Tensor) -> bool:
+    """Whether ``a`` is the explained input, or made from it by ops that only move values
+    (views, permutes, slices, padding, concatenation): rules that do not factor through
+    ``a`` then hand their relevance straight back to the input pixels."""
     x = session.x
     if a is x:
         return True
-    return a._base is x and a.is_contiguous() and a.numel() == x.numel()
+    stack, seen = [a.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        kind = type(node).__name__
+        if kind == "AccumulateGrad":
+            if node.variable is not x:
+                return False
+            continue
+        if kind not in INDEX_ONLY and "Pad" not in kind:
+            return False
+        stack.extend(parent for parent, _ in node.next_functions)
+    return bool(seen)
 
 
 def _layer(session: Session, func: Callable[..., Any], name: str,
@@ -190,10 +208,21 @@ def _product(session: Session, func: Callable[..., Any], name: str,
     call.gates = [session.is_gate(operands[i]) for i in on_path]
     for position, i in enumerate(on_path):
         operands[i] = ShareFunction.apply(operands[i], call, position, session)
-    if name == "einsum":
-        equation = args[0]
-        return func(equation, *operands, **kwargs)
-    return func(*operands, **kwargs)
+    out = func(args[0], *operands, **kwargs) if name == "einsum" else func(*operands, **kwargs)
+    _approve_down_to_shares(session, out.grad_fn)
+    return out
+
+
+def _approve_down_to_shares(session: Session, node: Any) -> None:
+    """Matmul and einsum are built from reshapes around a bmm: approve all of it."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if node is None or node in session.approved:
+            continue
+        session.approved.add(node)
+        if type(node).__name__ != "ShareFunctionBackward":
+            stack.extend(parent for parent, _ in node.next_functions)
 
 
 _HANDLERS: dict[str, Handler] = {
@@ -247,8 +276,5 @@ class Interceptor(TorchFunctionMode):
                 session.node_info[node] = (path, name)
             if handled:
                 session.approved.add(node)
-                for parent, _ in node.next_functions:
-                    if parent is not None and type(parent).__name__ == "ShareFunctionBackward":
-                        session.approved.add(parent)
             elif name in SHAPE_OPS and args and session.is_gate(args[0]):
                 session.mark_gate(t)

@@ -114,8 +114,11 @@ class Session:
         cannot be carried and is reported as absorbed in the ledger.
         """
         if call.reads_input:
-            flat = relevance.reshape(self.x.shape)
-            self.deposit = flat if self.deposit is None else self.deposit + flat
+            if a.grad_fn is None:  # the input itself
+                on_input = relevance.reshape(self.x.shape)
+            else:  # route back through the index-only ops that made ``a`` from the input
+                (on_input,) = torch.autograd.grad(a, self.x, relevance, retain_graph=True)
+            self.deposit = on_input if self.deposit is None else self.deposit + on_input
             self.log(call, relevance_in, relevance)
             return torch.zeros_like(a)
         nonzero = a != 0

@@ -30,7 +30,10 @@ def stabilize(denominator: Tensor, epsilon: float | Tensor) -> Tensor:
     """``z + ε·sign(z)`` with ``sign(0) = +1``: moves the denominator away from 0, keeping its
     sign (``torch.sign(0) = 0`` would leave 0/0 = NaN)."""
     if isinstance(epsilon, Tensor):
-        return denominator + torch.where(denominator >= 0, epsilon, -epsilon)
+        out = denominator + torch.where(denominator >= 0, epsilon, -epsilon)
+        return out.masked_fill_(out == 0, float("inf"))
+    if epsilon == 0:  # a zero denominator means every contribution is 0: give 0, not NaN
+        return denominator.masked_fill(denominator == 0, float("inf"))
     return torch.where(denominator >= 0, denominator + epsilon, denominator - epsilon)
 
 
