@@ -98,7 +98,7 @@ def _reads_input(session: Session, a: Tensor) -> bool:
         seen.add(node)
         kind = type(node).__name__
         if kind == "AccumulateGrad":
-            if node.variable is not x:
+            if getattr(node, "variable", None) is not x:
                 return False
             continue
         if kind not in INDEX_ONLY and "Pad" not in kind:
