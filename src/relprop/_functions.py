@@ -23,14 +23,19 @@ if TYPE_CHECKING:
 
 
 class LayerFunction(torch.autograd.Function):
-    """A linear layer call (possibly with a BatchNorm merged in) under a :class:`LayerRule`."""
+    """A linear layer call (possibly with a BatchNorm merged in) under a :class:`LayerRule`.
+
+    With ``relu=True`` the ReLU that follows is part of the node: its output ``max(0, z)``
+    stands in for ``z`` in the rule, which is exact because relevance is 0 wherever the
+    ReLU is closed, and it saves keeping ``z`` as well as the ReLU's output.
+    """
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, op: LinearOp, call: OpCall, session: Session,
-                compute: Callable[[], Tensor]) -> Tensor:
+                compute: Callable[[], Tensor], relu: bool = False) -> Tensor:
         z = compute()
         ctx.save_for_backward(a, z)
-        ctx.op, ctx.call, ctx.session = op, call, session
+        ctx.op, ctx.call, ctx.session, ctx.relu = op, call, session, relu
         return z
 
     @staticmethod
@@ -39,11 +44,14 @@ class LayerFunction(torch.autograd.Function):
         call: OpCall = ctx.call
         rule = call.rule
         assert isinstance(rule, LayerRule)
+        if ctx.relu:
+            grad = grad * (z > 0)
         out = rule.propagate(ctx.op, a, z, grad)
         if rule.factorizes:
             ctx.session.log(call, z * grad, a * out)
-            return out, None, None, None, None
-        return ctx.session.relevance_to_grad(call, out, a, z * grad), None, None, None, None
+            return out, None, None, None, None, None
+        return (ctx.session.relevance_to_grad(call, out, a, z * grad),
+                None, None, None, None, None)
 
 
 class ElementwiseFunction(torch.autograd.Function):

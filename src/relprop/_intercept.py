@@ -9,6 +9,7 @@ Parameters are detached at the call, so the graph holds only what depends on the
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -115,14 +116,8 @@ def _layer(session: Session, func: Callable[..., Any], name: str,
     kind = op.kind
     call = session.new_call(kind, name, reads_input=_reads_input(session, a))
     out = LayerFunction.apply(a, op, call, session, lambda: func(*args, **kwargs))
-    session.producers[id(out)] = (_weakref(out), call, op, a)
+    session.producers[id(out)] = (weakref.ref(out), call, op, a)
     return out
-
-
-def _weakref(t: Tensor) -> Any:
-    import weakref
-
-    return weakref.ref(t)
 
 
 def _batch_norm(session: Session, func: Callable[..., Any], name: str,
@@ -158,11 +153,23 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
         value = bound["input"].detach()
         out = LayerFunction.apply(a, fused, call, session,
                                   lambda: func(value, *args[1:], **kwargs))
-        session.producers[id(out)] = (_weakref(out), call, fused, a)
+        session.producers[id(out)] = (weakref.ref(out), call, fused, a)
         return out
     op = LinearOp("norm", scale, shift, {})
     call = session.new_call("norm", name, reads_input=_reads_input(session, x))
     return LayerFunction.apply(x, op, call, session, lambda: func(*args, **kwargs))
+
+
+def _relu(session: Session, func: Callable[..., Any], name: str,
+          args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A ReLU right after a layer joins that layer's node (see ``LayerFunction``)."""
+    x = args[0] if args else kwargs.get("input")
+    producer = session.producers.pop(id(x), None) if isinstance(x, Tensor) else None
+    if producer is None or producer[0]() is not x or len(args) > 1 or set(kwargs) - {"inplace"}:
+        return func(*args, **{k: v for k, v in kwargs.items() if k != "inplace"})
+    _, call, op, a = producer
+    value = x.detach()
+    return LayerFunction.apply(a, op, call, session, lambda: torch.relu(value), True)
 
 
 def _activation(session: Session, func: Callable[..., Any], name: str,
@@ -229,6 +236,7 @@ _HANDLERS: dict[str, Handler] = {
     **{n: _layer for n in ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
                            "conv_transpose2d", "conv_transpose3d")},
     "batch_norm": _batch_norm,
+    "relu": _relu,
     **{n: _activation for n in ACTIVATIONS},
     **{n: _max_pool for n in ("max_pool1d", "max_pool2d", "max_pool3d")},
     **{n: _product for n in PRODUCTS},
