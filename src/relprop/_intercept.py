@@ -163,9 +163,10 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
 def _relu(session: Session, func: Callable[..., Any], name: str,
           args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A ReLU right after a layer joins that layer's node (see ``LayerFunction``)."""
-    x = args[0] if args else kwargs.get("input")
-    producer = session.producers.pop(id(x), None) if isinstance(x, Tensor) else None
-    if producer is None or producer[0]() is not x or len(args) > 1 or set(kwargs) - {"inplace"}:
+    x: Tensor | None = args[0] if args and isinstance(args[0], Tensor) else None
+    producer = session.producers.pop(id(x), None) if x is not None else None
+    plain = len(args) > 1 or bool(set(kwargs) - {"inplace"})
+    if x is None or producer is None or producer[0]() is not x or plain:
         return func(*args, **{k: v for k, v in kwargs.items() if k != "inplace"})
     _, call, op, a = producer
     value = x.detach()
