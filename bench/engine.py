@@ -451,9 +451,9 @@ def main(argv: list[str] | None = None) -> int:
           f"random weights, params {'trainable' if args.param_grad else 'frozen'}, "
           f"median of {args.repeats} after {args.warmup} warm-up; each cell in a fresh process")
     print()
-    print("| model | batch | method | time (ms) | time / grad | peak extra mem (MiB) "
+    print("| model | batch | method | time (ms) | min (ms) | time / grad | peak extra mem (MiB) "
           "| mem / grad | note |")
-    print("|---|---:|---|---:|---:|---:|---:|---|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
     all_results = []
     mem_kinds: set[str] = set()
     for model in models:
@@ -466,18 +466,21 @@ def main(argv: list[str] | None = None) -> int:
                 r = results[m]
                 all_results.append({"model": model, "batch": batch, "method": m, **r})
                 if r["status"] != "ok":
-                    print(f"| {model} | {batch} | {m} | – | – | – | – | {r['status']} |",
+                    print(f"| {model} | {batch} | {m} | – | – | – | – | – | {r['status']} |",
                           flush=True)
                     continue
                 t, mem = r["time_s"], r["peak_bytes"]
                 mem_kinds.add(r["mem"])
-                print(f"| {model} | {batch} | {m} | {t * 1e3:.1f} | {_ratio(t, gt)} "
+                tmin = min(r["times_s"])
+                print(f"| {model} | {batch} | {m} | {t * 1e3:.1f} | {tmin * 1e3:.1f} "
+                      f"| {_ratio(t, gt)} "
                       f"| {mem / 2**20:.1f} | {_ratio(mem, gm)} | {r.get('note', '')} |",
                       flush=True)
     print(f"\npeak memory measured as: {', '.join(sorted(mem_kinds)) or 'n/a'} "
           "(see the docstring of bench/engine.py)")
-    print(f"load average before / after: {load_before} / {_loadavg()} "
-          f"(other processes on the machine distort timings)")
+    print(f"load average before / after: {load_before} / {_loadavg()}. Other processes on "
+          "the cores distort timings (a median far above the min is a sign); memory is not "
+          "affected.")
     if args.json:
         args.json.write_text(json.dumps(all_results, indent=2))
     return 0
