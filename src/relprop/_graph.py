@@ -14,32 +14,6 @@ from typing import Any
 
 from ._session import Session
 
-#: backward nodes of linear ops (their gradient is exact LRP-0) or of ReLU-like gates
-ACCEPTED = frozenset({
-    "AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1", "RsubBackward1",
-    "NegBackward0", "CatBackward0", "StackBackward0", "ViewBackward0", "UnsafeViewBackward0",
-    "ReshapeAliasBackward0", "AsStridedBackward0", "ExpandBackward0", "PermuteBackward0",
-    "TransposeBackward0", "TransposeBackward1", "TBackward0", "SqueezeBackward0",
-    "SqueezeBackward1", "SqueezeBackward2", "SqueezeBackward3", "SqueezeBackward4",
-    "UnsqueezeBackward0", "SliceBackward0", "SelectBackward0", "IndexBackward0",
-    "IndexSelectBackward0", "GatherBackward0", "SplitBackward0", "SplitWithSizesBackward0",
-    "UnbindBackward0", "CloneBackward0", "AliasBackward0", "ToCopyBackward0",
-    "MeanBackward0", "MeanBackward1", "SumBackward0", "SumBackward1",
-    "ConstantPadNdBackward0", "ReflectionPad1DBackward0", "ReflectionPad2DBackward0",
-    "ReflectionPad3DBackward0", "ReplicationPad1DBackward0", "ReplicationPad2DBackward0",
-    "ReplicationPad3DBackward0", "AvgPool2DBackward0", "AvgPool3DBackward0",
-    "AdaptiveAvgPool2DBackward0", "AdaptiveAvgPool3DBackward0", "UpsampleNearest1DBackward0",
-    "UpsampleNearest2DBackward0", "UpsampleNearest3DBackward0", "UpsampleLinear1DBackward0",
-    "UpsampleBilinear2DBackward0", "UpsampleTrilinear3DBackward0", "RepeatBackward0",
-    "FlipBackward0", "RollBackward0", "UnfoldBackward0", "Im2ColBackward0", "Col2ImBackward0",
-    "PixelShuffleBackward0", "PixelUnshuffleBackward0", "WhereBackward0",
-    "MaskedFillBackward0", "NarrowBackward0", "DiagonalBackward0", "CopySlices",
-    "ReluBackward0", "ThresholdBackward0", "LeakyReluBackward0", "ClampMinBackward0",
-    "MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0",
-    "AdaptiveMaxPool2DBackward0", "AdaptiveMaxPool3DBackward0", "MaxBackward0",
-    "MaxBackward1", "AmaxBackward0", "MaximumBackward0", "NativeDropoutBackward0",
-    "AccumulateGrad", "ExpandAsBackward0", "ViewAsBackward0",
-})
 #: nodes of ops that only move values around (each output is a copy of one input or 0)
 INDEX_ONLY = frozenset({
     "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "AsStridedBackward0",
@@ -50,7 +24,25 @@ INDEX_ONLY = frozenset({
     "SplitBackward0", "SplitWithSizesBackward0", "UnbindBackward0", "CloneBackward0",
     "AliasBackward0", "ToCopyBackward0", "CatBackward0", "StackBackward0", "RepeatBackward0",
     "FlipBackward0", "RollBackward0", "NarrowBackward0", "ExpandAsBackward0",
-    "ViewAsBackward0",
+    "ViewAsBackward0", "ConstantPadNdBackward0", "ReflectionPad1DBackward0",
+    "ReflectionPad2DBackward0", "ReflectionPad3DBackward0", "ReplicationPad1DBackward0",
+    "ReplicationPad2DBackward0", "ReplicationPad3DBackward0",
+})
+#: backward nodes of linear ops (their gradient is exact LRP-0) or of ReLU-like gates
+ACCEPTED = INDEX_ONLY | frozenset({
+    "AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1", "RsubBackward1",
+    "NegBackward0", "MeanBackward0", "MeanBackward1", "SumBackward0", "SumBackward1",
+    "AvgPool2DBackward0", "AvgPool3DBackward0", "AdaptiveAvgPool2DBackward0",
+    "AdaptiveAvgPool3DBackward0", "UpsampleNearest1DBackward0", "UpsampleNearest2DBackward0",
+    "UpsampleNearest3DBackward0", "UpsampleLinear1DBackward0", "UpsampleBilinear2DBackward0",
+    "UpsampleTrilinear3DBackward0", "UnfoldBackward0", "Im2ColBackward0", "Col2ImBackward0",
+    "PixelShuffleBackward0", "PixelUnshuffleBackward0", "WhereBackward0",
+    "MaskedFillBackward0", "DiagonalBackward0", "CopySlices", "ReluBackward0",
+    "ThresholdBackward0", "LeakyReluBackward0", "ClampMinBackward0",
+    "MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0",
+    "AdaptiveMaxPool2DBackward0", "AdaptiveMaxPool3DBackward0", "MaxBackward0",
+    "MaxBackward1", "AmaxBackward0", "MaximumBackward0", "NativeDropoutBackward0",
+    "AccumulateGrad",
 })
 #: linear only when one operand is a constant (otherwise a product or a quotient of activations)
 ONE_SIDED = frozenset({"MulBackward0", "DivBackward0", "MmBackward0", "BmmBackward0",

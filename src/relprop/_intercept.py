@@ -102,7 +102,7 @@ def _reads_input(session: Session, a: Tensor) -> bool:
             if getattr(node, "variable", None) is not x:
                 return False
             continue
-        if kind not in INDEX_ONLY and "Pad" not in kind:
+        if kind not in INDEX_ONLY and "Pad" not in kind:  # CircularPad*, future pads
             return False
         stack.extend(parent for parent, _ in node.next_functions)
     return bool(seen)
