@@ -68,6 +68,7 @@ import importlib.util
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -388,6 +389,18 @@ def run_worker(args: argparse.Namespace, model: str, batch: int, method: str) ->
 
 
 # ------------------------------------------------------------------------------ report
+def _git_rev() -> str:
+    """Commit of the checkout (+dirty if src/ has uncommitted changes), or 'unknown'."""
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
+
+
 def _loadavg() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -443,7 +456,10 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = _loadavg()
     print(f"# relprop engine benchmark ({_dt.date.today().isoformat()})\n")
-    print(f"- command: `python {' '.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}`")
+    env = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
+    print(f"- command: `{env}python {shlex.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}`")
+    print(f"- relprop checkout {_git_rev()} (each cell imports relprop afresh: do not edit "
+          "src/ during a run)")
     print(f"- torch {torch.__version__}, python {platform.python_version()}, "
           f"{platform.machine()}, {os.cpu_count()} CPUs visible, "
           f"torch threads {args.threads}, device {args.device}")
