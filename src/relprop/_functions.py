@@ -44,11 +44,12 @@ class LayerFunction(torch.autograd.Function):
         call: OpCall = ctx.call
         rule = call.rule
         assert isinstance(rule, LayerRule)
-        if ctx.relu:
+        if ctx.relu and rule.reads_grad:
             grad = grad * (z > 0)
         out = rule.propagate(ctx.op, a, z, grad)
         if rule.factorizes:
-            ctx.session.log(call, z * grad, a * out)
+            if ctx.session.record:
+                ctx.session.log(call, z * grad, a * out)
             return out, None, None, None, None, None
         return (ctx.session.relevance_to_grad(call, out, a, z * grad),
                 None, None, None, None, None)
@@ -76,7 +77,8 @@ class ElementwiseFunction(torch.autograd.Function):
         else:
             assert isinstance(rule, Pass)
             g = rule.propagate(None, a, z, grad)
-        ctx.session.log(ctx.call, z * grad, a * g)
+        if ctx.session.record:
+            ctx.session.log(ctx.call, z * grad, a * g)
         return g, None, None, None
 
 
@@ -105,7 +107,8 @@ class MaxPoolFunction(torch.autograd.Function):
             g = torch.zeros_like(a).flatten(2)
             g.scatter_add_(2, indices.flatten(2), grad.flatten(2))
             g = g.view_as(a)
-        ctx.session.log(ctx.call, z * grad, a * g)
+        if ctx.session.record:
+            ctx.session.log(ctx.call, z * grad, a * g)
         return g, None, None, None
 
 

@@ -9,7 +9,7 @@ without ever touching the model's parameters.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -26,14 +26,51 @@ def _tuple(value: Any, n: int) -> list[int]:
     return [int(v) for v in value]
 
 
-@dataclass(frozen=True)
 class LinearOp:
-    """One call of a linear op, with detached weights; ``kind`` selects the maths."""
+    """One call of a linear op, with detached weights; ``kind`` selects the maths.
 
-    kind: str  # "linear" | "conv" | "conv_transpose" | "norm"
-    weight: Tensor
-    bias: Tensor | None
-    options: dict[str, Any]
+    Weights merged with a following BatchNorm, and their positive and negative parts, are
+    computed on first use (in the backward pass) and kept for the rest of it.
+    """
+
+    def __init__(self, kind: str, weight: Tensor, bias: Tensor | None,
+                 options: dict[str, Any],
+                 affine: tuple[LinearOp, Tensor, Tensor] | None = None) -> None:
+        self.kind = kind  # "linear" | "conv" | "conv_transpose" | "norm"
+        self.options = options
+        self._weight = weight
+        self._bias = bias
+        self._affine = affine
+
+    @cached_property
+    def weight(self) -> Tensor:
+        if self._affine is None:
+            return self._weight
+        base, scale, _ = self._affine
+        return base._scaled_weight(scale)
+
+    @cached_property
+    def bias(self) -> Tensor | None:
+        if self._affine is None:
+            return self._bias
+        base, scale, shift = self._affine
+        return shift if base.bias is None else base.bias * scale + shift
+
+    @cached_property
+    def positive_weight(self) -> Tensor:
+        return self.weight.clamp(min=0)
+
+    @cached_property
+    def negative_weight(self) -> Tensor:
+        return self.weight.clamp(max=0)
+
+    @cached_property
+    def positive_bias(self) -> Tensor | None:
+        return None if self.bias is None else self.bias.clamp(min=0)
+
+    @cached_property
+    def negative_bias(self) -> Tensor | None:
+        return None if self.bias is None else self.bias.clamp(max=0)
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, a: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -92,18 +129,18 @@ class LinearOp:
     # -- structure -----------------------------------------------------------------------
     def fuse_affine(self, scale: Tensor, shift: Tensor) -> LinearOp:
         """The op followed by ``y = scale * z + shift`` per output channel, as one op."""
-        scale = scale.to(self.weight.dtype)
-        shift = shift.to(self.weight.dtype)
-        bias = shift if self.bias is None else self.bias * scale + shift
+        dtype = self._weight.dtype
+        return LinearOp(self.kind, self._weight, None, self.options,
+                        (self, scale.to(dtype), shift.to(dtype)))
+
+    def _scaled_weight(self, scale: Tensor) -> Tensor:
         w = self.weight
         if self.kind in ("linear", "conv", "norm"):
-            weight = w * scale.reshape([-1] + [1] * (w.dim() - 1))
-        else:  # conv_transpose weight: (C_in, C_out / groups, *k)
-            groups = self.options["groups"]
-            grouped = w.reshape(groups, w.shape[0] // groups, *w.shape[1:])
-            s = scale.reshape(groups, 1, w.shape[1], *([1] * (w.dim() - 2)))
-            weight = (grouped * s).reshape(w.shape)
-        return replace(self, weight=weight, bias=bias)
+            return w * scale.reshape([-1] + [1] * (w.dim() - 1))
+        groups = self.options["groups"]  # conv_transpose weight: (C_in, C_out / groups, *k)
+        grouped = w.reshape(groups, w.shape[0] // groups, *w.shape[1:])
+        s = scale.reshape(groups, 1, w.shape[1], *([1] * (w.dim() - 2)))
+        return (grouped * s).reshape(w.shape)
 
     def can_fuse_affine_on(self, output: Tensor, channels: int) -> bool:
         """Whether a per-channel affine over dim 1 of ``output`` acts on this op's channels."""

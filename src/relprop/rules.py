@@ -28,35 +28,31 @@ __all__ = [
 
 def stabilize(denominator: Tensor, epsilon: float | Tensor) -> Tensor:
     """``z + ε·sign(z)`` with ``sign(0) = +1``: moves the denominator away from 0, keeping its
-    sign (``torch.sign(0) = 0`` would leave 0/0 = NaN)."""
-    if isinstance(epsilon, Tensor):
-        out = denominator + torch.where(denominator >= 0, epsilon, -epsilon)
+    sign (``torch.sign(0) = 0`` would leave 0/0 = NaN). A denominator that stays exactly 0
+    (ε = 0) becomes ``inf``: every contribution to it is 0, so the share is 0, not NaN."""
+    out = torch.where(denominator >= 0, denominator + epsilon, denominator - epsilon)
+    if isinstance(epsilon, Tensor) or epsilon == 0:
         return out.masked_fill_(out == 0, float("inf"))
-    if epsilon == 0:  # a zero denominator means every contribution is 0: give 0, not NaN
+    return out
+
+
+def _stabilize_nonneg(denominator: Tensor, epsilon: float) -> Tensor:
+    """``stabilize`` for a denominator known to be ``>= 0`` (a sum of positive parts)."""
+    if epsilon == 0:
         return denominator.masked_fill(denominator == 0, float("inf"))
-    return torch.where(denominator >= 0, denominator + epsilon, denominator - epsilon)
+    return denominator + epsilon
 
 
-def _pos(t: Tensor) -> Tensor:
-    return t.clamp(min=0)
-
-
-def _neg(t: Tensor) -> Tensor:
-    return t.clamp(max=0)
-
-
-def _bias_part(op: LinearOp, sign: int) -> Tensor | None:
-    if op.bias is None:
-        return None
-    return _pos(op.bias) if sign > 0 else _neg(op.bias)
+def _nonnegative(t: Tensor) -> bool:
+    return bool(t.min() >= 0) if t.numel() else True
 
 
 def _positive_contributions(op: LinearOp, a: Tensor, nonneg: bool) -> Tensor:
     """``P_k = sum_j (a_j w_jk)^+`` (bias excluded)."""
-    w = op.weight
     if nonneg:
-        return op.forward(a, _pos(w))
-    return op.forward(_pos(a), _pos(w)) + op.forward(_neg(a), _neg(w))
+        return op.forward(a, op.positive_weight)
+    return (op.forward(a.clamp(min=0), op.positive_weight)
+            + op.forward(a.clamp(max=0), op.negative_weight))
 
 
 def _signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,
@@ -66,17 +62,12 @@ def _signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,
     For ``a_j > 0`` the positive contributions are ``a_j w^+``, for ``a_j < 0`` they are
     ``a_j w^-``: this is what makes γ, αβ and z⁺ correct on inputs of both signs.
     """
-    w = op.weight
-    w_pos, w_neg = _pos(w), _neg(w)
-
     def pull(weight_for_pos: Tensor, weight_for_neg: Tensor) -> Tensor:
-        total = torch.zeros_like(a)
-        if s_pos is not None:
-            total = total + op.input_vjp(a, weight_for_pos, s_pos)
-        if s_neg is not None:
-            total = total + op.input_vjp(a, weight_for_neg, s_neg)
-        return total
+        terms = [op.input_vjp(a, w, s) for w, s in ((weight_for_pos, s_pos),
+                                                    (weight_for_neg, s_neg)) if s is not None]
+        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
+    w_pos, w_neg = op.positive_weight, op.negative_weight
     if nonneg:
         return pull(w_pos, w_neg)
     return (a > 0) * pull(w_pos, w_neg) + (a < 0) * pull(w_neg, w_pos)
@@ -104,6 +95,9 @@ class LayerRule(Rule):
     kinds = LAYER_KINDS
     #: True: :meth:`propagate` returns ``c`` with ``R_in = a * c``; False: it returns ``R_in``.
     factorizes: ClassVar[bool] = True
+    #: False when :meth:`propagate` reads ``grad`` only through ``R = z * grad`` (so relevance
+    #: is 0 wherever ``z`` is); a ReLU merged into the layer then needs no mask.
+    reads_grad: ClassVar[bool] = True
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         if stabilizer < 0:
@@ -138,6 +132,8 @@ class Epsilon(LayerRule):
     the plain vjp: ``c = W^T (R / (z + ε sign z))``.
     """
 
+    reads_grad = False
+
     def __init__(self, epsilon: float = 1e-6, relative_to_std: bool = False) -> None:
         if not epsilon >= 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
@@ -167,6 +163,8 @@ class Gamma(LayerRule):
     ``rho(w) = w + γ w^+``; γ → ∞ gives z⁺ (= α1β0) on positive outputs.
     """
 
+    reads_grad = False
+
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
         if not gamma >= 0:
             raise ValueError(f"gamma must be >= 0, got {gamma!r}")
@@ -175,18 +173,20 @@ class Gamma(LayerRule):
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         gamma, w = self.gamma, op.weight
-        nonneg = not bool((a < 0).any())
+        nonneg = _nonnegative(a)
         relevance = z * grad
-        positive_out = z >= 0
         p = _positive_contributions(op, a, nonneg)
-        b_pos, b_neg = _bias_part(op, 1), _bias_part(op, -1)
-        denom_pos = z + gamma * op.add_bias(p, b_pos)
+        denom_pos = torch.add(z, op.add_bias(p, op.positive_bias), alpha=gamma)
+        if _nonnegative(z) or not bool(relevance.masked_select(z < 0).any()):
+            # positive outputs only (a ReLU follows): one vjp with rho(W) = W + γW⁺
+            s_pos = relevance.div_(_stabilize_nonneg(denom_pos, self.stabilizer))
+            if nonneg:
+                return op.input_vjp(a, w + gamma * op.positive_weight, s_pos)
+            return op.input_vjp(a, w, s_pos) + gamma * _signed_vjp(op, a, False, s_pos, None)
+        positive_out = z >= 0
         s_pos = relevance / stabilize(denom_pos, self.stabilizer) * positive_out
-        negative_used = bool((relevance * ~positive_out).any())
-        if nonneg and not negative_used:  # ReLU-fed layer: one vjp with rho(W) = W + γW⁺
-            return op.input_vjp(a, w + gamma * _pos(w), s_pos)
         n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
-        denom_neg = z + gamma * op.add_bias(n, b_neg)
+        denom_neg = torch.add(z, op.add_bias(n, op.negative_bias), alpha=gamma)
         s_neg = relevance / stabilize(denom_neg, self.stabilizer) * ~positive_out
         s = s_pos + s_neg
         return op.input_vjp(a, w, s) + gamma * _signed_vjp(op, a, nonneg, s_pos, s_neg)
@@ -198,6 +198,8 @@ class AlphaBeta(LayerRule):
     ``R_j = sum_k (α (a_j w_jk)^+ / z_k^+ − β (a_j w_jk)^- / z_k^-) R_k`` with
     ``z_k^± = sum_j (a_j w_jk)^± + b_k^±``. Positive contributions are ``a^+ w^+ + a^- w^-``.
     """
+
+    reads_grad = False
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> None:
         if alpha < 0 or beta < 0:
@@ -211,16 +213,18 @@ class AlphaBeta(LayerRule):
         self.beta = float(beta)
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        nonneg = not bool((a < 0).any())
+        nonneg = _nonnegative(a)
         relevance = z * grad
         p = _positive_contributions(op, a, nonneg)
-        z_pos = op.add_bias(p, _bias_part(op, 1))
-        s_pos = self.alpha * relevance / stabilize(z_pos, self.stabilizer)
         s_neg = None
         if self.beta != 0:
-            n = z - op.add_bias(p, op.bias)
-            z_neg = op.add_bias(n, _bias_part(op, -1))
-            s_neg = -self.beta * relevance / stabilize(z_neg, self.stabilizer)
+            n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
+            z_neg = op.add_bias(n, op.negative_bias)
+            s_neg = relevance / stabilize(z_neg, self.stabilizer) * -self.beta
+        s_pos = relevance.div_(_stabilize_nonneg(op.add_bias(p, op.positive_bias),
+                                                 self.stabilizer))
+        if self.alpha != 1:
+            s_pos.mul_(self.alpha)
         return _signed_vjp(op, a, nonneg, s_pos, s_neg)
 
 
@@ -244,6 +248,8 @@ class Flat(LayerRule):
     Bias ignored. Returns relevance (it does not factor through ``a``).
     """
 
+    reads_grad = False
+
     factorizes = False
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
@@ -258,6 +264,8 @@ class WSquare(LayerRule):
     For a first layer on unbounded real inputs. Bias ignored (the paper's formula has none).
     Returns relevance.
     """
+
+    reads_grad = False
 
     factorizes = False
 
@@ -275,6 +283,8 @@ class ZBox(LayerRule):
     ``low`` and ``high`` are scalars or per-channel sequences/tensors (channel = dim 1).
     Returns relevance.
     """
+
+    reads_grad = False
 
     factorizes = False
 
@@ -296,12 +306,12 @@ class ZBox(LayerRule):
         return t.expand_as(a)
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        w = op.weight
+        w, w_pos, w_neg = op.weight, op.positive_weight, op.negative_weight
         low, high = self._bound(self.low, a), self._bound(self.high, a)
-        denom = op.forward(a, w) - op.forward(low, _pos(w)) - op.forward(high, _neg(w))
+        denom = op.forward(a, w) - op.forward(low, w_pos) - op.forward(high, w_neg)
         s = z * grad / stabilize(denom, self.stabilizer)
-        return (a * op.input_vjp(a, w, s) - low * op.input_vjp(a, _pos(w), s)
-                - high * op.input_vjp(a, _neg(w), s))
+        return (a * op.input_vjp(a, w, s) - low * op.input_vjp(a, w_pos, s)
+                - high * op.input_vjp(a, w_neg, s))
 
 
 class Pass(LayerRule):
@@ -310,6 +320,8 @@ class Pass(LayerRule):
     For an elementwise op ``z = f(a)`` this is ``c = grad · z / a``; for ReLU it equals the
     gradient. The default for SiLU, GELU, tanh, sigmoid and other activations.
     """
+
+    reads_grad = False
 
     kinds = frozenset({"activation", "norm"})
 
