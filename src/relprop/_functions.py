@@ -47,6 +47,7 @@ class LayerFunction(torch.autograd.Function):
         if ctx.relu and rule.reads_grad:
             grad = grad * (z > 0)
         out = rule.propagate(ctx.op, a, z, grad)
+        ctx.op.release()
         if rule.factorizes:
             if ctx.session.record:
                 ctx.session.log(call, z * grad, a * out)

@@ -105,6 +105,22 @@ class LinearOp:
         return values.reshape(shape)
 
     # -- backward ------------------------------------------------------------------------
+    def vjp(self, a: Tensor, grad: Tensor) -> Tensor:
+        """The input-vjp with the op's own weights; a merged BatchNorm scales ``grad`` instead
+        of the weights, so LRP-0 and ε never build merged weights."""
+        if self._affine is None:
+            return self.input_vjp(a, self.weight, grad)
+        base, scale, _ = self._affine
+        return base.vjp(a, grad * self._channel_view(scale, grad))
+
+    def release(self) -> None:
+        """Drop the weights computed for this op's backward step (they can be large)."""
+        for name in ("weight", "bias", "positive_weight", "negative_weight", "positive_bias",
+                     "negative_bias"):
+            self.__dict__.pop(name, None)
+        if self._affine is not None:
+            self._affine[0].release()
+
     def input_vjp(self, a: Tensor, weight: Tensor, grad: Tensor) -> Tensor:
         """``sum_k w_jk grad_k``: the vector-Jacobian product of the op w.r.t. its input."""
         if self.kind == "linear":

@@ -120,7 +120,7 @@ class Zero(LayerRule):
         super().__init__(0.0)
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        return op.input_vjp(a, op.weight, grad)
+        return op.vjp(a, grad)
 
 
 class Epsilon(LayerRule):
@@ -150,7 +150,7 @@ class Epsilon(LayerRule):
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         signal = torch.div(z, stabilize(z, self._epsilon_for(z))).mul_(grad)
-        return op.input_vjp(a, op.weight, signal)
+        return op.vjp(a, signal)
 
 
 class Gamma(LayerRule):
