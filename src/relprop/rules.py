@@ -70,7 +70,8 @@ def _signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,
     w_pos, w_neg = op.positive_weight, op.negative_weight
     if nonneg:
         return pull(w_pos, w_neg)
-    return (a > 0) * pull(w_pos, w_neg) + (a < 0) * pull(w_neg, w_pos)
+    # where a_j = 0 the relevance a_j c_j is 0 whichever branch c_j comes from
+    return torch.where(a > 0, pull(w_pos, w_neg), pull(w_neg, w_pos))
 
 
 class Rule:
@@ -177,18 +178,21 @@ class Gamma(LayerRule):
         relevance = z * grad
         p = _positive_contributions(op, a, nonneg)
         denom_pos = torch.add(z, op.add_bias(p, op.positive_bias), alpha=gamma)
-        if _nonnegative(z) or not bool(relevance.masked_select(z < 0).any()):
+        if _nonnegative(z) or not bool(z.clamp(max=0).mul_(grad).any()):
             # positive outputs only (a ReLU follows): one vjp with rho(W) = W + γW⁺
             s_pos = relevance.div_(_stabilize_nonneg(denom_pos, self.stabilizer))
             if nonneg:
                 return op.input_vjp(a, w + gamma * op.positive_weight, s_pos)
             return op.input_vjp(a, w, s_pos) + gamma * _signed_vjp(op, a, False, s_pos, None)
         positive_out = z >= 0
-        s_pos = relevance / stabilize(denom_pos, self.stabilizer) * positive_out
         n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
         denom_neg = torch.add(z, op.add_bias(n, op.negative_bias), alpha=gamma)
-        s_neg = relevance / stabilize(denom_neg, self.stabilizer) * ~positive_out
-        s = s_pos + s_neg
+        s = relevance.div_(stabilize(torch.where(positive_out, denom_pos, denom_neg),
+                                     self.stabilizer))
+        s_pos, s_neg = s.masked_fill(~positive_out, 0.0), s.masked_fill(positive_out, 0.0)
+        if nonneg:  # rho(W) = W + γW⁺ for positive outputs, W + γW⁻ for negative ones
+            return (op.input_vjp(a, w + gamma * op.positive_weight, s_pos)
+                    + op.input_vjp(a, w + gamma * op.negative_weight, s_neg))
         return op.input_vjp(a, w, s) + gamma * _signed_vjp(op, a, nonneg, s_pos, s_neg)
 
 
