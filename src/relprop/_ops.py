@@ -105,13 +105,15 @@ class LinearOp:
         return values.reshape(shape)
 
     # -- backward ------------------------------------------------------------------------
-    def vjp(self, a: Tensor, grad: Tensor) -> Tensor:
+    def vjp(self, a: Tensor, grad: Tensor, owned: bool = False) -> Tensor:
         """The input-vjp with the op's own weights; a merged BatchNorm scales ``grad`` instead
-        of the weights, so LRP-0 and ε never build merged weights."""
+        of the weights, so LRP-0 and ε never build merged weights. ``owned``: ``grad`` is a
+        temporary of the caller and may be scaled in place."""
         if self._affine is None:
             return self.input_vjp(a, self.weight, grad)
         base, scale, _ = self._affine
-        return base.vjp(a, grad * self._channel_view(scale, grad))
+        view = self._channel_view(scale, grad)
+        return base.vjp(a, grad.mul_(view) if owned else grad * view, owned=True)
 
     def release(self) -> None:
         """Drop the weights computed for this op's backward step (they can be large)."""

@@ -150,8 +150,13 @@ class Epsilon(LayerRule):
         return (self.epsilon * std).reshape([-1] + [1] * (z.dim() - 1))
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        signal = torch.div(z, stabilize(z, self._epsilon_for(z))).mul_(grad)
-        return op.vjp(a, signal)
+        # z / (z + ε sign z) = |z| / (|z| + ε): three passes, and 0 (not NaN) at z = 0 for ε > 0
+        magnitude = z.abs()
+        signal = magnitude.add(self._epsilon_for(z))
+        if self.epsilon == 0:
+            signal.masked_fill_(signal == 0, float("inf"))
+        torch.div(magnitude, signal, out=signal)
+        return op.vjp(a, signal.mul_(grad), owned=True)
 
 
 class Gamma(LayerRule):
