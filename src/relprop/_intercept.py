@@ -160,17 +160,26 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
     return LayerFunction.apply(x, op, call, session, lambda: func(*args, **kwargs))
 
 
-def _relu(session: Session, func: Callable[..., Any], name: str,
-          args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """A ReLU right after a layer joins that layer's node (see ``LayerFunction``)."""
+def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
+          kwargs: dict[str, Any], inplace: bool) -> Any:
+    """A ReLU right after a layer joins that layer's node (see ``LayerFunction``).
+
+    If the model asked for an in-place ReLU, the layer's output is overwritten as the model
+    intended (it has no other use), which saves allocating a fresh activation.
+    """
     x: Tensor | None = args[0] if args and isinstance(args[0], Tensor) else None
-    producer = session.producers.pop(id(x), None) if x is not None else None
-    plain = len(args) > 1 or bool(set(kwargs) - {"inplace"})
-    if x is None or producer is None or producer[0]() is not x or plain:
-        return func(*args, **{k: v for k, v in kwargs.items() if k != "inplace"})
+    if x is None and "input" in kwargs:
+        x = kwargs.pop("input")
+    if x is None or not x.requires_grad:
+        return torch.relu_(x) if inplace and x is not None else torch.relu(*args, **kwargs)
+    producer = session.producers.pop(id(x), None)
+    if producer is None or producer[0]() is not x:
+        # autograd's version check still guards any node that saved ``x``
+        return torch.relu_(x) if inplace else torch.relu(x)
     _, call, op, a = producer
     value = x.detach()
-    return LayerFunction.apply(a, op, call, session, lambda: torch.relu(value), True)
+    compute = (lambda: value.relu_()) if inplace else (lambda: torch.relu(value))
+    return LayerFunction.apply(a, op, call, session, compute, True)
 
 
 def _activation(session: Session, func: Callable[..., Any], name: str,
@@ -237,7 +246,6 @@ _HANDLERS: dict[str, Handler] = {
     **{n: _layer for n in ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
                            "conv_transpose2d", "conv_transpose3d")},
     "batch_norm": _batch_norm,
-    "relu": _relu,
     **{n: _activation for n in ACTIVATIONS},
     **{n: _max_pool for n in ("max_pool1d", "max_pool2d", "max_pool3d")},
     **{n: _product for n in PRODUCTS},
@@ -262,6 +270,12 @@ class Interceptor(TorchFunctionMode):
         x = session.x
         args = tuple(_detach_leaves(v, x) for v in args)
         kwargs = {k: _detach_leaves(v, x) for k, v in (kwargs or {}).items()}
+        if name in ("relu", "relu_"):  # the model's own in-place promise lets us reuse memory
+            inplace = name == "relu_" or kwargs.pop("inplace", False) is True or (
+                len(args) > 1 and args[1] is True)
+            out = _relu(session, func, args[:1], kwargs, inplace)
+            self._stamp(out, "relu", True, args)
+            return out
         if name in _IN_PLACE and any(_on_path(v) for v in args):
             name = _IN_PLACE[name]
             func = getattr(torch, name)
