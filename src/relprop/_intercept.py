@@ -157,7 +157,9 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
         return out
     op = LinearOp("norm", scale, shift, {})
     call = session.new_call("norm", name, reads_input=_reads_input(session, x))
-    return LayerFunction.apply(x, op, call, session, lambda: func(*args, **kwargs))
+    out = LayerFunction.apply(x, op, call, session, lambda: func(*args, **kwargs))
+    session.producers[id(out)] = (weakref.ref(out), call, op, x)
+    return out
 
 
 def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
@@ -174,8 +176,7 @@ def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
         return torch.relu_(x) if inplace and x is not None else torch.relu(*args, **kwargs)
     producer = session.producers.pop(id(x), None)
     if producer is None or producer[0]() is not x:
-        # autograd's version check still guards any node that saved ``x``
-        return torch.relu_(x) if inplace else torch.relu(x)
+        return torch.relu(x)
     _, call, op, a = producer
     value = x.detach()
     compute = (lambda: value.relu_()) if inplace else (lambda: torch.relu(value))
