@@ -98,6 +98,12 @@ class LinearOp:
             return z + bias
         return z + self._channel_view(bias, z)
 
+    def add_bias_(self, z: Tensor, bias: Tensor | None) -> Tensor:
+        """In-place ``add_bias`` for a temporary ``z`` of the caller."""
+        if bias is None:
+            return z
+        return z.add_(bias if self.kind == "linear" else self._channel_view(bias, z))
+
     @staticmethod
     def _channel_view(values: Tensor, like: Tensor) -> Tensor:
         shape = [1] * like.dim()

@@ -43,6 +43,13 @@ def _stabilize_nonneg(denominator: Tensor, epsilon: float) -> Tensor:
     return denominator + epsilon
 
 
+def _stabilize_nonneg_(denominator: Tensor, epsilon: float) -> Tensor:
+    """In-place ``_stabilize_nonneg`` for a temporary of the caller."""
+    if epsilon == 0:
+        return denominator.masked_fill_(denominator == 0, float("inf"))
+    return denominator.add_(epsilon)
+
+
 def _nonnegative(t: Tensor) -> bool:
     return bool(t.min() >= 0) if t.numel() else True
 
@@ -150,13 +157,12 @@ class Epsilon(LayerRule):
         return (self.epsilon * std).reshape([-1] + [1] * (z.dim() - 1))
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        # z / (z + ε sign z) = |z| / (|z| + ε): three passes, and 0 (not NaN) at z = 0 for ε > 0
-        magnitude = z.abs()
-        signal = magnitude.add(self._epsilon_for(z))
-        if self.epsilon == 0:
-            signal.masked_fill_(signal == 0, float("inf"))
-        torch.div(magnitude, signal, out=signal)
-        return op.vjp(a, signal.mul_(grad), owned=True)
+        if self.epsilon == 0:  # LRP-0, but only through outputs that carry relevance
+            return op.vjp(a, (z != 0).to(grad.dtype).mul_(grad), owned=True)
+        # z / (z + ε sign z) = 1 − ε / (|z| + ε): one temporary, in place, 0 at z = 0
+        epsilon = self._epsilon_for(z)
+        ratio = z.abs().add_(epsilon).reciprocal_().mul_(epsilon).neg_().add_(1.0)
+        return op.vjp(a, ratio.mul_(grad), owned=True)
 
 
 class Gamma(LayerRule):
@@ -182,22 +188,23 @@ class Gamma(LayerRule):
         nonneg = _nonnegative(a)
         relevance = z * grad
         p = _positive_contributions(op, a, nonneg)
-        denom_pos = torch.add(z, op.add_bias(p, op.positive_bias), alpha=gamma)
         if _nonnegative(z) or not bool(z.clamp(max=0).mul_(grad).any()):
             # positive outputs only (a ReLU follows): one vjp with rho(W) = W + γW⁺
-            s_pos = relevance.div_(_stabilize_nonneg(denom_pos, self.stabilizer))
+            denom = op.add_bias_(p, op.positive_bias).mul_(gamma).add_(z)
+            s_pos = relevance.div_(_stabilize_nonneg_(denom, self.stabilizer))
             if nonneg:
-                return op.input_vjp(a, w + gamma * op.positive_weight, s_pos)
+                return op.input_vjp(a, torch.add(w, op.positive_weight, alpha=gamma), s_pos)
             return op.input_vjp(a, w, s_pos) + gamma * _signed_vjp(op, a, False, s_pos, None)
         positive_out = z >= 0
+        denom_pos = torch.add(z, op.add_bias(p, op.positive_bias), alpha=gamma)
         n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
         denom_neg = torch.add(z, op.add_bias(n, op.negative_bias), alpha=gamma)
         s = relevance.div_(stabilize(torch.where(positive_out, denom_pos, denom_neg),
                                      self.stabilizer))
         s_pos, s_neg = s.masked_fill(~positive_out, 0.0), s.masked_fill(positive_out, 0.0)
         if nonneg:  # rho(W) = W + γW⁺ for positive outputs, W + γW⁻ for negative ones
-            return (op.input_vjp(a, w + gamma * op.positive_weight, s_pos)
-                    + op.input_vjp(a, w + gamma * op.negative_weight, s_neg))
+            return (op.input_vjp(a, torch.add(w, op.positive_weight, alpha=gamma), s_pos)
+                    + op.input_vjp(a, torch.add(w, op.negative_weight, alpha=gamma), s_neg))
         return op.input_vjp(a, w, s) + gamma * _signed_vjp(op, a, nonneg, s_pos, s_neg)
 
 
@@ -228,10 +235,10 @@ class AlphaBeta(LayerRule):
         s_neg = None
         if self.beta != 0:
             n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
-            z_neg = op.add_bias(n, op.negative_bias)
+            z_neg = op.add_bias_(n, op.negative_bias)
             s_neg = relevance / stabilize(z_neg, self.stabilizer) * -self.beta
-        s_pos = relevance.div_(_stabilize_nonneg(op.add_bias(p, op.positive_bias),
-                                                 self.stabilizer))
+        z_pos = op.add_bias_(p, op.positive_bias)
+        s_pos = relevance.div_(_stabilize_nonneg_(z_pos, self.stabilizer))
         if self.alpha != 1:
             s_pos.mul_(self.alpha)
         return _signed_vjp(op, a, nonneg, s_pos, s_neg)
