@@ -48,6 +48,13 @@ class Session:
         ref = self.gates.get(id(t))
         return ref is not None and ref() is t
 
+    def forget_forward(self) -> None:
+        """Drop the forward pass's bookkeeping, which holds graph nodes and activations."""
+        self.node_info.clear()
+        self.approved.clear()
+        self.producers.clear()
+        self.gates.clear()
+
     # -- module context ------------------------------------------------------------------
     def where(self) -> tuple[str, nn.Module | None, int]:
         """The innermost running module: (path, module, how often it ran before)."""

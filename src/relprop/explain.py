@@ -78,6 +78,7 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
             raise UnsupportedOperationError(message + ". Pass strict=False to keep their "
                                             "gradient instead.")
         warnings.warn(message, UnsupportedOperationWarning, stacklevel=2)
+    session.forget_forward()  # the checks are done: let the graph own what it needs
     composite.assign(session.calls)
     detached = output.detach()
     resolved = as_target(target, detached)
