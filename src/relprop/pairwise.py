@@ -35,7 +35,7 @@ Pool = Callable[[Tensor], Tensor]
 
 @dataclass
 class PairwiseExplanation:
-    """``relevance[n, i, i']``: interaction of feature ``i`` of ``x1[n]`` with ``i'`` of ``x2[n]``."""
+    """``relevance[n, i, i']``: how feature ``i`` of ``x1[n]`` and ``i'`` of ``x2[n]`` interact."""
 
     relevance: Tensor
     similarity: Tensor
@@ -92,7 +92,7 @@ def embedding_relevance(model: nn.Module, x: Tensor, composite: Composite | None
 def bilrp(model: nn.Module, x1: Tensor, x2: Tensor, composite: Composite | None = None, *,
           model2: nn.Module | None = None, pool: Pool | None = None, pool2: Pool | None = None,
           chunk: int = 64) -> PairwiseExplanation:
-    """Explain ``<model(x1[n]), model2(x2[n])>`` for each pair ``n`` as a feature interaction matrix.
+    """Explain ``<model(x1[n]), model2(x2[n])>`` per pair ``n`` as a feature interaction matrix.
 
     Args:
         model: the embedding network for ``x1`` (and for ``x2`` unless ``model2`` is given).
