@@ -26,7 +26,8 @@ INDEX_ONLY = frozenset({
     "FlipBackward0", "RollBackward0", "NarrowBackward0", "ExpandAsBackward0",
     "ViewAsBackward0", "ConstantPadNdBackward0", "ReflectionPad1DBackward0",
     "ReflectionPad2DBackward0", "ReflectionPad3DBackward0", "ReplicationPad1DBackward0",
-    "ReplicationPad2DBackward0", "ReplicationPad3DBackward0",
+    "ReplicationPad2DBackward0", "ReplicationPad3DBackward0", "PackPaddedSequenceBackward0",
+    "PadPackedSequenceBackward0",
 })
 #: backward nodes of linear ops (their gradient is exact LRP-0) or of ReLU-like gates
 ACCEPTED = INDEX_ONLY | frozenset({

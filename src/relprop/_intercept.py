@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode, resolve_name
 from ._functions import ElementwiseFunction, LayerFunction, MaxPoolFunction, ShareFunction
 from ._graph import INDEX_ONLY
 from ._ops import LinearOp, linear_op_from_call
+from ._recurrent import replay
 from ._session import Session
 from .errors import UnsupportedOperationError
 
@@ -243,6 +244,17 @@ def _approve_down_to_shares(session: Session, node: Any) -> None:
             stack.extend(parent for parent, _ in node.next_functions)
 
 
+def _recurrent(session: Session, func: Callable[..., Any], name: str,
+               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``torch.lstm``/``torch.gru``: replayed step by step under this mode (``_recurrent``)."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    tensors += [t for a in args if isinstance(a, list | tuple) for t in a if isinstance(t, Tensor)]
+    if kwargs or not any(_on_path(t) for t in tensors):
+        return func(*args, **kwargs)
+    with session.interceptor:
+        return replay(name, args, session.mark_gate)
+
+
 _HANDLERS: dict[str, Handler] = {
     **{n: _layer for n in ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
                            "conv_transpose2d", "conv_transpose3d")},
@@ -250,6 +262,8 @@ _HANDLERS: dict[str, Handler] = {
     **{n: _activation for n in ACTIVATIONS},
     **{n: _max_pool for n in ("max_pool1d", "max_pool2d", "max_pool3d")},
     **{n: _product for n in PRODUCTS},
+    "lstm": _recurrent,
+    "gru": _recurrent,
 }
 
 
@@ -259,6 +273,7 @@ class Interceptor(TorchFunctionMode):
     def __init__(self, session: Session) -> None:
         super().__init__()
         self.session = session
+        session.interceptor = self
         self._names: dict[Any, str] = {}
 
     def __torch_function__(self, func: Callable[..., Any], types: Any,

@@ -39,6 +39,7 @@ class Session:
         self.deposit: Tensor | None = None
         self.ledger: list[LedgerEntry] = []
         self.layers: dict[str, Tensor] = {}
+        self.interceptor: Any = None  # the TorchFunctionMode routing this session's ops
 
     def mark_gate(self, t: Tensor) -> None:
         """Remember ``t`` as a gate (a sigmoid output, or a reshaped view of one)."""
