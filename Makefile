@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/relprop demo --out $(OUT)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff check src tests bench scripts examples
 	$(VENV)/bin/mypy src/relprop
 
 test: lint

@@ -49,7 +49,7 @@ def train(seed: int = 0, steps: int = 300) -> Classifier:
     model = Classifier()
     x, y, _ = make_sequences(2048, seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(steps):
+    for _ in range(steps):
         batch = torch.randint(0, len(x), (128,))
         loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
         optimiser.zero_grad()
