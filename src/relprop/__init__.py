@@ -5,7 +5,7 @@
 >>> expl.relevance                                   # doctest: +SKIP
 """
 
-from . import composites, rules, targets
+from . import composites, methods, metrics, neon, pairwise, rules, targets
 from .errors import (
     InvalidInputError,
     RelpropError,
@@ -18,7 +18,8 @@ from .explain import Explanation, explain
 __version__ = "0.1.0"
 
 __all__ = [
-    "explain", "Explanation", "composites", "rules", "targets", "RelpropError",
+    "explain", "Explanation", "composites", "methods", "metrics", "neon", "pairwise", "rules",
+    "targets", "RelpropError",
     "UnsupportedOperationError", "UnsupportedOperationWarning", "InvalidInputError",
     "RuleAssignmentError",
 ]
