@@ -4,7 +4,7 @@ computes what its paper defines."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from relprop import rules as R
 from relprop.methods.integrated import QUADRATURES, quadrature
 from relprop.targets import Contrast, Logit
 from tests.helpers import models as M
+from tests.helpers.snapshots import assert_unchanged, snapshot
 
 # fast options for each method; the contract tests run every method in METHODS
 FAST: dict[str, dict[str, Any]] = {
@@ -30,12 +31,6 @@ ALL = sorted(methods.METHODS)
 DETERMINISTIC = [name for name in ALL if name != "random_baseline"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _run(name: str, model: nn.Module, x: torch.Tensor, target: Any = None,
@@ -85,35 +80,17 @@ def test_default_target_is_the_top_class(name: str) -> None:
     assert torch.equal(expl.explained, output.max(dim=1).values)
 
 
-def _snapshot(model: nn.Module) -> dict[str, Any]:
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "versions": [p._version for p in model.parameters()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grads": [p.grad for p in model.parameters()],
-        "training": [m.training for m in model.modules()],
-        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-                  for m in model.modules()],
-        "grad_mode": torch.is_grad_enabled(),
-        "function_modes": len(torch.overrides._get_current_function_mode_stack()),
-    }
-
-
 @pytest.mark.parametrize("name", ALL)
 def test_model_and_input_unchanged(name: str) -> None:
     model = M.resnet(layers=(1, 1)).double()
     next(model.parameters()).requires_grad_(False)
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     x_before = x.clone()
-    before = _snapshot(model)
+    before = snapshot(model)
     _run(name, model, x, 1)
-    after = _snapshot(model)
-    for key in ("versions", "requires_grad", "training", "hooks", "grad_mode",
-                "function_modes"):
-        assert before[key] == after[key], key
+    after = snapshot(model)
+    assert_unchanged(before, after)
     assert all(g is None for g in after["grads"])
-    for key, value in before["state"].items():
-        assert torch.equal(value, after["state"][key]), key
     assert torch.equal(x, x_before)
 
 

@@ -13,6 +13,7 @@ from torch import nn
 import relprop
 from relprop import composites as C
 from tests.helpers import models as M
+from tests.helpers.snapshots import assert_unchanged, snapshot
 
 
 class _Exp(nn.Module):
@@ -62,45 +63,22 @@ def test_strict_false_warns_and_explains() -> None:
     assert expl.relevance.shape == (2, 4)
 
 
-def _snapshot(model: nn.Module) -> dict[str, Any]:
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "versions": [p._version for p in model.parameters()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grads": [p.grad for p in model.parameters()],
-        "training": [m.training for m in model.modules()],
-        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-                  for m in model.modules()],
-        "grad_mode": torch.is_grad_enabled(),
-    }
-
-
-def _assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
-    assert before.keys() == after.keys()
-    for key in before:
-        if key == "state":
-            for name, value in before[key].items():
-                assert torch.equal(value, after[key][name]), name
-        else:
-            assert before[key] == after[key], key
-
-
 def test_model_is_unchanged_after_explaining() -> None:
     model = M.randomize_batchnorm(M.resnet())
-    before = _snapshot(model)
+    before = snapshot(model)
     relprop.explain(model, torch.randn(2, 3, 32, 32), target=1, record=True)
-    _assert_same(before, _snapshot(model))
+    assert_unchanged(before, snapshot(model))
 
 
 def test_model_is_unchanged_when_explain_raises() -> None:
     model = _mlp_with(_Exp())
-    before = _snapshot(model)
+    before = snapshot(model)
     with pytest.raises(relprop.UnsupportedOperationError):
         relprop.explain(model, torch.randn(2, 4), target=0)
     with pytest.raises(relprop.InvalidInputError), warnings.catch_warnings():
         warnings.simplefilter("ignore", relprop.UnsupportedOperationWarning)
         relprop.explain(model, torch.randn(2, 4), target=7, strict=False)
-    _assert_same(before, _snapshot(model))
+    assert_unchanged(before, snapshot(model))
     # and the model still runs plainly, with no relprop machinery attached
     out = model(torch.randn(2, 4))
     assert out.grad_fn is not None and "Layer" not in type(out.grad_fn).__name__

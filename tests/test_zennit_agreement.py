@@ -70,13 +70,6 @@ def _torchvision_stand_in() -> dict[str, types.ModuleType]:
             "torchvision.models.resnet": resnet}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These maps are tiny: one intra-op thread is ~10x faster on a loaded 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _installed(name: str) -> bool:

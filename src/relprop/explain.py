@@ -9,6 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from ._calls import LedgerEntry
+from ._checks import check_input as _check_input
+from ._checks import check_model as _check_model
+from ._checks import check_output as _check_output
 from ._graph import find_unsupported
 from ._intercept import Interceptor
 from ._session import Session
@@ -93,41 +96,3 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
         rules={call.name: repr(call.rule) for call in session.calls},
         layers=session.layers, conservation=session.ledger,
     )
-
-
-def _check_model(model: nn.Module) -> None:
-    if not isinstance(model, nn.Module):
-        raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    training = [name or "<model>" for name, m in model.named_modules() if m.training]
-    if training:
-        raise InvalidInputError(
-            f"model is in training mode ({len(training)} modules, e.g. {training[:3]}): dropout "
-            "and batch statistics would make the explanation random. Call model.eval() first."
-        )
-
-
-def _check_input(x: Tensor) -> None:
-    if not isinstance(x, Tensor):
-        raise InvalidInputError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise InvalidInputError(
-            f"x must be floating point to carry relevance, got dtype {x.dtype}; convert it "
-            "(x.float()), or explain token ids through their embeddings"
-        )
-    if x.dim() == 0 or x.shape[0] == 0:
-        raise InvalidInputError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-        raise InvalidInputError(f"x contains NaN or inf (first at index {bad})")
-
-
-def _check_output(output: object) -> None:
-    if not isinstance(output, Tensor):
-        raise InvalidInputError(
-            f"the model returned {type(output).__name__}, not a tensor; wrap it so that it "
-            "returns the output to explain (e.g. the logits)"
-        )
-    if not output.requires_grad:
-        raise InvalidInputError("the model output does not depend on the input x")
-    if not bool(torch.isfinite(output).all()):
-        raise InvalidInputError("the model output contains NaN or inf")

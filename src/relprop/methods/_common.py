@@ -18,8 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_input as _check_input
+from .._checks import check_model as _check_model
+from .._checks import check_output as _check_output
 from ..errors import InvalidInputError
-from ..explain import Explanation, _check_input, _check_model, _check_output
+from ..explain import Explanation
 from ..targets import Target, as_target
 
 TargetLike = int | Tensor | Target | None

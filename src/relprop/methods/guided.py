@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from .._checks import check_output as _check_output
 from .._intercept import short_name
-from ..explain import Explanation, _check_output
+from ..explain import Explanation
 from ._common import TargetLike, check_call, differentiable, resolve
 
 

@@ -21,6 +21,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_model
 from ..errors import InvalidInputError
 from ..targets import _classes
 from .maps import Pool, check_map, check_pool, pool_channels
@@ -161,7 +162,7 @@ def _perturb(model: nn.Module, x: Tensor, relevance: Tensor | None,
              regions_per_step: int, steps: int | None, pool: Pool,
              noise_range: tuple[NoiseBound, NoiseBound] | None, seed: int, score: Score,
              batch_size: int, protocol: dict[str, object]) -> PerturbationResult:
-    _check_model(model)
+    check_model(model, "the curves")
     _check_input(x)
     _check_choice(order, "order", Order)
     _check_choice(score, "score", Score)
@@ -288,17 +289,6 @@ def _noise_bounds(x: Tensor, noise_range: tuple[NoiseBound, NoiseBound] | None,
     if not bool((bounds[0] <= bounds[1]).all()):
         raise InvalidInputError(f"noise_range needs low ≤ high, got {noise_range!r}")
     return bounds[0], bounds[1], [bounds[0].tolist(), bounds[1].tolist()]
-
-
-def _check_model(model: object) -> None:
-    if not isinstance(model, nn.Module):
-        raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    training = [name or "<model>" for name, m in model.named_modules() if m.training]
-    if training:
-        raise InvalidInputError(
-            f"model is in training mode ({len(training)} modules, e.g. {training[:3]}): dropout "
-            "and batch statistics would make the curves random. Call model.eval() first."
-        )
 
 
 def _check_input(x: object) -> None:

@@ -1,0 +1,49 @@
+"""Checks of the model, input and output shared by every attribution method."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InvalidInputError
+
+
+def check_model(model: nn.Module, purpose: str = "the explanation") -> None:
+    """Refuse anything but an ``nn.Module`` in eval mode."""
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    training = [name or "<model>" for name, m in model.named_modules() if m.training]
+    if training:
+        raise InvalidInputError(
+            f"model is in training mode ({len(training)} modules, e.g. {training[:3]}): dropout "
+            f"and batch statistics would make {purpose} random. Call model.eval() first."
+        )
+
+
+def check_input(x: Tensor) -> None:
+    """Refuse inputs that cannot carry relevance: not float, empty, NaN or inf."""
+    if not isinstance(x, Tensor):
+        raise InvalidInputError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InvalidInputError(
+            f"x must be floating point to carry relevance, got dtype {x.dtype}; convert it "
+            "(x.float()), or explain token ids through their embeddings"
+        )
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise InvalidInputError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+        raise InvalidInputError(f"x contains NaN or inf (first at index {bad})")
+
+
+def check_output(output: object) -> None:
+    """Refuse model outputs that are not a finite tensor depending on the input."""
+    if not isinstance(output, Tensor):
+        raise InvalidInputError(
+            f"the model returned {type(output).__name__}, not a tensor; wrap it so that it "
+            "returns the output to explain (e.g. the logits)"
+        )
+    if not output.requires_grad:
+        raise InvalidInputError("the model output does not depend on the input x")
+    if not bool(torch.isfinite(output).all()):
+        raise InvalidInputError("the model output contains NaN or inf")
