@@ -143,6 +143,71 @@ def test_packed_sequences_ignore_padding() -> None:
     torch.testing.assert_close(expl.relevance[1, :3], alone.relevance[0])
 
 
+def _gru_reference(model: Head, x: torch.Tensor, target: int, eps: float) -> torch.Tensor:
+    """LRP for a one-layer batch-first GRU as a loop over time: ε on the linear maps, identity
+    through tanh, the gates r, z and 1 − z take nothing, LRP-0 at the sums."""
+    rnn = model.rnn
+    w_ih, w_hh = rnn.weight_ih_l0.detach(), rnn.weight_hh_l0.detach()
+    b_ih, b_hh = rnn.bias_ih_l0.detach(), rnn.bias_hh_l0.detach()
+    size = rnn.hidden_size
+    batch, steps, features = x.shape
+
+    def stab(z: torch.Tensor) -> torch.Tensor:
+        return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+    def part(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a / torch.where(b == 0, 1.0, b)
+
+    h = torch.zeros(batch, size, dtype=x.dtype)
+    saved = []
+    for t in range(steps):
+        gi, gh = x[:, t] @ w_ih.T + b_ih, h @ w_hh.T + b_hh
+        r = torch.sigmoid(gi[:, :size] + gh[:, :size])
+        z = torch.sigmoid(gi[:, size:2 * size] + gh[:, size:2 * size])
+        pre_n = gi[:, 2 * size:] + r * gh[:, 2 * size:]
+        n = torch.tanh(pre_n)
+        new = (1 - z) * n + z * h
+        saved.append((h, gi[:, 2 * size:], r * gh[:, 2 * size:], gh[:, 2 * size:], pre_n,
+                      (1 - z) * n, z * h, new))
+        h = new
+    fc_w, fc_b = model.fc.weight[target].detach(), model.fc.bias[target].detach()
+    z_out = h @ fc_w + fc_b
+    r_h = h * fc_w / stab(z_out)[:, None] * z_out[:, None]
+    r_x = torch.zeros_like(x)
+    for t in reversed(range(steps)):
+        h_prev, gi_n, gated, gh_n, pre_n, kept_n, kept_h, new = saved[t]
+        r_n, r_h_prev = kept_n * part(r_h, new), kept_h * part(r_h, new)  # LRP-0 at the sum
+        r_gi_n, r_gh_n = gi_n * part(r_n, pre_n), gated * part(r_n, pre_n)  # r * gh_n: all to gh_n
+        r_x[:, t] = x[:, t] * ((r_gi_n / stab(gi_n)) @ w_ih[2 * size:])
+        r_h = r_h_prev + h_prev * ((r_gh_n / stab(gh_n)) @ w_hh[2 * size:])
+    return r_x
+
+
+def test_gru_matches_a_loop_over_time_reference() -> None:
+    model = _model("gru", bias=True, seed=6)
+    x = _input(model, seed=7)
+    expl = relprop.explain(model, x, target=0, composite=C.uniform(R.Epsilon(0.01)))
+    torch.testing.assert_close(expl.relevance, _gru_reference(model, x, 0, 0.01))
+
+
+def test_ledger_and_layers_through_time() -> None:
+    model = _model("lstm", bias=False)
+    x = _input(model)
+    expl = relprop.explain(model, x, target=0, composite=C.uniform(R.Epsilon(1e-12)),
+                           record=True)
+    steps = [e for e in expl.conservation if e.name.startswith("rnn:linear")]
+    assert len(steps) == x.shape[1]  # one linear call per time step, each in the ledger
+    assert {"rnn[0]", "fc", "<model>"} <= set(expl.layers)  # h_n is unused: no relevance
+    for entry in expl.conservation:
+        assert max(abs(a) for a in entry.absorbed) < 1e-9
+
+
+def test_empty_sequences_are_refused() -> None:
+    model = _model("lstm")
+    with pytest.raises(relprop.InvalidInputError, match="empty sequence"):
+        relprop.explain(model, torch.zeros(2, 0, 4, dtype=torch.float64), target=0)
+
+
 def test_projections_are_refused() -> None:
     model = Head(nn.LSTM(4, 6, proj_size=2, batch_first=True))
     model.fc = nn.Linear(2, 3)

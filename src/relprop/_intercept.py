@@ -220,13 +220,18 @@ def _product(session: Session, func: Callable[..., Any], name: str,
              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     operands = list(args[1]) if name == "einsum" and len(args) == 2 and isinstance(
         args[1], list | tuple) else list(args[1:] if name == "einsum" else args)
-    on_path = [i for i, t in enumerate(operands) if _on_path(t)]
-    if len(on_path) < 2:
-        return func(*args, **kwargs)
+    factors = [i for i, t in enumerate(operands) if isinstance(t, Tensor)]
+    on_path = [i for i in factors if _on_path(operands[i])]
+    gated_constant = len(factors) > len(on_path) and any(session.is_gate(operands[i])
+                                                         for i in on_path)
+    if len(on_path) < 2 and not gated_constant:
+        return func(*args, **kwargs)  # an activation times constants: linear
     call = session.new_call("product", name)
-    call.gates = [session.is_gate(operands[i]) for i in on_path]
-    for position, i in enumerate(on_path):
-        operands[i] = ShareFunction.apply(operands[i], call, position, session)
+    # a gate times a constant signal: the constant takes the gate's share (it is absorbed)
+    call.gates = [session.is_gate(operands[i]) for i in factors]
+    for position, i in enumerate(factors):
+        if i in on_path:
+            operands[i] = ShareFunction.apply(operands[i], call, position, session)
     out = func(args[0], *operands, **kwargs) if name == "einsum" else func(*operands, **kwargs)
     _approve_down_to_shares(session, out.grad_fn)
     return out

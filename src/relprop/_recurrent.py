@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UnsupportedOperationError
+from .errors import InvalidInputError, UnsupportedOperationError
 
 Step = Callable[[Tensor, tuple[Tensor, ...], Sequence[Tensor]], tuple[Tensor, ...]]
 
@@ -87,6 +87,11 @@ def replay(kind: str, args: tuple[Any, ...], mark_gate: Callable[[Tensor], None]
         if batch_first:
             sequence = sequence.transpose(0, 1)
         inputs, batch_sizes = list(sequence.unbind(0)), None
+    if not inputs or inputs[0].shape[0] == 0:
+        raise InvalidInputError(
+            f"torch.{kind} got an empty sequence ({len(inputs)} steps, "
+            f"{inputs[0].shape[0] if inputs else 0} sequences): nothing to explain"
+        )
     states = tuple(hx) if kind == "lstm" else (hx,)
     per_direction = 4 if has_biases else 2
     directions = 2 if bidirectional else 1

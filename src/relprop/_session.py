@@ -84,14 +84,19 @@ class Session:
             # ops that bypass the interception mode (custom autograd Functions) get their
             # module named at least
             self.node_info.setdefault(output.grad_fn, (path or "<model>", "?"))
-        if self.record and isinstance(output, Tensor) and output.requires_grad:
-            name = path + (f"#{count}" if count else "")
-            detached = output.detach()
+        if self.record:
+            name = (path or "<model>") + (f"#{count}" if count else "")
+            for suffix, tensor in _tensors(output):
+                if tensor.requires_grad:
+                    self._keep_relevance(name + suffix, tensor)
 
-            def keep(grad: Tensor, name: str = name, out: Tensor = detached) -> None:
-                self.layers[name] = out * grad
+    def _keep_relevance(self, name: str, output: Tensor) -> None:
+        detached = output.detach()
 
-            output.register_hook(keep)
+        def keep(grad: Tensor) -> None:
+            self.layers[name] = detached * grad
+
+        output.register_hook(keep)
 
     @contextmanager
     def installed(self, mode: Any) -> Iterator[None]:
@@ -133,6 +138,15 @@ class Session:
         grad = relevance / torch.where(nonzero, a, torch.ones_like(a)) * nonzero
         self.log(call, relevance_in, a * grad)
         return grad
+
+
+def _tensors(output: Any, suffix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """The tensors of a module's output, named ``""`` or by position (``"[0]"``, ``"[1][0]"``)."""
+    if isinstance(output, Tensor):
+        yield suffix, output
+    elif isinstance(output, tuple | list):
+        for i, item in enumerate(output):
+            yield from _tensors(item, f"{suffix}[{i}]")
 
 
 def _per_sample(t: Tensor) -> list[float]:
