@@ -1,0 +1,192 @@
+"""The rows of the localisation benchmark: every LRP preset and attribution method, as
+functions ``(model, x, target) -> relevance`` with their names for tables and plots."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import composites, rules
+from ..composites import Composite
+from ..methods import METHODS
+
+__all__ = [
+    "Explainer",
+    "MethodSpec",
+    "lrp_presets",
+    "other_methods",
+    "controls",
+    "default_methods",
+    "shuffled",
+    "LOW",
+    "HIGH",
+]
+
+#: the input range of the cluttered digits (z^B bounds of montavon2019, epsilon_gamma_box)
+LOW, HIGH = 0.0, 1.0
+
+Explainer = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of the benchmark: how to get a relevance map for ``(model, x, target)``.
+
+    ``label`` is the markdown name (μ, α, ♭ allowed), ``short`` the ASCII name for the plot,
+    ``family`` one of ``"lrp"``, ``"other"``, ``"control"``.
+    """
+
+    name: str
+    label: str
+    short: str
+    family: str
+    explain: Explainer
+
+
+def _lrp(make: Callable[[], Composite]) -> Explainer:
+    def explain(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        return METHODS["lrp"](model, x, target=target, composite=make()).relevance
+
+    return explain
+
+
+def _registry(name: str, **options: Any) -> Explainer:
+    def explain(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        return METHODS[name](model, x, target=target, **options).relevance
+
+    return explain
+
+
+def lrp_presets() -> list[MethodSpec]:
+    """The LRP configurations of the benchmark (Kohlbrenner et al. 2020, Table I, and more)."""
+    uniform = composites.uniform
+    table: list[tuple[str, str, str, Callable[[], Composite]]] = [
+        ("lrp_0", "LRP-0 (uniform)", "LRP-0", lambda: uniform(rules.Zero())),
+        (
+            "lrp_epsilon",
+            "LRP-ε (uniform, ε = 0.25 std)",
+            "LRP-EPS",
+            lambda: uniform(rules.Epsilon(0.25, relative_to_std=True)),
+        ),
+        ("lrp_alpha1", "LRP-α1β0 (uniform)", "LRP-A1B0", lambda: uniform(rules.ZPlus())),
+        (
+            "lrp_alpha2",
+            "LRP-α2β1 (uniform)",
+            "LRP-A2B1",
+            lambda: uniform(rules.AlphaBeta(2.0, 1.0)),
+        ),
+        ("cmp_alpha1", "LRP_CMP:α1", "CMP A1", lambda: composites.lrp_cmp(1.0)),
+        (
+            "cmp_alpha1_flat",
+            "LRP_CMP:α1+♭",
+            "CMP A1+FLAT",
+            lambda: composites.lrp_cmp(1.0, flat_layers=1),
+        ),
+        ("cmp_alpha2", "LRP_CMP:α2", "CMP A2", lambda: composites.lrp_cmp(2.0)),
+        (
+            "cmp_alpha2_flat",
+            "LRP_CMP:α2+♭",
+            "CMP A2+FLAT",
+            lambda: composites.lrp_cmp(2.0, flat_layers=1),
+        ),
+        (
+            "montavon2019",
+            "montavon2019 (z^B [0, 1])",
+            "MONTAVON2019",
+            lambda: composites.montavon2019(low=LOW, high=HIGH),
+        ),
+        (
+            "epsilon_gamma_box",
+            "epsilon_gamma_box (z^B [0, 1])",
+            "EPS-GAMMA-BOX",
+            lambda: composites.epsilon_gamma_box(low=LOW, high=HIGH),
+        ),
+        ("epsilon_plus_flat", "epsilon_plus_flat", "EPS-PLUS-FLAT", composites.epsilon_plus_flat),
+    ]
+    return [MethodSpec(n, lab, s, "lrp", _lrp(make)) for n, lab, s, make in table]
+
+
+def other_methods(fast: bool = False) -> list[MethodSpec]:
+    """Every method of :data:`relprop.methods.METHODS` but ``lrp``, with the options used.
+
+    ``fast`` lowers the sample and step counts (smoke runs): SmoothGrad 4 samples, integrated
+    gradients 8 steps, occlusion with non-overlapping 8 px windows.
+    """
+    options: dict[str, dict[str, Any]] = {
+        "smoothgrad": {"samples": 4 if fast else 16},
+        "integrated_gradients": {"steps": 8 if fast else 32},
+        "occlusion": {"window": 8, "stride": 8 if fast else 4},
+    }
+    labels = {
+        "gradient": ("Gradient", "GRADIENT"),
+        "gradient_x_input": ("Gradient × Input", "GRADIENT X INPUT"),
+        "smoothgrad": ("SmoothGrad", "SMOOTHGRAD"),
+        "integrated_gradients": ("Integrated Gradients", "INTEGRATED GRADIENTS"),
+        "guided_backprop": ("Guided Backprop", "GUIDED BACKPROP"),
+        "deconvnet": ("DeconvNet", "DECONVNET"),
+        "occlusion": ("Occlusion", "OCCLUSION"),
+        "random_baseline": ("random map", "RANDOM MAP"),
+    }
+    specs = []
+    for name in METHODS:
+        if name == "lrp":
+            continue
+        label, short = labels.get(name, (name, name.upper()))
+        family = "control" if name == "random_baseline" else "other"
+        specs.append(
+            MethodSpec(name, label, short, family, _registry(name, **options.get(name, {})))
+        )
+        if name == "gradient":
+            specs.append(
+                MethodSpec(
+                    "gradient_abs",
+                    "Saliency (absolute gradient)",
+                    "ABS GRADIENT",
+                    "other",
+                    _registry("gradient", mode="abs"),
+                )
+            )
+    return specs
+
+
+def _uniform_map(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+    return torch.ones_like(x)
+
+
+def shuffled(base: Explainer, seed: int = 0) -> Explainer:
+    """``base``'s map with its pixels permuted at random (same permutation for all channels)."""
+
+    def explain(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        relevance = base(model, x, target)
+        n, c, h, w = relevance.shape
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.rand(n, h * w, generator=gen).argsort(dim=1)
+        flat = relevance.reshape(n, c, h * w)
+        return flat.gather(2, order[:, None, :].expand(n, c, h * w)).reshape(n, c, h, w)
+
+    return explain
+
+
+def controls() -> list[MethodSpec]:
+    """Sanity rows: the uniform map (μ_w = 1 by construction) and a pixel-shuffled LRP map
+    (its AOPC must fall to the random order's)."""
+    base = next(s for s in lrp_presets() if s.name == "epsilon_plus_flat")
+    return [
+        MethodSpec("uniform_map", "uniform map (baseline)", "UNIFORM MAP", "control", _uniform_map),
+        MethodSpec(
+            "shuffled_epsilon_plus_flat",
+            "epsilon_plus_flat, pixels shuffled",
+            "SHUFFLED EPS-PLUS-FLAT",
+            "control",
+            shuffled(base.explain),
+        ),
+    ]
+
+
+def default_methods(fast: bool = False) -> list[MethodSpec]:
+    """LRP presets, the other registry methods and the controls, in table order."""
+    return lrp_presets() + other_methods(fast) + controls()
