@@ -190,9 +190,8 @@ def epsilon_plus(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
 def epsilon_plus_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """``epsilon_plus`` with the flat rule on the first layer (Zennit's ``EpsilonPlusFlat``).
 
-    The default of :func:`relprop.explain`: it is LRP_CMP:α1+♭ of Kohlbrenner et al. (2020),
-    which localised objects far better than uniform rules there, and it needs no input bounds,
-    so it is right whatever the input normalisation.
+    This is LRP_CMP:α1+♭ of Kohlbrenner et al. (2020). It needs no input bounds. In relprop's
+    cluttered-digits benchmark the flat first layer cost localisation, see :func:`default`.
     """
     return _dense_conv(Epsilon(epsilon), ZPlus(stabilizer), Flat(stabilizer), "epsilon_plus_flat")
 
@@ -246,8 +245,14 @@ def lrp_cmp(alpha: float = 2.0, flat_layers: int = 0, epsilon: float = 1e-6) -> 
 
 
 def default() -> Composite:
-    """The composite :func:`relprop.explain` uses when none is given: :func:`epsilon_plus_flat`."""
-    return epsilon_plus_flat()
+    """The composite :func:`relprop.explain` uses when none is given: :func:`epsilon_alpha2_beta1`.
+
+    It is LRP_CMP:α2 of Kohlbrenner et al. (2020): it localised best of every preset and
+    method in relprop's cluttered-digits benchmark at every depth (bench/LOCALISATION.md) and
+    is among the best of their Table I; it needs no input bounds. On residual nets αβ does not
+    conserve exactly; use :func:`epsilon_gamma_box` where conservation matters more.
+    """
+    return epsilon_alpha2_beta1()
 
 
 def _bound(value: Bound) -> float | list[float]:
