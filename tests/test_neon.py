@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -23,14 +22,6 @@ from relprop.targets import Logit
 from tests.test_viz import read_png
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

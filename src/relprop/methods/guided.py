@@ -48,10 +48,7 @@ class _GuidedReLUInPlace(torch.autograd.Function):
         ctx.save_for_backward(a)
         return a
 
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (out,) = ctx.saved_tensors
-        return grad.clamp(min=0) * (out > 0)
+    backward = _GuidedReLU.backward
 
 
 class _DeconvReLU(torch.autograd.Function):
