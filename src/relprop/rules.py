@@ -36,15 +36,8 @@ def stabilize(denominator: Tensor, epsilon: float | Tensor) -> Tensor:
     return out
 
 
-def _stabilize_nonneg(denominator: Tensor, epsilon: float) -> Tensor:
-    """``stabilize`` for a denominator known to be ``>= 0`` (a sum of positive parts)."""
-    if epsilon == 0:
-        return denominator.masked_fill(denominator == 0, float("inf"))
-    return denominator + epsilon
-
-
 def _stabilize_nonneg_(denominator: Tensor, epsilon: float) -> Tensor:
-    """In-place ``_stabilize_nonneg`` for a temporary of the caller."""
+    """``stabilize`` in place, for a temporary of the caller known to be ``>= 0``."""
     if epsilon == 0:
         return denominator.masked_fill_(denominator == 0, float("inf"))
     return denominator.add_(epsilon)
