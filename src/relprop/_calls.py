@@ -27,6 +27,8 @@ class OpCall:
     reads_input: bool = False
     rule: Rule | None = None
     gates: list[bool] = field(default_factory=list, repr=False)
+    #: per factor of a product: the softmax call that made it (attention weights), or None
+    sources: list[OpCall | None] = field(default_factory=list, repr=False)
 
     @property
     def name(self) -> str:

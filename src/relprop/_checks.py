@@ -36,6 +36,32 @@ def check_input(x: Tensor) -> None:
         raise InvalidInputError(f"x contains NaN or inf (first at index {bad})")
 
 
+def check_token_ids(x: Tensor) -> None:
+    """Refuse token-id inputs that are empty or not 2-D (batch, sequence)."""
+    if x.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise InvalidInputError(f"token ids must be an integer tensor, got dtype {x.dtype}")
+    if x.dim() != 2 or x.numel() == 0:
+        raise InvalidInputError(
+            f"token ids must be a non-empty (batch, sequence) tensor, got shape {tuple(x.shape)}")
+
+
+def select_output(output: object) -> object:
+    """The tensor to explain from a model's output: itself, or the ``logits`` of a
+    Hugging Face model output."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    keys = list(output.keys()) if hasattr(output, "keys") else None
+    raise InvalidInputError(
+        f"the model returned {type(output).__name__}"
+        + (f" with fields {keys}" if keys else "")
+        + ", not a tensor; wrap it so that it returns the output to explain (e.g. the logits "
+        "or a pooled embedding)"
+    )
+
+
 def check_output(output: object) -> None:
     """Refuse model outputs that are not a finite tensor depending on the input."""
     if not isinstance(output, Tensor):

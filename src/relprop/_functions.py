@@ -16,7 +16,20 @@ from torch import Tensor
 
 from ._calls import OpCall
 from ._ops import LinearOp
-from .rules import Gradient, LayerRule, Pass, Product, SumPooling, WinnerTakeAll, stabilize
+from .rules import (
+    Attention,
+    Constant,
+    Gradient,
+    LayerRule,
+    NormIdentity,
+    Pass,
+    Product,
+    SoftmaxTaylor,
+    SumPooling,
+    WinnerTakeAll,
+    stabilize,
+)
+from .rules.transformer import layer_norm_signal
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -57,12 +70,16 @@ class LayerFunction(torch.autograd.Function):
 
 
 class ElementwiseFunction(torch.autograd.Function):
-    """An elementwise activation ``z = f(a)``: identity rule or its own gradient."""
+    """An elementwise activation ``z = f(a)``: identity rule or its own gradient.
+
+    ``value``, when given, is ``f(a)`` as the model already computed it (a whole activation
+    module treated as one op); ``fn`` then only serves the gradient rule.
+    """
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, fn: Callable[[Tensor], Tensor], call: OpCall,
-                session: Session) -> Tensor:
-        z = fn(a)
+                session: Session, value: Tensor | None = None) -> Tensor:
+        z = fn(a) if value is None else value
         ctx.save_for_backward(a, z)
         ctx.fn, ctx.call, ctx.session = fn, call, session
         return z
@@ -72,15 +89,83 @@ class ElementwiseFunction(torch.autograd.Function):
         a, z = ctx.saved_tensors
         rule = ctx.call.rule
         if isinstance(rule, Gradient):
-            with torch.enable_grad():
-                a_ = a.detach().requires_grad_(True)
-                (g,) = torch.autograd.grad(ctx.fn(a_), a_, grad)
+            g = _own_vjp(ctx.fn, a, grad)
         else:
             assert isinstance(rule, Pass)
             g = rule.propagate(None, a, z, grad)
         if ctx.session.record:
             ctx.session.log(ctx.call, z * grad, a * g)
-        return g, None, None, None
+        return g, None, None, None, None
+
+
+def _own_vjp(fn: Callable[[Tensor], Tensor], a: Tensor, grad: Tensor) -> Tensor:
+    with torch.enable_grad():
+        a_ = a.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(a_), a_, grad)
+    return g
+
+
+class SoftmaxFunction(torch.autograd.Function):
+    """``z = softmax(a)`` along ``dim``: :class:`SoftmaxTaylor`, :class:`Constant` or gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, fn: Callable[[Tensor], Tensor], dim: int, call: OpCall,
+                session: Session) -> Tensor:
+        z = fn(a)
+        ctx.save_for_backward(a, z)
+        ctx.dim, ctx.call, ctx.session = dim, call, session
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        a, z = ctx.saved_tensors
+        rule = ctx.call.rule
+        if isinstance(rule, Constant):
+            g = torch.zeros_like(a)
+        else:
+            assert isinstance(rule, SoftmaxTaylor | Gradient)
+            # c_i = s_i (G_i - sum_j s_j G_j), in the output's precision
+            weighted = z * grad.to(z.dtype)
+            g = (weighted - z * weighted.sum(dim=ctx.dim, keepdim=True)).to(a.dtype)
+        if ctx.session.record:
+            ctx.session.log(ctx.call, z * grad, a * g)
+        return g, None, None, None, None
+
+
+class NormFunction(torch.autograd.Function):
+    """LayerNorm or RMSNorm over the last ``dims`` dims (``norm`` = "layer", "rms", or
+    "module": a whole RMSNorm-like module whose output ``value`` is given)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, fn: Callable[[Tensor], Tensor], call: OpCall,
+                session: Session, norm: str, weight: Tensor | None, dims: int, eps: float,
+                value: Tensor | None = None) -> Tensor:
+        z = fn(a) if value is None else value
+        ctx.save_for_backward(a, z)
+        ctx.fn, ctx.call, ctx.session = fn, call, session
+        ctx.norm, ctx.weight, ctx.dims, ctx.eps = norm, weight, dims, eps
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        a, z = ctx.saved_tensors
+        rule = ctx.call.rule
+        if isinstance(rule, Gradient):
+            g = _own_vjp(ctx.fn, a, grad)
+        else:
+            assert isinstance(rule, NormIdentity)
+            if ctx.norm == "module":  # identity rule on an RMSNorm-like module: R_a = R_z
+                signal = grad
+                if rule.epsilon:
+                    signal = grad * z.abs().add_(rule.epsilon).reciprocal_().mul_(
+                        rule.epsilon).neg_().add_(1.0)
+                g = Pass().propagate(None, a, z, signal)
+            else:
+                g = layer_norm_signal(a, z, grad, ctx.weight, ctx.dims, ctx.eps,
+                                      ctx.norm == "layer", rule.epsilon)
+        if ctx.session.record:
+            ctx.session.log(ctx.call, z * grad, a * g)
+        return g, None, None, None, None, None, None, None, None
 
 
 class MaxPoolFunction(torch.autograd.Function):
@@ -128,7 +213,8 @@ def _sum_pool_grad(a: Tensor, relevance: Tensor, options: dict[str, Any],
 
 
 class ShareFunction(torch.autograd.Function):
-    """Identity on one factor of a product; scales its gradient by the factor's share."""
+    """Identity on one factor of a product (or one input of a fused attention); scales its
+    gradient by the factor's share of the relevance."""
 
     @staticmethod
     def forward(ctx: Any, t: Tensor, call: OpCall, position: int, session: Session) -> Tensor:
@@ -139,6 +225,13 @@ class ShareFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         call: OpCall = ctx.call
         rule = call.rule
-        assert isinstance(rule, Product)
-        share = rule.shares(call.gates)[ctx.position]
-        return grad * share, None, None, None
+        if isinstance(rule, Attention):
+            share = rule.shares()[ctx.position]
+        else:
+            assert isinstance(rule, Product)
+            constant = [source is not None and isinstance(source.rule, Constant)
+                        for source in call.sources]
+            share = rule.shares(call.gates, constant if call.sources else None)[ctx.position]
+        if share == 0:
+            return None, None, None, None
+        return (grad if share == 1 else grad * share), None, None, None

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode, resolve_name
 
+from ._attention import HANDLERS as TRANSFORMER_HANDLERS
 from ._functions import ElementwiseFunction, LayerFunction, MaxPoolFunction, ShareFunction
 from ._graph import INDEX_ONLY
 from ._ops import LinearOp, linear_op_from_call
@@ -39,6 +40,8 @@ SHAPE_OPS = frozenset({
     "view", "reshape", "expand", "expand_as", "view_as", "unsqueeze", "squeeze", "flatten",
     "permute", "transpose", "contiguous", "__getitem__", "repeat", "clone",
 })
+#: ops after which attention weights are still the same weights (casts, eval-mode dropout)
+_KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "float", "half", "bfloat16", "double", "dropout"}
 _IN_PLACE = {
     "add_": "add", "__iadd__": "add", "sub_": "sub", "__isub__": "sub", "mul_": "mul",
     "__imul__": "mul", "div_": "div", "__itruediv__": "div", "relu_": "relu",
@@ -74,14 +77,14 @@ def _on_path(value: Any) -> bool:
     return isinstance(value, Tensor) and value.requires_grad
 
 
-def _detach_leaves(value: Any, x: Tensor) -> Any:
+def _detach_leaves(value: Any, session: Session) -> Any:
     """Parameters (and other leaves that are not the input) become constants."""
     if isinstance(value, Tensor):
-        if value.requires_grad and value.grad_fn is None and value is not x:
+        if value.requires_grad and value.grad_fn is None and not session.is_leaf_input(value):
             return value.detach()
         return value
     if isinstance(value, list | tuple) and any(isinstance(v, Tensor) for v in value):
-        return type(value)(_detach_leaves(v, x) for v in value)
+        return type(value)(_detach_leaves(v, session) for v in value)
     return value
 
 
@@ -112,7 +115,7 @@ def _reads_input(session: Session, a: Tensor) -> bool:
 def _layer(session: Session, func: Callable[..., Any], name: str,
            args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     a, op = linear_op_from_call(name, args, kwargs)
-    if not _on_path(a) or _on_path(op.weight) or _on_path(op.bias):
+    if op is None or not _on_path(a) or _on_path(op.weight) or _on_path(op.bias):
         return func(*args, **kwargs)  # constant, or a weight computed from the input
     kind = op.kind
     call = session.new_call(kind, name, reads_input=_reads_input(session, a))
@@ -229,6 +232,9 @@ def _product(session: Session, func: Callable[..., Any], name: str,
     call = session.new_call("product", name)
     # a gate times a constant signal: the constant takes the gate's share (it is absorbed)
     call.gates = [session.is_gate(operands[i]) for i in factors]
+    sources = [session.weights_call(operands[i]) for i in factors]
+    if any(source is not None for source in sources):
+        call.sources = sources
     for position, i in enumerate(factors):
         if i in on_path:
             operands[i] = ShareFunction.apply(operands[i], call, position, session)
@@ -261,7 +267,7 @@ def _recurrent(session: Session, func: Callable[..., Any], name: str,
 
 
 _HANDLERS: dict[str, Handler] = {
-    **{n: _layer for n in ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+    **{n: _layer for n in ("linear", "addmm", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
                            "conv_transpose2d", "conv_transpose3d")},
     "batch_norm": _batch_norm,
     **{n: _activation for n in ACTIVATIONS},
@@ -269,6 +275,7 @@ _HANDLERS: dict[str, Handler] = {
     **{n: _product for n in PRODUCTS},
     "lstm": _recurrent,
     "gru": _recurrent,
+    **TRANSFORMER_HANDLERS,
 }
 
 
@@ -285,12 +292,13 @@ class Interceptor(TorchFunctionMode):
                            args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
                            ) -> Any:
         session = self.session
+        if session.opaque:  # inside a module relprop treats as one op
+            return func(*args, **(kwargs or {}))
         name = self._names.get(func)
         if name is None:
             name = self._names[func] = short_name(func)
-        x = session.x
-        args = tuple(_detach_leaves(v, x) for v in args)
-        kwargs = {k: _detach_leaves(v, x) for k, v in (kwargs or {}).items()}
+        args = tuple(_detach_leaves(v, session) for v in args)
+        kwargs = {k: _detach_leaves(v, session) for k, v in (kwargs or {}).items()}
         if name in ("relu", "relu_"):  # the model's own in-place promise lets us reuse memory
             inplace = name == "relu_" or kwargs.pop("inplace", False) is True or (
                 len(args) > 1 and args[1] is True)
@@ -322,3 +330,7 @@ class Interceptor(TorchFunctionMode):
                 session.approved.add(node)
             elif name in SHAPE_OPS and args and session.is_gate(args[0]):
                 session.mark_gate(t)
+            if name in _KEEPS_WEIGHTS and args:
+                source = session.weights_call(args[0])
+                if source is not None:
+                    session.mark_weights(t, source)

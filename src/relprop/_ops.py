@@ -198,8 +198,18 @@ def _bind(names: Sequence[str], args: Sequence[Any], kwargs: dict[str, Any]) -> 
 
 
 def linear_op_from_call(short_name: str, args: Sequence[Any], kwargs: dict[str, Any]
-                        ) -> tuple[Tensor, LinearOp]:
-    """Parse a call of ``F.linear`` or a ``F.conv*`` into (input, LinearOp)."""
+                        ) -> tuple[Tensor, LinearOp | None]:
+    """Parse a call of ``F.linear``, ``torch.addmm`` or a ``F.conv*`` into (input, LinearOp).
+
+    ``addmm(b, a, W)`` is a linear layer with weight ``Wᵀ`` (GPT-2's ``Conv1D``) when it adds
+    a bias vector unscaled; otherwise the op is ``None`` (an ordinary linear op).
+    """
+    if short_name == "addmm":
+        bound = _bind(("input", "mat1", "mat2"), args, kwargs)
+        bias, a, weight = bound["input"], bound["mat1"], bound["mat2"]
+        plain = (bound.get("beta", 1) != 1 or bound.get("alpha", 1) != 1
+                 or not isinstance(bias, Tensor) or bias.dim() != 1)
+        return a, None if plain else LinearOp("linear", weight.t(), bias, {})
     if short_name == "linear":
         bound = _bind(("input", "weight", "bias"), args, kwargs)
         op = LinearOp("linear", bound["weight"], bound["bias"], {})

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._attention import module_kind, wrap_module_output
 from ._calls import LedgerEntry, OpCall
 
 
@@ -40,6 +41,38 @@ class Session:
         self.ledger: list[LedgerEntry] = []
         self.layers: dict[str, Tensor] = {}
         self.interceptor: Any = None  # the TorchFunctionMode routing this session's ops
+        #: embedding outputs where relevance ends: (module path, output, looks up the input)
+        self.sources: list[tuple[str, Tensor, bool]] = []
+        self._source_ids: set[int] = set()
+        self.weights: dict[int, tuple[weakref.ref[Tensor], OpCall]] = {}
+        #: > 0 while a module treated as one op runs (its inner ops are not intercepted)
+        self.opaque = 0
+        self._grad_modes: list[bool] = []
+        self._kinds: dict[nn.Module, str | None] = {}
+
+    def add_source(self, path: str, output: Tensor, reads_input: bool) -> None:
+        self.sources.append((path, output, reads_input))
+        self._source_ids.add(id(output))
+
+    def is_leaf_input(self, t: Tensor) -> bool:
+        """Whether the leaf ``t`` is where relevance is collected (the input or a source)."""
+        return t is self.x or (id(t) in self._source_ids
+                               and any(s is t for _, s, _ in self.sources))
+
+    def is_input_ids(self, ids: Any) -> bool:
+        """Whether ``ids`` are the explained token ids (or a view of them)."""
+        x = self.x
+        if not isinstance(ids, Tensor) or x.is_floating_point():
+            return False
+        return ids is x or (ids.data_ptr() == x.data_ptr() and ids.numel() == x.numel())
+
+    def mark_weights(self, t: Tensor, call: OpCall) -> None:
+        """Remember ``t`` as attention weights made by the softmax ``call``."""
+        self.weights[id(t)] = (weakref.ref(t), call)
+
+    def weights_call(self, t: Any) -> OpCall | None:
+        entry = self.weights.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else None
 
     def mark_gate(self, t: Tensor) -> None:
         """Remember ``t`` as a gate (a sigmoid output, or a reshaped view of one)."""
@@ -55,6 +88,7 @@ class Session:
         self.approved.clear()
         self.producers.clear()
         self.gates.clear()
+        self.weights.clear()
 
     # -- module context ------------------------------------------------------------------
     def where(self) -> tuple[str, nn.Module | None, int]:
@@ -69,16 +103,34 @@ class Session:
         self.calls.append(call)
         return call
 
+    def _kind_of(self, module: nn.Module) -> str | None:
+        if module not in self._kinds:
+            self._kinds[module] = module_kind(module)
+        return self._kinds[module]
+
     def _pre_hook(self, module: nn.Module, args: Any) -> None:
         if threading.get_ident() != self.thread:
             return
         count = self.call_counts.get(module, 0)
         self.call_counts[module] = count + 1
         self.stack.append((self.paths.get(module, type(module).__name__), module, count))
+        if self.opaque or self._kind_of(module) is not None:
+            # a module taken as one op: run its inner ops plainly, without a graph
+            self.opaque += 1
+            self._grad_modes.append(torch.is_grad_enabled())
+            torch.set_grad_enabled(False)
 
-    def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+    def _post_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
         if threading.get_ident() != self.thread or not self.stack:
-            return
+            return None
+        if self.opaque:
+            self.opaque -= 1
+            torch.set_grad_enabled(self._grad_modes.pop())
+            kind = self._kind_of(module)
+            if not self.opaque and kind is not None:
+                output = wrap_module_output(self, module, kind, args, output)
+                self._post_hook(module, args, output)
+                return output
         path, _, count = self.stack.pop()
         if isinstance(output, Tensor) and output.grad_fn is not None:
             # ops that bypass the interception mode (custom autograd Functions) get their
@@ -93,8 +145,9 @@ class Session:
     def _keep_relevance(self, name: str, output: Tensor) -> None:
         detached = output.detach()
 
-        def keep(grad: Tensor) -> None:
-            self.layers[name] = detached * grad
+        def keep(grad: Tensor | None) -> None:
+            self.layers[name] = detached * grad if grad is not None else torch.zeros_like(
+                detached)
 
         output.register_hook(keep)
 

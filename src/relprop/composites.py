@@ -4,7 +4,8 @@ A :class:`Composite` is an ordered list of ``(selector, rule)`` pairs; each op c
 forward pass takes the first rule whose selector matches it and that can apply to its kind
 (a conv never gets :class:`~relprop.rules.Pass`, a ReLU never gets γ). Unmatched calls get the
 kind's default: LRP-0 for layers, ε (1e-6) for stand-alone BatchNorm, the identity rule for
-activations, winner-take-all for max pooling, the product rule for products.
+activations, winner-take-all for max pooling, the product rule for products, and AttnLRP's
+rules for softmax, LayerNorm/RMSNorm and fused attention.
 
 Positions are in *execution* order ("the first layer that runs"), decided after the forward
 pass, so "the dense layers at the top" means the linear calls after the last convolution.
@@ -22,12 +23,16 @@ from ._calls import OpCall
 from .errors import RuleAssignmentError
 from .rules import (
     AlphaBeta,
+    Attention,
+    Constant,
     Epsilon,
     Flat,
     Gamma,
+    NormIdentity,
     Pass,
     Product,
     Rule,
+    SoftmaxTaylor,
     WinnerTakeAll,
     ZBox,
     Zero,
@@ -87,7 +92,8 @@ class Selector:
 def kind(*kinds: str) -> Selector:
     """Calls of these op kinds.
 
-    Kinds: linear, conv, conv_transpose, norm, activation, max_pool, product.
+    Kinds: linear, conv, conv_transpose, norm (stand-alone BatchNorm), activation, max_pool,
+    product, softmax, layer_norm (LayerNorm, RMSNorm), attention (fused attention).
     """
     wanted = frozenset(kinds)
     return Selector(lambda c, _: c.kind in wanted, f"kind{tuple(kinds)}")
@@ -129,6 +135,7 @@ def lower_convs(fraction: float) -> Selector:
 DEFAULTS: dict[str, Rule] = {
     "linear": Zero(), "conv": Zero(), "conv_transpose": Zero(), "norm": Epsilon(1e-6),
     "activation": Pass(), "max_pool": WinnerTakeAll(), "product": Product(),
+    "softmax": SoftmaxTaylor(), "layer_norm": NormIdentity(), "attention": Attention(),
 }
 
 
@@ -244,6 +251,40 @@ def lrp_cmp(alpha: float = 2.0, flat_layers: int = 0, epsilon: float = 1e-6) -> 
     return Composite(rules, f"lrp_cmp(alpha={alpha}{suffix})")
 
 
+def attnlrp(epsilon: float = 1e-6, conv: Rule | None = None) -> Composite:
+    """AttnLRP (Achtibat et al. 2024) for transformers.
+
+    ε-LRP on every linear layer, the uniform product rule on products of activations
+    (``q kᵀ``, ``A v``, gated MLPs), softmax by its deep-Taylor rule, the identity rule on the
+    normalisation of LayerNorm/RMSNorm and on GELU/SiLU, fused attention as the composition
+    of those. ``conv`` is the rule of convolutions (a ViT's patch embedding), ε by default.
+    """
+    return Composite([
+        (kind("linear"), Epsilon(epsilon)),
+        (kind(*CONVS), Epsilon(epsilon) if conv is None else conv),
+        (kind("softmax"), SoftmaxTaylor()),
+        (kind("product"), Product(gates_take_none=True)),
+        (kind("layer_norm"), NormIdentity(epsilon)),
+        (kind("attention"), Attention(through_scores=True)),
+    ], "attnlrp")
+
+
+def cp_lrp(epsilon: float = 1e-6, conv: Rule | None = None) -> Composite:
+    """CP-LRP (Ali et al. 2022): :func:`attnlrp` with the attention weights held constant.
+
+    No relevance flows through the query-key product: the softmax output takes
+    :class:`~relprop.rules.Constant`, so ``A v`` gives all of its relevance to the values.
+    """
+    return Composite([
+        (kind("linear"), Epsilon(epsilon)),
+        (kind(*CONVS), Epsilon(epsilon) if conv is None else conv),
+        (kind("softmax"), Constant()),
+        (kind("product"), Product(gates_take_none=True)),
+        (kind("layer_norm"), NormIdentity(epsilon)),
+        (kind("attention"), Attention(through_scores=False)),
+    ], "cp_lrp")
+
+
 def default() -> Composite:
     """The composite :func:`relprop.explain` uses when none is given: :func:`epsilon_alpha2_beta1`.
 
@@ -266,5 +307,6 @@ def _bound(value: Bound) -> float | list[float]:
 __all__ = [
     "Composite", "Selector", "Layout", "kind", "layer_type", "name", "first_layers", "top_dense",
     "lower_convs", "uniform", "epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2_beta1",
-    "epsilon_alpha2_beta1_flat", "epsilon_gamma_box", "montavon2019", "lrp_cmp", "default",
+    "epsilon_alpha2_beta1_flat", "epsilon_gamma_box", "montavon2019", "lrp_cmp", "attnlrp",
+    "cp_lrp", "default",
 ]

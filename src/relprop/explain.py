@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +13,8 @@ from ._calls import LedgerEntry
 from ._checks import check_input as _check_input
 from ._checks import check_model as _check_model
 from ._checks import check_output as _check_output
+from ._checks import check_token_ids as _check_token_ids
+from ._checks import select_output as _select_output
 from ._graph import find_unsupported
 from ._intercept import Interceptor
 from ._session import Session
@@ -37,6 +40,11 @@ class Explanation:
     rules: dict[str, str] = field(default_factory=dict)
     layers: dict[str, Tensor] = field(default_factory=dict)
     conservation: list[LedgerEntry] = field(default_factory=list)
+    #: for token inputs: the token strings per sample (set by :mod:`relprop.text` helpers)
+    tokens: list[list[str]] | None = None
+    #: relevance that reached other embedding lookups (positions, token types), per sample
+    #: and position, keyed by the module path of the lookup
+    sources: dict[str, Tensor] = field(default_factory=dict)
 
     def relevance_sum(self) -> Tensor:
         """Total input relevance per sample."""
@@ -45,33 +53,56 @@ class Explanation:
 
 def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = None,
             composite: Composite | None = None, *, record: bool = False,
-            strict: bool = True) -> Explanation:
+            strict: bool = True, forward_kwargs: dict[str, Any] | None = None) -> Explanation:
     """Explain ``model(x)`` for ``target`` with Layer-wise Relevance Propagation.
 
     Args:
         model: any eager ``nn.Module`` in eval mode; it is not modified.
-        x: a floating-point batch (first dimension = samples).
+        x: a floating-point batch (first dimension = samples), or integer token ids of shape
+            ``(batch, sequence)``: relevance is then collected where the model looks the ids
+            up in an embedding and summed over the embedding dimension, giving one relevance
+            per token; other lookups (positions, token types) go to ``sources``.
         target: a class index, one index per sample, a float tensor of output relevance of the
-            output's shape, or a :mod:`relprop.targets` object (``LogOdds``, ``Contrast``);
-            ``None`` explains each sample's top class.
+            output's shape, or a :mod:`relprop.targets` object (``LogOdds``, ``Contrast``,
+            ``TokenLogit``); ``None`` explains each sample's top class.
         composite: which rule each op gets; default :func:`relprop.composites.default`.
         record: also keep the relevance at every module output (``layers``) and the
             per-op conservation ledger (``conservation``).
         strict: raise :class:`UnsupportedOperationError` on an op with no rule that is not
             linear; with ``False`` it keeps its gradient and a warning names it.
+        forward_kwargs: further keyword arguments of the model call (``attention_mask``...).
+            Positions where an ``attention_mask`` is 0 (padding) get no relevance.
     """
     _check_model(model)
-    _check_input(x)
+    tokens = isinstance(x, Tensor) and not x.is_floating_point() and not x.is_complex()
+    if tokens:
+        _check_token_ids(x)
+    else:
+        _check_input(x)
     composite = default() if composite is None else composite
     if not isinstance(composite, Composite):
         raise InvalidInputError(
             f"composite must be a relprop Composite, got {type(composite).__name__}"
         )
-    x_leaf = x.detach().requires_grad_(True)
+    kwargs = dict(forward_kwargs or {})
+    x_leaf = x if tokens else x.detach().requires_grad_(True)
     session = Session(model, x_leaf, record)
-    with torch.enable_grad(), session.installed(Interceptor(session)):
-        output = model(x_leaf)
+    try:
+        with torch.enable_grad(), session.installed(Interceptor(session)):
+            output = _select_output(model(x_leaf, **kwargs))
+    except (RuntimeError, TypeError) as error:
+        if tokens and not session.sources:
+            raise InvalidInputError(
+                f"x has dtype {x.dtype}, so it was taken for token ids, but the model failed "
+                f"before looking them up in an embedding ({error}). Features must be floating "
+                "point to carry relevance: convert them (x.float())") from error
+        raise
     _check_output(output)
+    assert isinstance(output, Tensor)
+    if tokens and not any(reads for _, _, reads in session.sources):
+        raise InvalidInputError(
+            "the token ids were not looked up in an embedding (nn.Embedding / F.embedding) on "
+            "the way to the output, so there is nowhere to collect token relevance")
     problems = find_unsupported(session, output.grad_fn)
     if problems:
         message = ("ops with no LRP rule that are not linear (their relevance would be wrong): "
@@ -86,13 +117,44 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
     detached = output.detach()
     resolved = as_target(target, detached)
     seed, explained = resolved.seed(detached)
-    (grad,) = torch.autograd.grad(output, x_leaf, seed, allow_unused=True)
-    relevance = torch.zeros_like(x_leaf) if grad is None else x_leaf.detach() * grad
-    if session.deposit is not None:
-        relevance = relevance + session.deposit
+    relevance, sources = _backward(session, output, seed, tokens)
+    mask = kwargs.get("attention_mask")
+    if tokens and isinstance(mask, Tensor) and mask.shape == x.shape:
+        relevance = relevance * (mask != 0)
+        sources = {k: v * (mask != 0) if v.shape == x.shape else v for k, v in sources.items()}
     return Explanation(
         relevance=relevance.detach(), output=detached, explained=explained.detach(),
         target=resolved, method=f"lrp:{composite.name}",
         rules={call.name: repr(call.rule) for call in session.calls},
-        layers=session.layers, conservation=session.ledger,
+        layers=session.layers, conservation=session.ledger, sources=sources,
     )
+
+
+def _backward(session: Session, output: Tensor, seed: Tensor, tokens: bool
+              ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The modified backward pass: relevance at the input (or the token ids) and at the
+    other embedding lookups."""
+    x = session.x
+    leaves = [t for _, t, _ in session.sources]
+    inputs = leaves if tokens else [x, *leaves]
+    grads = torch.autograd.grad(output, inputs, seed, allow_unused=True)
+    if tokens:
+        relevance = torch.zeros(x.shape, dtype=output.dtype, device=output.device)
+    else:
+        grad = grads[0]
+        relevance = torch.zeros_like(x) if grad is None else x.detach() * grad
+        if session.deposit is not None:
+            relevance = relevance + session.deposit
+        grads = grads[1:]
+    sources: dict[str, Tensor] = {}
+    for (path, leaf, reads_input), grad in zip(session.sources, grads):
+        per_position = (torch.zeros(leaf.shape[:-1], dtype=leaf.dtype, device=leaf.device)
+                        if grad is None else (leaf.detach() * grad).sum(dim=-1))
+        if tokens and reads_input and per_position.shape == x.shape:
+            relevance = relevance + per_position.to(relevance.dtype)
+            continue
+        name = path
+        while name in sources:
+            name += "'"
+        sources[name] = per_position
+    return relevance, sources

@@ -125,6 +125,44 @@ class OutputRelevance(Target):
         return grad, r.reshape(r.shape[0], -1).sum(dim=1)
 
 
+@dataclass(frozen=True)
+class TokenLogit(Target):
+    """Explain a language model's logit of ``token`` at ``position`` (default: the last, i.e.
+    the next-token prediction), or with ``against`` the contrast ``y_token − y_against``.
+
+    For outputs of shape ``(batch, sequence, vocabulary)``; ``token``, ``against`` and
+    ``position`` are one value or one per sample (left-padded batches: position -1 is the
+    last token of every sample).
+    """
+
+    token: int | Tensor
+    position: int | Tensor = -1
+    against: int | Tensor | None = None
+
+    def seed(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        if output.dim() != 3:
+            raise InvalidInputError(
+                f"TokenLogit needs an output of shape (batch, sequence, vocabulary), got "
+                f"{tuple(output.shape)}")
+        batch, length, _ = output.shape
+        position = torch.as_tensor(self.position, device=output.device).long()
+        if position.dim() == 0:
+            position = position.expand(batch)
+        if position.shape != (batch,) or bool(((position < -length)
+                                                | (position >= length)).any()):
+            raise InvalidInputError(
+                f"position {self.position!r} must be one index per sample within the "
+                f"sequence of length {length}")
+        position = position % length
+        rows = torch.arange(batch, device=output.device)
+        at = output[rows, position]  # (batch, vocabulary)
+        grad_at, explained = (Logit(self.token) if self.against is None
+                              else Contrast(self.token, self.against)).seed(at)
+        grad = torch.zeros_like(output)
+        grad[rows, position] = grad_at
+        return grad, explained
+
+
 def as_target(target: int | Tensor | Target | None, output: Tensor) -> Target:
     """Interpret ``target`` as given to :func:`relprop.explain`."""
     if isinstance(target, Target):

@@ -1,4 +1,4 @@
-"""LRP rules: how one op call redistributes the relevance of its output onto its input.
+"""LRP rules for layers, activations, pooling and products of activations.
 
 Notation (Montavon et al. 2019, "Layer-wise relevance propagation: an overview", §10.2):
 ``a_j`` are the op's inputs, ``w_jk`` its weights, ``z_k = sum_j a_j w_jk + b_k`` its outputs
@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ._ops import LAYER_KINDS, LinearOp
+from .._ops import LAYER_KINDS, LinearOp
 
 __all__ = [
     "Rule", "LayerRule", "Zero", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "Flat", "WSquare",
@@ -347,9 +347,14 @@ class Pass(LayerRule):
 
 
 class Gradient(Rule):
-    """The op's own derivative: ``c = f'(a) · grad`` (e.g. to reproduce Gradient × Input)."""
+    """The op's own derivative: ``c = f'(a) · grad`` (e.g. to reproduce Gradient × Input).
 
-    kinds = frozenset({"activation"})
+    On softmax this is also AttnLRP's rule (see :class:`~relprop.rules.SoftmaxTaylor`); on
+    LayerNorm it is the plain gradient through the normalisation, which is what gradient-based
+    LRP implementations without a LayerNorm rule compute.
+    """
+
+    kinds = frozenset({"activation", "softmax", "layer_norm"})
 
 
 class WinnerTakeAll(Rule):
@@ -385,8 +390,19 @@ class Product(Rule):
     def __init__(self, gates_take_none: bool = True) -> None:
         self.gates_take_none = bool(gates_take_none)
 
-    def shares(self, is_gate: list[bool]) -> list[float]:
-        """The fraction of the product's relevance that goes to each factor."""
+    def shares(self, is_gate: list[bool], constant: list[bool] | None = None) -> list[float]:
+        """The fraction of the product's relevance that goes to each factor.
+
+        ``constant`` marks factors whose own rule makes them constants (attention weights
+        under CP-LRP, :class:`~relprop.rules.Constant`): they take nothing, like weights.
+        """
+        if constant is not None and any(constant):
+            rest = [i for i, c in enumerate(constant) if not c]
+            inner = self.shares([is_gate[i] for i in rest]) if rest else []
+            out = [0.0] * len(is_gate)
+            for i, share in zip(rest, inner):
+                out[i] = share
+            return out
         if self.gates_take_none and 0 < sum(is_gate) < len(is_gate):
             signals = len(is_gate) - sum(is_gate)
             return [0.0 if g else 1.0 / signals for g in is_gate]

@@ -1,0 +1,167 @@
+"""Handlers for the ops of transformers: embeddings, softmax, LayerNorm/RMSNorm, attention.
+
+Registered in :mod:`relprop._intercept` next to the handlers of layers and activations.
+Whole modules that compute a normalisation or an activation from elementary ops (Llama's
+``LlamaRMSNorm``, GPT-2's ``NewGELUActivation``) are recognised by :func:`module_kind` and
+treated as one op by the session's module hooks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from ._functions import ElementwiseFunction, NormFunction, ShareFunction, SoftmaxFunction
+from .errors import InvalidInputError, UnsupportedOperationError
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+
+def on_path(value: Any) -> bool:
+    """Whether ``value`` is a tensor that depends on the explained input."""
+    return isinstance(value, Tensor) and value.requires_grad
+
+
+def _bind(names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any],
+          defaults: dict[str, Any]) -> dict[str, Any]:
+    bound = dict(defaults)
+    bound.update(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+def embedding(session: Session, func: Callable[..., Any], name: str,
+              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A lookup table: its output is where relevance ends (a *source* of the explanation).
+
+    The lookup of the explained token ids gives the tokens' relevance; other lookups
+    (positions, token types) are reported separately under their module path.
+    """
+    out = func(*args, **kwargs)
+    ids = args[0] if args else kwargs.get("input")
+    if not isinstance(out, Tensor) or not out.is_floating_point() or on_path(out):
+        return out
+    source = out.detach().requires_grad_(True)
+    path = session.where()[0] or "<model>"
+    session.add_source(path, source, reads_input=session.is_input_ids(ids))
+    return source
+
+
+def softmax(session: Session, func: Callable[..., Any], name: str,
+            args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    bound = _bind(("input", "dim"), args, kwargs, {"dim": None})
+    a = bound["input"]
+    if not on_path(a):
+        return func(*args, **kwargs)
+    dim = bound["dim"]
+    if not isinstance(dim, int):
+        raise UnsupportedOperationError(
+            f"{name} at '{session.where()[0] or '<model>'}' has no explicit dim; pass dim=")
+    rest = {k: v for k, v in kwargs.items() if k not in ("input",)}
+    call = session.new_call("softmax", name)
+    out = SoftmaxFunction.apply(
+        a, lambda t: func(t, *args[1:], **rest), dim, call, session)
+    session.mark_weights(out, call)
+    return out
+
+
+def layer_norm(session: Session, func: Callable[..., Any], name: str,
+               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``F.layer_norm`` and ``F.rms_norm``: one op with the ``layer_norm`` kind."""
+    names = ("input", "normalized_shape", "weight", "bias", "eps") if name == "layer_norm" \
+        else ("input", "normalized_shape", "weight", "eps")
+    bound = _bind(names, args, kwargs, {"weight": None, "bias": None, "eps": None})
+    a = bound["input"]
+    if not on_path(a) or on_path(bound["weight"]) or on_path(bound["bias"]):
+        return func(*args, **kwargs)
+    eps = bound["eps"]
+    if eps is None:
+        eps = 1e-5 if name == "layer_norm" else torch.finfo(a.dtype).eps
+    dims = len(bound["normalized_shape"])
+    call = session.new_call("layer_norm", name)
+    norm = "layer" if name == "layer_norm" else "rms"
+    return NormFunction.apply(a, lambda t: func(t, *args[1:], **kwargs), call, session, norm,
+                              bound["weight"], dims, float(eps))
+
+
+def attention(session: Session, func: Callable[..., Any], name: str,
+              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``F.scaled_dot_product_attention``, kept fused: its inputs' gradients are scaled by
+    the rule (see :class:`relprop.rules.Attention`) and PyTorch's own backward does the rest."""
+    bound = _bind(("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"),
+                  args, kwargs, {"attn_mask": None, "dropout_p": 0.0})
+    q, k, v = bound["query"], bound["key"], bound["value"]
+    if not any(on_path(t) for t in (q, k, v)):
+        return func(*args, **kwargs)
+    path = session.where()[0] or "<model>"
+    if bound["dropout_p"]:
+        raise UnsupportedOperationError(
+            f"scaled_dot_product_attention at '{path}' has dropout_p={bound['dropout_p']}: "
+            "attention dropout makes the explanation random; run the model in eval mode")
+    if on_path(bound["attn_mask"]):
+        raise UnsupportedOperationError(
+            f"scaled_dot_product_attention at '{path}' has an attention mask that depends "
+            "on the input; relprop has no rule for it")
+    call = session.new_call("attention", name)
+    qkv = [ShareFunction.apply(t, call, i, session) if on_path(t) else t
+           for i, t in enumerate((q, k, v))]
+    for t in qkv:
+        if on_path(t):
+            session.approved.add(t.grad_fn)
+    rest = {key: value for key, value in kwargs.items() if key not in ("query", "key", "value")}
+    return func(*qkv, *args[3:], **rest)
+
+
+HANDLERS = {
+    "embedding": embedding, "softmax": softmax, "layer_norm": layer_norm,
+    "rms_norm": layer_norm, "scaled_dot_product_attention": attention,
+}
+
+# -- whole modules treated as one op ------------------------------------------------------
+_NORM_MODULE = re.compile(r"(RMSNorm|T5LayerNorm)$")
+_ACTIVATION_MODULE = re.compile(r"(gelu|silu|swish|mish)", re.IGNORECASE)
+
+
+def module_kind(module: nn.Module) -> str | None:
+    """``"layer_norm"`` for RMSNorm-like modules, ``"activation"`` for parameter-free
+    GELU/SiLU-like modules that are written with elementary ops; ``None`` otherwise.
+
+    PyTorch's own modules call functional ops that have handlers, so they are left alone.
+    """
+    cls = type(module)
+    if cls.__module__.startswith("torch.") or next(module.children(), None) is not None:
+        return None
+    if _NORM_MODULE.search(cls.__name__):
+        return "layer_norm"
+    if _ACTIVATION_MODULE.search(cls.__name__) and next(module.parameters(), None) is None:
+        return "activation"
+    return None
+
+
+def wrap_module_output(session: Session, module: nn.Module, kind: str, args: Any,
+                       output: Any) -> Any:
+    """The output of a module of :func:`module_kind` ``kind`` as one op of that kind."""
+    a = args[0] if isinstance(args, tuple) and args else None
+    if not (on_path(a) and isinstance(output, Tensor)):
+        return output
+    assert isinstance(a, Tensor)
+    path = session.where()[0] or "<model>"
+    if output.shape != a.shape:
+        raise InvalidInputError(
+            f"module '{path}' ({type(module).__name__}) was taken for an elementwise "
+            f"{kind} but maps shape {tuple(a.shape)} to {tuple(output.shape)}")
+    value = output.detach()
+    call = session.new_call(kind, type(module).__name__)
+    forward = module.forward
+    if kind == "activation":
+        out = ElementwiseFunction.apply(a, forward, call, session, value)
+    else:
+        out = NormFunction.apply(a, forward, call, session, "module", None, 1, 0.0, value)
+    session.approved.add(out.grad_fn)
+    session.node_info[out.grad_fn] = (path, type(module).__name__)
+    return out

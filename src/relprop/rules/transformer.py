@@ -1,0 +1,111 @@
+"""LRP rules for the ops of transformers: softmax, LayerNorm/RMSNorm and fused attention.
+
+AttnLRP (Achtibat et al. 2024, "AttnLRP: attention-aware layer-wise relevance propagation
+for transformers") gives softmax a deep-Taylor rule, splits products of activations uniformly
+(:class:`~relprop.rules.Product`) and passes relevance through the normalisation of LayerNorm
+and RMSNorm unchanged (the identity rule), with ε-LRP on the linear maps around it.
+CP-LRP (Ali et al. 2022, "XAI for transformers: better explanations through conservative
+propagation") holds the attention weights constant: no relevance flows through the
+query-key product, all of it through the values.
+
+The engine carries ``G = R / a`` (see :mod:`relprop.rules.layers`); each rule here maps the
+signal ``grad`` at the op's output to the signal at its input.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .layers import Rule
+
+__all__ = ["SoftmaxTaylor", "Constant", "NormIdentity", "Attention", "layer_norm_signal"]
+
+
+class SoftmaxTaylor(Rule):
+    """Softmax ``s = softmax(x)`` by its deep-Taylor decomposition (AttnLRP, Prop. 3.1):
+
+    ``R_i^in = x_i (R_i − s_i Σ_j R_j)``
+
+    — a Taylor expansion of each ``s_i`` at ``x`` whose bias term absorbs the rest (softmax
+    is not positively homogeneous, so this rule does not conserve). Because the engine
+    carries ``G = R / s``, this is exactly the softmax's own vector-Jacobian product:
+    ``c_i = s_i (G_i − Σ_j s_j G_j)`` with ``R_i^in = x_i c_i``.
+    """
+
+    kinds = frozenset({"softmax"})
+
+
+class Constant(Rule):
+    """The op's output is held constant (CP-LRP for attention weights, Ali et al. 2022).
+
+    No relevance flows back through the op: ``R^in = 0``; a product that uses its output
+    treats it as a weight, so the other factors take all of the product's relevance
+    (``R_v = R_out`` for ``out = A v``). Conservative through the attention block.
+    """
+
+    kinds = frozenset({"softmax"})
+
+
+class NormIdentity(Rule):
+    """LayerNorm / RMSNorm with the identity rule on the normalisation (AttnLRP, §3.3.2).
+
+    ``y = w ⊙ (x − μ(x)) / σ(x) + b``: the division by ``σ`` (or by the RMS) passes relevance
+    unchanged, the centring and the affine map take ε-LRP. With ``σ`` held at its value the
+    layer is an affine map ``y = J x + b`` and the rule is
+    ``R_x = x ⊙ Jᵀ (R_y / (y + ε·sign(y)))``; it conserves up to the bias ``b``'s share and ε.
+    RMSNorm has no centring and no bias, so it reduces to the identity rule ``R_x = R_y``.
+    """
+
+    kinds = frozenset({"layer_norm"})
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        if not epsilon >= 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
+        self.epsilon = float(epsilon)
+
+
+class Attention(Rule):
+    """Fused attention ``O = softmax(q kᵀ · scale + mask) v`` as one op.
+
+    With ``through_scores=True`` (AttnLRP) it is the composition of the uniform product rule
+    on ``A v``, :class:`SoftmaxTaylor` on ``A`` and the uniform product rule on ``q kᵀ``.
+    Carrying ``G = R / O``, that composition is the attention's own vector-Jacobian product
+    scaled per input: ``c_v = ½ ∂O/∂v ᵀ G``, ``c_q = ¼ ∂O/∂q ᵀ G``, ``c_k = ¼ ∂O/∂k ᵀ G`` —
+    so PyTorch's fused backward computes it without building the attention matrix.
+    With ``through_scores=False`` (CP-LRP) the attention weights are constant:
+    ``c_v = ∂O/∂v ᵀ G`` and queries and keys take nothing.
+    """
+
+    kinds = frozenset({"attention"})
+
+    def __init__(self, through_scores: bool = True) -> None:
+        self.through_scores = bool(through_scores)
+
+    def shares(self) -> tuple[float, float, float]:
+        """Scale of the query, key and value vector-Jacobian products."""
+        return (0.25, 0.25, 0.5) if self.through_scores else (0.0, 0.0, 1.0)
+
+
+def layer_norm_signal(a: Tensor, z: Tensor, grad: Tensor, weight: Tensor | None,
+                      dims: int, eps: float, centred: bool, epsilon: float) -> Tensor:
+    """:class:`NormIdentity` for one LayerNorm (``centred``) or RMSNorm call.
+
+    ``a`` input, ``z`` output, ``grad = R / z``; normalised over the last ``dims`` dims.
+    Returns ``c`` with ``R_a = a ⊙ c``.
+    """
+    reduce = tuple(range(a.dim() - dims, a.dim()))
+    stat = a.double() if a.dtype in (torch.float16, torch.bfloat16) else a
+    if centred:
+        scale = torch.rsqrt(stat.var(dim=reduce, unbiased=False, keepdim=True) + eps)
+    else:
+        scale = torch.rsqrt(stat.pow(2).mean(dim=reduce, keepdim=True) + eps)
+    signal = grad
+    if epsilon:  # R / (z + ε sign z) = grad · (1 − ε / (|z| + ε))
+        signal = grad * z.abs().add_(epsilon).reciprocal_().mul_(epsilon).neg_().add_(1.0)
+    signal = signal * scale.to(a.dtype)
+    if weight is not None:
+        signal = signal * weight
+    if centred:
+        signal = signal - signal.mean(dim=reduce, keepdim=True)
+    return signal
