@@ -46,7 +46,12 @@ def embedding(session: Session, func: Callable[..., Any], name: str,
     ids = args[0] if args else kwargs.get("input")
     if not isinstance(out, Tensor) or not out.is_floating_point() or on_path(out):
         return out
-    source = out.detach().requires_grad_(True)
+    batch = session.x.shape[0]
+    if out.dim() >= 3 and out.shape[0] == 1 and batch > 1:
+        # shared by the batch (position ids of shape (1, T)): one copy per sample, so that
+        # each sample's relevance stays its own instead of being summed over the batch
+        out = out.expand(batch, *out.shape[1:])
+    source = out.detach().clone().requires_grad_(True)
     path = session.where()[0] or "<model>"
     session.add_source(path, source, reads_input=session.is_input_ids(ids))
     return source

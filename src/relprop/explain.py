@@ -91,7 +91,7 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
         with torch.enable_grad(), session.installed(Interceptor(session)):
             output = _select_output(model(x_leaf, **kwargs))
     except (RuntimeError, TypeError) as error:
-        if tokens and not session.sources:
+        if tokens and not any(isinstance(m, nn.Embedding) for m in model.modules()):
             raise InvalidInputError(
                 f"x has dtype {x.dtype}, so it was taken for token ids, but the model failed "
                 f"before looking them up in an embedding ({error}). Features must be floating "

@@ -1,0 +1,261 @@
+"""Hugging Face transformers explained end to end: BERT, GPT-2, Llama, ViT; eager and SDPA.
+
+Small random configurations in float64. The rules themselves are checked against an
+independent float64 re-implementation in ``tests/test_transformer_rules.py``; here the
+engine must find every op of real model code, give eager and fused attention the same
+relevance, conserve where the rules do, and leave the model and the library as they were.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import relprop
+from relprop.composites import attnlrp, cp_lrp
+from relprop.targets import TokenLogit
+from tests.helpers.snapshots import assert_unchanged, snapshot
+
+transformers = pytest.importorskip("transformers")
+
+IMPLEMENTATIONS = ("eager", "sdpa")
+
+
+def _bert(impl: str, **extra: Any) -> torch.nn.Module:
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=40, num_labels=3, **extra)
+    return _build(transformers.BertForSequenceClassification, config, impl)
+
+
+def _gpt2(impl: str) -> torch.nn.Module:
+    config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
+                                     n_positions=40, bos_token_id=0, eos_token_id=0)
+    return _build(transformers.GPT2LMHeadModel, config, impl)
+
+
+def _llama(impl: str) -> torch.nn.Module:
+    config = transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=40,
+        bos_token_id=0, eos_token_id=0)
+    return _build(transformers.LlamaForCausalLM, config, impl)
+
+
+def _vit(impl: str) -> torch.nn.Module:
+    config = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=32,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=64, num_labels=3)
+    return _build(transformers.ViTForImageClassification, config, impl)
+
+
+def _build(cls: Any, config: Any, impl: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = cls._from_config(config, attn_implementation=impl)
+    return model.eval().double()
+
+
+def _ids(batch: int = 2, length: int = 10, seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, 100, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _total(expl: relprop.Explanation) -> torch.Tensor:
+    """Relevance of tokens and of every other embedding lookup, per sample."""
+    total = expl.relevance.reshape(expl.relevance.shape[0], -1).sum(dim=1)
+    return total + sum((v.reshape(v.shape[0], -1).sum(dim=1) for v in expl.sources.values()),
+                       torch.zeros_like(total))
+
+
+CASES: dict[str, tuple[Callable[[str], torch.nn.Module], Callable[[], Any]]] = {
+    "bert": (_bert, lambda: (_ids(), 1)),
+    "gpt2": (_gpt2, lambda: (_ids(), TokenLogit(7))),
+    "llama": (_llama, lambda: (_ids(), TokenLogit(7, against=11))),
+    "vit": (_vit, lambda: (torch.randn(2, 3, 16, 16, dtype=torch.float64,
+                                       generator=torch.Generator().manual_seed(2)), 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("preset", [attnlrp, cp_lrp])
+def test_eager_and_sdpa_attention_give_the_same_relevance(name: str, preset: Any) -> None:
+    build, data = CASES[name]
+    x, target = data()
+    results = [relprop.explain(build(impl), x, target, preset()) for impl in IMPLEMENTATIONS]
+    eager, sdpa = results
+    scale = eager.relevance.abs().max()
+    assert scale > 0
+    # Llama's and ViT's eager attention compute the softmax in float32 even for a float64
+    # model, so their forward passes themselves differ from SDPA's at ~1e-7
+    tolerance = 1e-5 if name in ("llama", "vit") else 1e-10
+    torch.testing.assert_close(sdpa.relevance, eager.relevance, rtol=0, atol=tolerance * scale)
+    torch.testing.assert_close(sdpa.explained, eager.explained)
+    assert eager.relevance.shape == x.shape
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_cp_lrp_conserves_on_a_bias_free_llama(impl: str) -> None:
+    """Llama has no biases and RMSNorm; with the attention weights constant every rule is
+    conservative, so token relevance sums to the explained logit (no position embeddings:
+    rotary positions are constants)."""
+    expl = relprop.explain(_llama(impl), _ids(), TokenLogit(7), cp_lrp(epsilon=0.0))
+    assert expl.sources == {}
+    torch.testing.assert_close(expl.relevance.sum(dim=1), expl.explained, rtol=1e-9, atol=1e-12)
+
+
+def test_attnlrp_differs_from_cp_lrp_only_through_the_attention_scores() -> None:
+    model = _llama("sdpa")
+    ids = _ids()
+    full = relprop.explain(model, ids, TokenLogit(7), attnlrp(epsilon=0.0))
+    cp = relprop.explain(model, ids, TokenLogit(7), cp_lrp(epsilon=0.0))
+    assert not torch.allclose(full.relevance, cp.relevance)
+    # AttnLRP's softmax rule is not conservative: the gap is what its bias terms absorb
+    assert not torch.allclose(full.relevance.sum(dim=1), full.explained)
+
+
+def test_bert_reports_position_and_token_type_relevance_and_padding_gets_none() -> None:
+    model = _bert("sdpa")
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    mask[1, -4:] = 0
+    expl = relprop.explain(model, ids, 1, forward_kwargs={"attention_mask": mask})
+    assert set(expl.sources) == {"bert.embeddings.position_embeddings",
+                                 "bert.embeddings.token_type_embeddings"}
+    for relevance in (expl.relevance, *expl.sources.values()):
+        assert relevance.shape == ids.shape
+        assert torch.all(relevance[1, -4:] == 0)
+        assert torch.all(relevance[0] != 0)
+    # the padded sample explains as the same sentence without its padding
+    alone = relprop.explain(model, ids[1:, :-4], 1)
+    torch.testing.assert_close(expl.relevance[1, :-4], alone.relevance[0], rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_padding_gets_no_relevance_even_without_the_final_mask() -> None:
+    """The zeros come from the masked attention itself: a mask of all ones on the padded
+    sample but the same additive mask inside shows the rule, not the post-hoc masking."""
+    model = _bert("eager")
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    mask[0, -3:] = 0
+    expl = relprop.explain(model, ids, 1, forward_kwargs={"attention_mask": mask}, record=True)
+    embeddings = expl.layers["bert.embeddings"]
+    assert torch.all(embeddings[0, -3:] == 0)
+
+
+def test_next_token_and_contrastive_targets_of_gpt2() -> None:
+    model = _gpt2("sdpa")
+    ids = _ids()
+    logits = model(ids).logits
+    plain = relprop.explain(model, ids, TokenLogit(7))
+    torch.testing.assert_close(plain.explained, logits[:, -1, 7])
+    contrast = relprop.explain(model, ids, TokenLogit(7, against=9))
+    torch.testing.assert_close(contrast.explained, logits[:, -1, 7] - logits[:, -1, 9])
+    other = relprop.explain(model, ids, TokenLogit(7, against=9, position=3))
+    torch.testing.assert_close(other.explained, logits[:, 3, 7] - logits[:, 3, 9])
+    # causal attention: tokens after the explained position get nothing
+    assert torch.all(other.relevance[:, 4:] == 0)
+    assert torch.all(other.relevance[:, :4] != 0)
+
+
+def test_vit_explains_pixels_with_patch_convolution_and_class_token() -> None:
+    model = _vit("sdpa")
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    expl = relprop.explain(model, x, 2, record=True)
+    assert expl.relevance.shape == x.shape
+    assert any(name.endswith(":conv2d") for name in expl.rules)
+    assert any("Attention" in rule for rule in expl.rules.values())
+
+
+def test_rules_are_assigned_to_every_transformer_op() -> None:
+    expl = relprop.explain(_gpt2("eager"), _ids(), TokenLogit(7), attnlrp())
+    kinds = {rule.split("(")[0] for rule in expl.rules.values()}
+    assert {"Epsilon", "SoftmaxTaylor", "Product", "NormIdentity", "Pass"} <= kinds
+    # GPT-2's Conv1D is torch.addmm with a bias: a linear layer with the ε rule
+    assert any(name.endswith(":addmm") and rule.startswith("Epsilon")
+               for name, rule in expl.rules.items())
+    # the tanh-approximated GELU written with elementary ops is one activation
+    assert any("NewGELUActivation" in name and rule.startswith("Pass")
+               for name, rule in expl.rules.items())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_model_classes_and_functions_are_untouched(name: str) -> None:
+    build, data = CASES[name]
+    model = build("sdpa")
+    x, target = data()
+    cls_attributes = {cls: dict(vars(cls)) for cls in type(model).__mro__}
+    module_classes = {type(m): dict(vars(type(m))) for m in model.modules()}
+    functions = {n: getattr(F, n) for n in ("softmax", "layer_norm", "linear", "embedding",
+                                            "scaled_dot_product_attention", "gelu")}
+    before = snapshot(model)
+    relprop.explain(model, x, target, record=True)
+    assert_unchanged(before, snapshot(model))
+    assert {cls: dict(vars(cls)) for cls in type(model).__mro__} == cls_attributes
+    assert {type(m): dict(vars(type(m))) for m in model.modules()} == module_classes
+    assert {n: getattr(F, n) for n in functions} == functions
+
+
+def test_model_unchanged_after_an_error() -> None:
+    model = _bert("sdpa")
+    before = snapshot(model)
+    with pytest.raises(relprop.InvalidInputError, match="out of range"):
+        relprop.explain(model, _ids(), 7)
+    assert_unchanged(before, snapshot(model))
+
+
+def test_inputs_longer_than_the_maximum_raise_the_models_own_error() -> None:
+    model = _bert("sdpa")
+    ids = _ids(length=50)  # max_position_embeddings=40
+    with pytest.raises(Exception) as plain:
+        model(ids)
+    with pytest.raises(type(plain.value)) as ours:
+        relprop.explain(model, ids, 1)
+    assert str(ours.value) == str(plain.value)
+
+
+def test_an_unknown_attention_implementation_is_named() -> None:
+    """An attention function relprop has no rule for (here: a hand-written softmax)."""
+    def exp_attention(module: Any, query: torch.Tensor, key: torch.Tensor,
+                      value: torch.Tensor, attention_mask: Any, **kwargs: Any) -> Any:
+        scores = torch.exp(query @ key.transpose(2, 3) * kwargs.get("scaling", 1.0))
+        weights = scores / scores.sum(dim=-1, keepdim=True)
+        return (weights @ value).transpose(1, 2).contiguous(), weights
+
+    transformers.AttentionInterface.register("relprop_test_exp", exp_attention)
+    model = _bert("sdpa")
+    model.set_attn_implementation("relprop_test_exp")
+    with pytest.raises(relprop.UnsupportedOperationError,
+                       match=r"bert\.encoder\.layer\.0\.attention\.self.*'exp'"):
+        relprop.explain(model, _ids(), 1)
+
+
+def test_outputs_without_logits_name_their_fields() -> None:
+    model = _bert("sdpa").bert
+    with pytest.raises(relprop.InvalidInputError, match="last_hidden_state"):
+        relprop.explain(model, _ids(), 1)
+
+
+def test_token_ids_must_be_looked_up() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2)).double().eval()
+    with pytest.raises(relprop.InvalidInputError, match="floating point"):
+        relprop.explain(model, torch.ones(2, 4, dtype=torch.long), 0)
+    with pytest.raises(relprop.InvalidInputError, match=r"\(batch, sequence\)"):
+        relprop.explain(_bert("sdpa"), torch.ones(4, dtype=torch.long), 0)
+
+
+def test_conservation_ledger_covers_every_layer() -> None:
+    expl = relprop.explain(_llama("eager"), _ids(), TokenLogit(7), cp_lrp(0.0), record=True)
+    names = [entry.name for entry in expl.conservation]
+    assert any(":softmax" in n for n in names) and any("RMSNorm" in n for n in names)
+    for entry in expl.conservation:
+        if entry.rule.startswith(("Epsilon", "NormIdentity", "Pass")):
+            assert max(abs(a) for a in entry.absorbed) < 1e-9, entry.name
+
+
+def test_signature_documents_forward_kwargs() -> None:
+    assert "forward_kwargs" in inspect.signature(relprop.explain).parameters
