@@ -251,6 +251,18 @@ def lrp_cmp(alpha: float = 2.0, flat_layers: int = 0, epsilon: float = 1e-6) -> 
     return Composite(rules, f"lrp_cmp(alpha={alpha}{suffix})")
 
 
+def _transformer(epsilon: float, conv: Rule | None, softmax: Rule, attention: Attention,
+                 name: str) -> Composite:
+    return Composite([
+        (kind("linear"), Epsilon(epsilon)),
+        (kind(*CONVS), Epsilon(epsilon) if conv is None else conv),
+        (kind("softmax"), softmax),
+        (kind("product"), Product(gates_take_none=True)),
+        (kind("layer_norm"), NormIdentity(epsilon)),
+        (kind("attention"), attention),
+    ], name)
+
+
 def attnlrp(epsilon: float = 1e-6, conv: Rule | None = None) -> Composite:
     """AttnLRP (Achtibat et al. 2024) for transformers.
 
@@ -259,14 +271,8 @@ def attnlrp(epsilon: float = 1e-6, conv: Rule | None = None) -> Composite:
     normalisation of LayerNorm/RMSNorm and on GELU/SiLU, fused attention as the composition
     of those. ``conv`` is the rule of convolutions (a ViT's patch embedding), ε by default.
     """
-    return Composite([
-        (kind("linear"), Epsilon(epsilon)),
-        (kind(*CONVS), Epsilon(epsilon) if conv is None else conv),
-        (kind("softmax"), SoftmaxTaylor()),
-        (kind("product"), Product(gates_take_none=True)),
-        (kind("layer_norm"), NormIdentity(epsilon)),
-        (kind("attention"), Attention(through_scores=True)),
-    ], "attnlrp")
+    return _transformer(epsilon, conv, SoftmaxTaylor(), Attention(through_scores=True),
+                        "attnlrp")
 
 
 def cp_lrp(epsilon: float = 1e-6, conv: Rule | None = None) -> Composite:
@@ -275,14 +281,7 @@ def cp_lrp(epsilon: float = 1e-6, conv: Rule | None = None) -> Composite:
     No relevance flows through the query-key product: the softmax output takes
     :class:`~relprop.rules.Constant`, so ``A v`` gives all of its relevance to the values.
     """
-    return Composite([
-        (kind("linear"), Epsilon(epsilon)),
-        (kind(*CONVS), Epsilon(epsilon) if conv is None else conv),
-        (kind("softmax"), Constant()),
-        (kind("product"), Product(gates_take_none=True)),
-        (kind("layer_norm"), NormIdentity(epsilon)),
-        (kind("attention"), Attention(through_scores=False)),
-    ], "cp_lrp")
+    return _transformer(epsilon, conv, Constant(), Attention(through_scores=False), "cp_lrp")
 
 
 def default() -> Composite:
