@@ -5,7 +5,7 @@
 >>> expl.relevance                                   # doctest: +SKIP
 """
 
-from . import composites, methods, metrics, neon, pairwise, rules, targets
+from . import composites, methods, metrics, neon, pairwise, rules, targets, text
 from .errors import (
     InvalidInputError,
     RelpropError,
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "explain", "Explanation", "composites", "methods", "metrics", "neon", "pairwise", "rules",
-    "targets", "RelpropError",
+    "targets", "text", "RelpropError",
     "UnsupportedOperationError", "UnsupportedOperationWarning", "InvalidInputError",
     "RuleAssignmentError",
 ]
