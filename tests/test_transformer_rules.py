@@ -286,18 +286,10 @@ def test_post_norm_matches_reference(preset: str, epsilon: float, attention: str
     _check(params, ids, mask, preset, epsilon, attention)
 
 
-RMS_EPSILON_REASON = (
-    "relprop's NormIdentity applies ε to RMSNorm: R_x = y / (y + ε·sign y) · R_y, i.e. ε-LRP on "
-    "the frozen-rms diagonal map y = diag(w / rms) x, where the spec (and NormIdentity's own "
-    "docstring) says the identity rule R_x = R_y. It matches ε-LRP on that map to 1e-16; the "
-    "token relevance is off by up to 0.04 (relative up to 4.4) at ε = 0.1, and by ~ε/|y| "
-    "relative at ε = 1e-9 (2e-7 on seed 4)")
-
-
-@pytest.mark.parametrize("epsilon", [0.0, pytest.param(0.1, marks=pytest.mark.xfail(
-    strict=True, reason=RMS_EPSILON_REASON))])
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
 @pytest.mark.parametrize("preset", ["attnlrp", "cp"])
 def test_rms_norm_matches_reference(preset: str, epsilon: float) -> None:
+    """RMSNorm takes the identity rule exactly, whatever ε the linear layers get."""
     params, ids, mask = _setup(4, "causal", norm="rms", norm_bias=False)
     _check(params, ids, mask, preset, epsilon, "eager")
 

@@ -169,6 +169,30 @@ def test_vit_explains_pixels_with_patch_convolution_and_class_token() -> None:
     assert expl.relevance.shape == x.shape
     assert any(name.endswith(":conv2d") for name in expl.rules)
     assert any("Attention" in rule for rule in expl.rules.values())
+    # the learned position embedding (a parameter added to the patches) is reported apart
+    assert set(expl.sources) == {"vit.embeddings.position_embeddings"}
+    assert expl.sources["vit.embeddings.position_embeddings"].shape == (2, 17)
+
+
+def test_learned_position_parameter_is_a_source_and_conservation_includes_it() -> None:
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(20, 8)
+            self.pos = torch.nn.Parameter(torch.randn(1, 5, 8))
+            self.head = torch.nn.Linear(8, 3, bias=False)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            h = self.embed(ids)
+            h += self.pos
+            return self.head(torch.nn.functional.gelu(h).mean(dim=1))
+
+    torch.manual_seed(0)
+    model = Tiny().double().eval()
+    ids = torch.randint(0, 20, (3, 5))
+    expl = relprop.explain(model, ids, 1, cp_lrp(0.0))
+    assert set(expl.sources) == {"pos"} and expl.sources["pos"].shape == (3, 5)
+    torch.testing.assert_close(_total(expl), expl.explained)
 
 
 def test_rules_are_assigned_to_every_transformer_op() -> None:
@@ -248,13 +272,20 @@ def test_token_ids_must_be_looked_up() -> None:
         relprop.explain(_bert("sdpa"), torch.ones(4, dtype=torch.long), 0)
 
 
-def test_conservation_ledger_covers_every_layer() -> None:
-    expl = relprop.explain(_llama("eager"), _ids(), TokenLogit(7), cp_lrp(0.0), record=True)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_conservation_ledger_covers_every_layer(impl: str) -> None:
+    model, ids = _llama(impl), _ids()
+    expl = relprop.explain(model, ids, TokenLogit(7), cp_lrp(0.0), record=True)
     names = [entry.name for entry in expl.conservation]
-    assert any(":softmax" in n for n in names) and any("RMSNorm" in n for n in names)
-    for entry in expl.conservation:
-        if entry.rule.startswith(("Epsilon", "NormIdentity", "Pass")):
-            assert max(abs(a) for a in entry.absorbed) < 1e-9, entry.name
+    attention = ":softmax" if impl == "eager" else ":scaled_dot_product_attention"
+    assert any(attention in n for n in names) and any("RMSNorm" in n for n in names)
+    assert any(n.endswith("mlp:mul") for n in names)  # the gated MLP product
+    for entry in expl.conservation:  # every rule of CP-LRP with ε = 0 conserves
+        assert max(abs(a) for a in entry.absorbed) < 1e-9, entry.name
+    # AttnLRP: what is not conserved is absorbed by the softmax (its bias term) alone
+    full = relprop.explain(model, ids, TokenLogit(7), attnlrp(0.0), record=True)
+    leaks = {e.name for e in full.conservation if max(abs(a) for a in e.absorbed) > 1e-9}
+    assert leaks and all(attention in n for n in leaks)
 
 
 def test_signature_documents_forward_kwargs() -> None:

@@ -119,7 +119,25 @@ def attention(session: Session, func: Callable[..., Any], name: str,
         if on_path(t):
             session.approved.add(t.grad_fn)
     rest = {key: value for key, value in kwargs.items() if key not in ("query", "key", "value")}
-    return func(*qkv, *args[3:], **rest)
+    out = func(*qkv, *args[3:], **rest)
+    session.log_output(call, out)
+    return out
+
+
+ADDITIVE = frozenset({"add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "add_",
+                      "__iadd__"})
+
+
+def parameter_source(session: Session, value: Any) -> Any:
+    """A parameter with a leading batch dimension of 1 added to the relevance path (a learned
+    position embedding, ``x + self.pos``) becomes a source reported under its name; other
+    parameters stay constants that absorb their share."""
+    if not (isinstance(value, nn.Parameter) and value.dim() >= 3 and value.shape[0] == 1):
+        return value
+    batch = session.x.shape[0]
+    source = value.detach().expand(batch, *value.shape[1:]).clone().requires_grad_(True)
+    session.add_source(session.parameter_name(value), source, reads_input=False)
+    return source
 
 
 HANDLERS = {

@@ -155,11 +155,7 @@ class NormFunction(torch.autograd.Function):
         else:
             assert isinstance(rule, NormIdentity)
             if ctx.norm == "module":  # identity rule on an RMSNorm-like module: R_a = R_z
-                signal = grad
-                if rule.epsilon:
-                    signal = grad * z.abs().add_(rule.epsilon).reciprocal_().mul_(
-                        rule.epsilon).neg_().add_(1.0)
-                g = Pass().propagate(None, a, z, signal)
+                g = Pass().propagate(None, a, z, grad)
             else:
                 g = layer_norm_signal(a, z, grad, ctx.weight, ctx.dims, ctx.eps,
                                       ctx.norm == "layer", rule.epsilon)
@@ -219,6 +215,8 @@ class ShareFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, t: Tensor, call: OpCall, position: int, session: Session) -> Tensor:
         ctx.call, ctx.position, ctx.session = call, position, session
+        if session.record:
+            ctx.save_for_backward(t)
         return t.view_as(t)
 
     @staticmethod
@@ -232,6 +230,7 @@ class ShareFunction(torch.autograd.Function):
             constant = [source is not None and isinstance(source.rule, Constant)
                         for source in call.sources]
             share = rule.shares(call.gates, constant if call.sources else None)[ctx.position]
-        if share == 0:
-            return None, None, None, None
-        return (grad if share == 1 else grad * share), None, None, None
+        out = None if share == 0 else grad if share == 1 else grad * share
+        if ctx.session.record:
+            ctx.session.log_share(call, ctx.saved_tensors[0], out)
+        return out, None, None, None

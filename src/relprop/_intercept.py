@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode, resolve_name
 
+from ._attention import ADDITIVE, parameter_source
 from ._attention import HANDLERS as TRANSFORMER_HANDLERS
 from ._functions import ElementwiseFunction, LayerFunction, MaxPoolFunction, ShareFunction
 from ._graph import INDEX_ONLY
@@ -240,6 +241,7 @@ def _product(session: Session, func: Callable[..., Any], name: str,
             operands[i] = ShareFunction.apply(operands[i], call, position, session)
     out = func(args[0], *operands, **kwargs) if name == "einsum" else func(*operands, **kwargs)
     _approve_down_to_shares(session, out.grad_fn)
+    session.log_output(call, out)
     return out
 
 
@@ -297,6 +299,8 @@ class Interceptor(TorchFunctionMode):
         name = self._names.get(func)
         if name is None:
             name = self._names[func] = short_name(func)
+        if name in ADDITIVE and any(_on_path(v) for v in args):
+            args = tuple(parameter_source(session, v) for v in args)
         args = tuple(_detach_leaves(v, session) for v in args)
         kwargs = {k: _detach_leaves(v, session) for k, v in (kwargs or {}).items()}
         if name in ("relu", "relu_"):  # the model's own in-place promise lets us reuse memory

@@ -49,10 +49,17 @@ class Session:
         self.opaque = 0
         self._grad_modes: list[bool] = []
         self._kinds: dict[nn.Module, str | None] = {}
+        self._open: dict[int, LedgerEntry] = {}
+        self._parameter_names: dict[int, str] | None = None
 
     def add_source(self, path: str, output: Tensor, reads_input: bool) -> None:
         self.sources.append((path, output, reads_input))
         self._source_ids.add(id(output))
+
+    def parameter_name(self, parameter: Tensor) -> str:
+        if self._parameter_names is None:
+            self._parameter_names = {id(p): n for n, p in self.model.named_parameters()}
+        return self._parameter_names.get(id(parameter), "<parameter>")
 
     def is_leaf_input(self, t: Tensor) -> bool:
         """Whether the leaf ``t`` is where relevance is collected (the input or a source)."""
@@ -170,6 +177,32 @@ class Session:
         self.ledger.append(LedgerEntry(
             call.name, repr(call.rule), _per_sample(relevance_in), _per_sample(relevance_out)
         ))
+
+    def log_output(self, call: OpCall, out: Tensor) -> None:
+        """Open a ledger entry for a call whose inputs report separately (:meth:`log_share`):
+        the relevance arriving at ``out`` is recorded when its gradient is."""
+        if not self.record or not out.requires_grad:
+            return
+        detached = out.detach()
+
+        def open_entry(grad: Tensor | None) -> None:
+            arrived = torch.zeros_like(detached) if grad is None else detached * grad
+            per_sample = _per_sample(arrived)
+            self._open[call.index] = entry = LedgerEntry(
+                call.name, repr(call.rule), per_sample, [0.0] * len(per_sample))
+            self.ledger.append(entry)
+
+        out.register_hook(open_entry)
+
+    def log_share(self, call: OpCall, factor: Tensor, grad: Tensor | None) -> None:
+        """Add the relevance leaving through one input of an open entry's call."""
+        entry = self._open.get(call.index)
+        if entry is None:
+            return
+        sums = [0.0] * len(entry.relevance_out) if grad is None else _per_sample(factor * grad)
+        if len(sums) != len(entry.relevance_out):  # a factor shared by the batch
+            sums = [float("nan")] * len(entry.relevance_out)
+        entry.relevance_out = [a + b for a, b in zip(entry.relevance_out, sums)]
 
     def relevance_to_grad(self, call: OpCall, relevance: Tensor, a: Tensor,
                           relevance_in: Tensor) -> Tensor:

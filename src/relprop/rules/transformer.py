@@ -50,11 +50,11 @@ class Constant(Rule):
 class NormIdentity(Rule):
     """LayerNorm / RMSNorm with the identity rule on the normalisation (AttnLRP, §3.3.2).
 
-    ``y = w ⊙ (x − μ(x)) / σ(x) + b``: the division by ``σ`` (or by the RMS) passes relevance
-    unchanged, the centring and the affine map take ε-LRP. With ``σ`` held at its value the
-    layer is an affine map ``y = J x + b`` and the rule is
-    ``R_x = x ⊙ Jᵀ (R_y / (y + ε·sign(y)))``; it conserves up to the bias ``b``'s share and ε.
-    RMSNorm has no centring and no bias, so it reduces to the identity rule ``R_x = R_y``.
+    ``y = w ⊙ (x − μ(x)) / σ(x) + b``: the division by ``σ`` passes relevance unchanged, the
+    centring and the affine map take ε-LRP. With ``σ`` held at its value the layer is an
+    affine map ``y = J x + b`` and the rule is ``R_x = x ⊙ Jᵀ (R_y / (y + ε·sign(y)))``; it
+    conserves up to the bias ``b``'s share and ε. RMSNorm ``y = w ⊙ x / rms(x)`` has no
+    centring and no bias: it takes the identity rule ``R_x = R_y`` exactly (ε plays no role).
     """
 
     kinds = frozenset({"layer_norm"})
@@ -101,7 +101,7 @@ def layer_norm_signal(a: Tensor, z: Tensor, grad: Tensor, weight: Tensor | None,
     else:
         scale = torch.rsqrt(stat.pow(2).mean(dim=reduce, keepdim=True) + eps)
     signal = grad
-    if epsilon:  # R / (z + ε sign z) = grad · (1 − ε / (|z| + ε))
+    if epsilon and centred:  # R / (z + ε sign z) = grad · (1 − ε / (|z| + ε))
         signal = grad * z.abs().add_(epsilon).reciprocal_().mul_(epsilon).neg_().add_(1.0)
     signal = signal * scale.to(a.dtype)
     if weight is not None:
