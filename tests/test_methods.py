@@ -4,6 +4,7 @@ computes what its paper defines."""
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from relprop.methods.integrated import QUADRATURES, quadrature
 from relprop.targets import Contrast, Logit
 from tests.helpers import models as M
 from tests.helpers.snapshots import assert_unchanged, snapshot
+from tests.helpers.stand_ins import installed, torchvision_stand_in
 
 # fast options for each method; the contract tests run every method in METHODS
 FAST: dict[str, dict[str, Any]] = {
@@ -521,7 +523,10 @@ def test_quantus_adapter_with_numpy() -> None:
 
 
 def test_quantus_metric_runs_on_relprop() -> None:
-    quantus = pytest.importorskip("quantus")
+    if not installed("quantus"):
+        pytest.skip("quantus is not installed")
+    with torchvision_stand_in():  # quantus imports zennit (when installed), zennit torchvision
+        quantus = importlib.import_module("quantus")
     from relprop.interop import quantus_explain_func
 
     np = pytest.importorskip("numpy")

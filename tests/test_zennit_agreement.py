@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import sys
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -43,6 +42,7 @@ import relprop
 from relprop import composites as rc
 from relprop import rules as rr
 from tests.helpers import models as M
+from tests.helpers.stand_ins import installed, torchvision_stand_in
 
 TOLERANCE = 1e-4  # max |relprop - zennit| <= TOLERANCE * max |zennit|
 SEEDS = (0, 1, 2)
@@ -50,35 +50,6 @@ FIXED_CLASS = 3
 
 
 # --------------------------------------------------------------------------- zennit import
-def _torchvision_stand_in() -> dict[str, types.ModuleType]:
-    """``torchvision.models.resnet`` with the two classes ``zennit.torchvision`` imports."""
-    root = types.ModuleType("torchvision")
-    models = types.ModuleType("torchvision.models")
-    resnet = types.ModuleType("torchvision.models.resnet")
-
-    class BasicBlock(nn.Module):
-        """Stand-in for torchvision's ResNet BasicBlock (never instantiated)."""
-
-    class Bottleneck(nn.Module):
-        """Stand-in for torchvision's ResNet Bottleneck (never instantiated)."""
-
-    resnet.BasicBlock = BasicBlock  # type: ignore[attr-defined]
-    resnet.Bottleneck = Bottleneck  # type: ignore[attr-defined]
-    models.resnet = resnet  # type: ignore[attr-defined]
-    root.models = models  # type: ignore[attr-defined]
-    return {"torchvision": root, "torchvision.models": models,
-            "torchvision.models.resnet": resnet}
-
-
-
-
-def _installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def zennit() -> Iterator[types.SimpleNamespace]:
     """Zennit's ``Gradient`` attributor and composites, imported with a torchvision stand-in.
@@ -86,22 +57,14 @@ def zennit() -> Iterator[types.SimpleNamespace]:
     Skips when zennit is not installed; when it is, a failing import is an error (a stand-in
     that no longer covers what zennit imports must not turn into a silent skip).
     """
-    if not _installed("zennit"):
+    if not installed("zennit"):
         pytest.skip("zennit is not installed")
-    stand_in = {} if "torchvision" in sys.modules or _installed("torchvision") else (
-        _torchvision_stand_in())
-    added = {name: module for name, module in stand_in.items() if name not in sys.modules}
-    sys.modules.update(added)
-    try:
+    with torchvision_stand_in():
         attribution = importlib.import_module("zennit.attribution")
         composites = importlib.import_module("zennit.composites")
         zrules = importlib.import_module("zennit.rules")
         ztypes = importlib.import_module("zennit.types")
         importlib.import_module("zennit")  # the package imports zennit.torchvision
-    finally:
-        for name, module in added.items():
-            if sys.modules.get(name) is module:
-                del sys.modules[name]
     yield types.SimpleNamespace(Gradient=attribution.Gradient, composites=composites,
                                 rules=zrules, types=ztypes)
 
