@@ -290,3 +290,22 @@ def test_conservation_ledger_covers_every_layer(impl: str) -> None:
 
 def test_signature_documents_forward_kwargs() -> None:
     assert "forward_kwargs" in inspect.signature(relprop.explain).parameters
+
+
+def test_normalize_takes_the_identity_rule() -> None:
+    """``F.normalize`` holds the norm constant: relevance passes through unchanged."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 4, bias=False).double()
+
+    class Normalised(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.normalize(layer(x), dim=-1)
+
+    x = torch.randn(3, 6, dtype=torch.float64)
+    seed = torch.randn(3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        y = Normalised()(x)
+    expl = relprop.explain(Normalised().eval(), x, seed * y, record=True)
+    plain = relprop.explain(layer.eval(), x, seed * y)  # the same relevance, now at z
+    torch.testing.assert_close(expl.relevance, plain.relevance)
+    assert any(name.endswith(":normalize") for name in expl.rules)

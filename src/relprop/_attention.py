@@ -94,6 +94,19 @@ def layer_norm(session: Session, func: Callable[..., Any], name: str,
                               bound["weight"], dims, float(eps))
 
 
+def normalize(session: Session, func: Callable[..., Any], name: str,
+              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``F.normalize``: ``x / ‖x‖_p`` with the norm held constant, so the identity rule
+    (``layer_norm`` kind, :class:`~relprop.rules.NormIdentity`), as for RMSNorm."""
+    a = args[0] if args else kwargs.get("input")
+    if not on_path(a):
+        return func(*args, **kwargs)
+    rest = {k: v for k, v in kwargs.items() if k != "input"}
+    call = session.new_call("layer_norm", name)
+    return NormFunction.apply(a, lambda t: func(t, *args[1:], **rest), call, session,
+                              "module", None, 1, 0.0)
+
+
 def attention(session: Session, func: Callable[..., Any], name: str,
               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``F.scaled_dot_product_attention``, kept fused: its inputs' gradients are scaled by
@@ -142,7 +155,7 @@ def parameter_source(session: Session, value: Any) -> Any:
 
 HANDLERS = {
     "embedding": embedding, "softmax": softmax, "layer_norm": layer_norm,
-    "rms_norm": layer_norm, "scaled_dot_product_attention": attention,
+    "rms_norm": layer_norm, "scaled_dot_product_attention": attention, "normalize": normalize,
 }
 
 # -- whole modules treated as one op ------------------------------------------------------
