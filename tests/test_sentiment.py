@@ -115,6 +115,20 @@ def test_model_trains_above_90_percent(trained: tuple[S.SentimentCNN, S.Vocabula
                                                  again.state_dict().values()))
 
 
+def test_training_is_deterministic_whatever_the_thread_count(lexicon: dict[str, float]) -> None:
+    tiny = S.SentimentConfig(words=50, n_train=500, epochs=1, batch_size=32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first = S.train_model(tiny, lexicon, progress=None)[0].state_dict()
+        assert torch.get_num_threads() == 2  # training restores the caller's setting
+        torch.set_num_threads(1)
+        second = S.train_model(tiny, lexicon, progress=None)[0].state_dict()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_padding_does_not_change_the_output(trained: tuple[S.SentimentCNN, S.Vocabulary, dict],
                                             test_set: S.Sentences) -> None:
     model = trained[0]
