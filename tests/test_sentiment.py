@@ -141,8 +141,9 @@ def test_padding_does_not_change_the_output(trained: tuple[S.SentimentCNN, S.Voc
     torch.testing.assert_close(alone, batched[:20], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("composite", [None, composites.epsilon_plus()],
-                         ids=["default", "epsilon_plus"])
+@pytest.mark.parametrize("composite", [composites.attnlrp(), composites.epsilon_alpha2_beta1(),
+                                       composites.epsilon_plus()],
+                         ids=["attnlrp", "epsilon_alpha2_beta1", "epsilon_plus"])
 def test_token_ids_and_embeddings_give_the_same_relevance(
         trained: tuple[S.SentimentCNN, S.Vocabulary, dict], test_set: S.Sentences,
         composite: composites.Composite | None) -> None:

@@ -65,7 +65,8 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
         target: a class index, one index per sample, a float tensor of output relevance of the
             output's shape, or a :mod:`relprop.targets` object (``LogOdds``, ``Contrast``,
             ``TokenLogit``); ``None`` explains each sample's top class.
-        composite: which rule each op gets; default :func:`relprop.composites.default`.
+        composite: which rule each op gets; default :func:`relprop.composites.default`
+            (LRP_CMP:α2 for float inputs, AttnLRP for token ids).
         record: also keep the relevance at every module output (``layers``) and the
             per-op conservation ledger (``conservation``).
         strict: raise :class:`UnsupportedOperationError` on an op with no rule that is not
@@ -79,7 +80,7 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
         _check_token_ids(x)
     else:
         _check_input(x)
-    composite = default() if composite is None else composite
+    composite = default(tokens) if composite is None else composite
     if not isinstance(composite, Composite):
         raise InvalidInputError(
             f"composite must be a relprop Composite, got {type(composite).__name__}"

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..composites import Composite, epsilon_plus, uniform
+from ..composites import Composite, epsilon_alpha2_beta1, epsilon_plus, uniform
 from ..errors import InvalidInputError
 from ..explain import Explanation, explain
 from ..methods import gradient, gradient_x_input, random_baseline
@@ -431,12 +431,14 @@ def via_embeddings(method: Callable[..., Explanation], **options: Any) -> Explai
 
 
 def default_explainers() -> dict[str, Explainer]:
-    """The rows of the table: LRP with the default composite (α2β1 on the convolution), with
-    ε-z⁺, and with ε everywhere (ε = 0.001, the rule of Arras et al. 2017 for text); the
-    gradient squared (their sensitivity analysis: squared L2 norm per word), gradient × input,
-    and a random map."""
+    """The rows of the table: LRP with the default composite for token ids (AttnLRP: ε on
+    every layer), with the image default α2β1 on the convolution, with ε-z⁺, and with ε
+    everywhere (ε = 0.001, the rule of Arras et al. 2017 for text); the gradient squared
+    (their sensitivity analysis: squared L2 norm per word), gradient × input, and a random
+    map."""
     return {
-        "lrp default (epsilon_alpha2_beta1)": via_ids(),
+        "lrp default (attnlrp)": via_ids(),
+        "lrp epsilon_alpha2_beta1": via_ids(epsilon_alpha2_beta1()),
         "lrp epsilon_plus": via_ids(epsilon_plus()),
         "lrp uniform(Epsilon(0.001))": via_ids(uniform(Epsilon(1e-3))),
         "gradient (square)": via_embeddings(gradient, mode="square"),
