@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .composites import Composite
 from .errors import InvalidInputError
-from .explain import explain
+from .explain import Explanation, explain
 from .targets import Logit
 
 Pool = Callable[[Tensor], Tensor]
@@ -62,14 +62,38 @@ def _flatten(relevance: Tensor) -> Tensor:
     return relevance.reshape(relevance.shape[0], -1)
 
 
+def _with_sources(expl: Explanation) -> Tensor:
+    relevance = expl.relevance
+    for name, source in expl.sources.items():
+        if source.shape != relevance.shape:
+            raise InvalidInputError(
+                f"the embedding lookup {name!r} got relevance of shape {tuple(source.shape)}, "
+                f"not one per token {tuple(relevance.shape)}; pass with_sources=False")
+        relevance = relevance + source
+    return relevance
+
+
 def embedding_relevance(model: nn.Module, x: Tensor, composite: Composite | None = None,
-                        *, pool: Pool | None = None, chunk: int = 64) -> tuple[Tensor, Tensor]:
+                        *, pool: Pool | None = None, chunk: int = 64,
+                        forward_kwargs: dict[str, Tensor] | None = None,
+                        with_sources: bool = False) -> tuple[Tensor, Tensor]:
     """First-order LRP of every embedding dimension: ``(R, φ(x))`` with ``R`` of shape
-    ``(batch, dims, features)`` (features after ``pool``; all input entries by default)."""
+    ``(batch, dims, features)`` (features after ``pool``; all input entries by default).
+
+    ``x`` may be token ids (see :func:`relprop.explain`); ``forward_kwargs`` (an
+    ``attention_mask``...) are per-sample tensors of the model call, repeated with ``x``;
+    ``with_sources`` adds the relevance of the other embedding lookups (positions, token
+    types: ``Explanation.sources``) to the token at the same position."""
     if chunk < 1:
         raise InvalidInputError(f"chunk must be >= 1, got {chunk}")
+    kwargs = dict(forward_kwargs or {})
+    for key, value in kwargs.items():
+        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != x.shape[0]:
+            raise InvalidInputError(
+                f"forward_kwargs[{key!r}] must be a tensor with x's {x.shape[0]} samples "
+                f"first, got {getattr(value, 'shape', type(value).__name__)}")
     with torch.no_grad():
-        embedding = model(x)
+        embedding = model(x, **kwargs)
     if not isinstance(embedding, Tensor) or embedding.dim() != 2:
         raise InvalidInputError(
             "BiLRP needs a model that maps a batch to embeddings of shape (batch, dims); got "
@@ -83,8 +107,10 @@ def embedding_relevance(model: nn.Module, x: Tensor, composite: Composite | None
         k = stop - start
         repeated = x.repeat_interleave(k, dim=0)  # sample-major: copies of x[0], then x[1] ...
         classes = torch.arange(start, stop, device=x.device).repeat(batch)
-        expl = explain(model, repeated, target=Logit(classes), composite=composite)
-        pooled = pool(expl.relevance)
+        repeated_kwargs = {key: v.repeat_interleave(k, dim=0) for key, v in kwargs.items()}
+        expl = explain(model, repeated, target=Logit(classes), composite=composite,
+                       forward_kwargs=repeated_kwargs)
+        pooled = pool(_with_sources(expl) if with_sources else expl.relevance)
         parts.append(pooled.reshape(batch, k, -1))
     return torch.cat(parts, dim=1), embedding
 
