@@ -280,6 +280,31 @@ def test_rule_matches_dense_oracle(rule_name: str, layer_name: str, bias: bool,
                        f"{rule_name} on {layer_name} ({input_mode} input, {relevance_mode})")
 
 
+@pytest.mark.parametrize("live", [[3], [0, 5], []], ids=["one-row", "two-rows", "none"])
+@pytest.mark.parametrize("rule_name", ["zero", "epsilon", "epsilon-std", "gamma", "alpha2beta1"])
+def test_linear_over_positions_with_few_live_rows(rule_name: str, live: list[int]) -> None:
+    """A linear layer over (batch, position, feature) with relevance on a few positions only
+    (a language-model head explaining one next token): ε skips the dead rows, and the
+    result must still be the per-position oracle, with exact zeros elsewhere."""
+    torch.manual_seed(7)
+    layer = nn.Linear(5, 11).double().eval()
+    W, b = layer.weight.detach().numpy(), layer.bias.detach().numpy()
+    rule, oracle = rule_cases(1, (1, 1))[rule_name]
+    x = torch.randn(2, 8, 5, dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(x)
+    R_out = torch.zeros_like(y)
+    R_out[:, live] = torch.randn(2, len(live), 11, dtype=torch.float64)
+    expl = relprop.explain(layer, x, target=OutputRelevance(R_out), composite=uniform(rule))
+    expected = np.zeros(x.shape)
+    for n in range(2):
+        for t in live:
+            if rule_name == "epsilon-std":  # ε' = 0.25 std of z over the whole sample
+                oracle = oracle_epsilon(0.25 * float(y[n].std(unbiased=False)))
+            expected[n, t] = oracle(x[n, t].numpy(), W, b, R_out[n, t].numpy())
+    assert_matches(expl.relevance, expected, f"{rule_name}, live positions {live}")
+
+
 def test_oracle_layers_are_affine_maps() -> None:
     """Sanity of the oracle itself: ``W x + b`` reproduces the layer output."""
     for name in LAYERS:

@@ -150,12 +150,35 @@ class Epsilon(LayerRule):
         return (self.epsilon * std).reshape([-1] + [1] * (z.dim() - 1))
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        rows = _live_rows(op, grad) if not self.relative_to_std else None
+        if rows is not None:  # e.g. a language-model head where one position is explained
+            out = a.new_zeros(a.shape)
+            live = rows.nonzero().squeeze(1)
+            out.view(-1, a.shape[-1]).index_copy_(0, live, self._propagate(
+                op, _rows(a, live), _rows(z, live), _rows(grad, live)))
+            return out
+        return self._propagate(op, a, z, grad)
+
+    def _propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         if self.epsilon == 0:  # LRP-0, but only through outputs that carry relevance
             return op.vjp(a, (z != 0).to(grad.dtype).mul_(grad), owned=True)
         # z / (z + ε sign z) = 1 − ε / (|z| + ε): one temporary, in place, 0 at z = 0
         epsilon = self._epsilon_for(z)
         ratio = z.abs().add_(epsilon).reciprocal_().mul_(epsilon).neg_().add_(1.0)
         return op.vjp(a, ratio.mul_(grad), owned=True)
+
+
+def _live_rows(op: LinearOp, grad: Tensor) -> Tensor | None:
+    """For a plain linear op whose signal is zero on most rows (positions), a boolean mask of
+    the rows that carry signal; None where skipping would not pay (or not apply)."""
+    if op.kind != "linear" or op._affine is not None or grad.dim() < 2:
+        return None
+    live = grad.reshape(-1, grad.shape[-1]).any(dim=1)
+    return live if 2 * int(live.sum()) <= live.numel() else None
+
+
+def _rows(t: Tensor, index: Tensor) -> Tensor:
+    return t.reshape(-1, t.shape[-1]).index_select(0, index)
 
 
 class Gamma(LayerRule):
