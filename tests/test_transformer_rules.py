@@ -363,3 +363,33 @@ def test_softmax_rule_alone(composite: str) -> None:
     relevance = s * weight[target]  # LRP-0 on a bias-free readout: R_i = s_i w_ti
     by_hand = x * (relevance - s * relevance.sum(-1, keepdim=True))
     torch.testing.assert_close(expl.relevance, by_hand, rtol=1e-12, atol=1e-14)
+
+
+class _SoftmaxHead(nn.Module):
+    """``w · softmax(x)``, the softmax optionally computed in another dtype than ``x``."""
+
+    def __init__(self, dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.head = nn.Linear(6, 3, bias=False, dtype=dtype or torch.float64)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.softmax(x, dim=-1, dtype=self.dtype))
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float64], ids=["same-dtype", "upcast"])
+def test_softmax_rule_in_its_own_dtype_or_upcast(dtype: torch.dtype | None) -> None:
+    """The softmax rule through PyTorch's fused softmax backward (input and output share a
+    dtype) and spelled out (``softmax(x, dtype=...)`` upcasts) against the oracle."""
+    torch.manual_seed(3)
+    model = _SoftmaxHead(dtype).eval()
+    x = torch.randn(4, 5, 6, dtype=torch.float64 if dtype is None else torch.float32)
+    r_z = torch.randn(4, 5, 3, dtype=torch.float64)
+    target = r_z if dtype is None else r_z.float()
+    expl = relprop.explain(model, x, target=target, composite=attnlrp(epsilon=1e-6))
+    s = torch.softmax(x.double(), dim=-1)
+    w = model.head.weight.detach().double()
+    z = s @ w.T
+    expected = softmax_relevance(x.double(), s, linear_relevance(s, w, z, r_z, 1e-6))
+    tol = 1e-9 if dtype is None else 1e-5
+    torch.testing.assert_close(expl.relevance.double(), expected, rtol=tol, atol=tol)

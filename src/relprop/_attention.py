@@ -90,8 +90,14 @@ def layer_norm(session: Session, func: Callable[..., Any], name: str,
     dims = len(bound["normalized_shape"])
     call = session.new_call("layer_norm", name)
     norm = "layer" if name == "layer_norm" else "rms"
-    return NormFunction.apply(a, lambda t: func(t, *args[1:], **kwargs), call, session, norm,
-                              bound["weight"], dims, float(eps))
+    forward: Callable[[Tensor], Any] = lambda t: func(t, *args[1:], **kwargs)  # noqa: E731
+    if name == "layer_norm" and a.dtype in (torch.float32, torch.float64):
+        # the kernel F.layer_norm runs, also returning 1/σ for the backward step
+        shape, weight, bias = list(a.shape[a.dim() - dims:]), bound["weight"], bound["bias"]
+        forward = lambda t: torch.native_layer_norm(  # noqa: E731
+            t, shape, weight, bias, float(eps))[::2]
+    return NormFunction.apply(a, forward, call, session, norm, bound["weight"], dims,
+                              float(eps))
 
 
 def normalize(session: Session, func: Callable[..., Any], name: str,

@@ -80,6 +80,9 @@ class ElementwiseFunction(torch.autograd.Function):
     def forward(ctx: Any, a: Tensor, fn: Callable[[Tensor], Tensor], call: OpCall,
                 session: Session, value: Tensor | None = None) -> Tensor:
         z = fn(a) if value is None else value
+        ctx.scale = None
+        if isinstance(z, tuple):  # (output, 1/σ) from the LayerNorm kernel
+            z, ctx.scale = z
         ctx.save_for_backward(a, z)
         ctx.fn, ctx.call, ctx.session = fn, call, session
         return z
@@ -124,12 +127,19 @@ class SoftmaxFunction(torch.autograd.Function):
             g = torch.zeros_like(a)
         else:
             assert isinstance(rule, SoftmaxTaylor | Gradient)
-            # c_i = s_i (G_i - sum_j s_j G_j), in the output's precision
-            weighted = z * grad.to(z.dtype)
-            g = (weighted - z * weighted.sum(dim=ctx.dim, keepdim=True)).to(a.dtype)
+            g = _softmax_vjp(a, z, grad, ctx.dim)
         if ctx.session.record:
             ctx.session.log(ctx.call, z * grad, a * g)
         return g, None, None, None, None
+
+
+def _softmax_vjp(a: Tensor, z: Tensor, grad: Tensor, dim: int) -> Tensor:
+    """``c_i = s_i (G_i - sum_j s_j G_j)``, in the output's precision: PyTorch's fused softmax
+    backward where input and output share a dtype, else spelled out."""
+    if a.dtype == z.dtype:
+        return torch.ops.aten._softmax_backward_data(grad.to(z.dtype), z, dim, a.dtype)
+    weighted = z * grad.to(z.dtype)
+    return (weighted - z * weighted.sum(dim=dim, keepdim=True)).to(a.dtype)
 
 
 class NormFunction(torch.autograd.Function):
@@ -141,6 +151,9 @@ class NormFunction(torch.autograd.Function):
                 session: Session, norm: str, weight: Tensor | None, dims: int, eps: float,
                 value: Tensor | None = None) -> Tensor:
         z = fn(a) if value is None else value
+        ctx.scale = None
+        if isinstance(z, tuple):  # (output, 1/σ) from the LayerNorm kernel
+            z, ctx.scale = z
         ctx.save_for_backward(a, z)
         ctx.fn, ctx.call, ctx.session = fn, call, session
         ctx.norm, ctx.weight, ctx.dims, ctx.eps = norm, weight, dims, eps
@@ -158,7 +171,7 @@ class NormFunction(torch.autograd.Function):
                 g = Pass().propagate(None, a, z, grad)
             else:
                 g = layer_norm_signal(a, z, grad, ctx.weight, ctx.dims, ctx.eps,
-                                      ctx.norm == "layer", rule.epsilon)
+                                      ctx.norm == "layer", rule.epsilon, ctx.scale)
         if ctx.session.record:
             ctx.session.log(ctx.call, z * grad, a * g)
         return g, None, None, None, None, None, None, None, None

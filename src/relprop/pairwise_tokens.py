@@ -15,14 +15,12 @@ with them does the matrix conserve: with a conservative composite (``cp_lrp(epsi
 a model without biases, ``Σ_ij R_ij = s`` exactly. Biases (MiniLM has them) absorb some.
 
 Cosine similarity is the dot product of L2-normalised embeddings. Let the embedder end with
-:func:`l2_normalize` (:class:`MiniLMEmbedder` does by default): it is written as an RMSNorm,
-so relprop gives the normalisation the identity rule, the norm held constant, like AttnLRP's
-LayerNorm. The cosine's matrix is then the dot product's divided by ``‖φ(s1)‖ ‖φ(s2)‖``.
+:func:`l2_normalize` (:class:`MiniLMEmbedder` does by default): relprop gives ``F.normalize``
+the identity rule, the norm held constant, like AttnLRP's LayerNorm. The cosine's matrix is
+then the dot product's divided by ``‖φ(s1)‖ ‖φ(s2)‖``.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +34,9 @@ __all__ = ["MiniLMEmbedder", "bilrp_tokens", "l2_normalize", "top_interactions"]
 
 
 def l2_normalize(embedding: Tensor) -> Tensor:
-    """``e / ‖e‖`` over the last dimension, as ``rms_norm(e) / √d`` (``rms(e) = ‖e‖ / √d``):
-    relprop's identity rule for normalisations applies to it; ``F.normalize`` has no rule."""
-    dims = embedding.shape[-1]
-    tiny = torch.finfo(embedding.dtype).tiny  # exact for any non-zero e, 0 for e = 0
-    return F.rms_norm(embedding, (dims,), eps=tiny) / math.sqrt(dims)
+    """``e / max(‖e‖, 1e-12)`` over the last dimension (``F.normalize``): relprop gives it the
+    identity rule for normalisations, the norm held constant, as for RMSNorm."""
+    return F.normalize(embedding, dim=-1)
 
 
 class MiniLMEmbedder(nn.Module):

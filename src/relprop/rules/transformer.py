@@ -88,18 +88,20 @@ class Attention(Rule):
 
 
 def layer_norm_signal(a: Tensor, z: Tensor, grad: Tensor, weight: Tensor | None,
-                      dims: int, eps: float, centred: bool, epsilon: float) -> Tensor:
+                      dims: int, eps: float, centred: bool, epsilon: float,
+                      scale: Tensor | None = None) -> Tensor:
     """:class:`NormIdentity` for one LayerNorm (``centred``) or RMSNorm call.
 
-    ``a`` input, ``z`` output, ``grad = R / z``; normalised over the last ``dims`` dims.
+    ``a`` input, ``z`` output, ``grad = R / z``; normalised over the last ``dims`` dims;
+    ``scale``: ``1/σ`` per normalised group when the forward pass kept it.
     Returns ``c`` with ``R_a = a ⊙ c``.
     """
     reduce = tuple(range(a.dim() - dims, a.dim()))
-    stat = a.double() if a.dtype in (torch.float16, torch.bfloat16) else a
-    if centred:
-        scale = torch.rsqrt(stat.var(dim=reduce, unbiased=False, keepdim=True) + eps)
-    else:
-        scale = torch.rsqrt(stat.pow(2).mean(dim=reduce, keepdim=True) + eps)
+    if scale is None:
+        stat = a.double() if a.dtype in (torch.float16, torch.bfloat16) else a
+        second = stat.var(dim=reduce, unbiased=False, keepdim=True) if centred \
+            else stat.pow(2).mean(dim=reduce, keepdim=True)
+        scale = torch.rsqrt(second + eps)
     signal = grad
     if epsilon and centred:  # R / (z + ε sign z) = grad · (1 − ε / (|z| + ε))
         signal = grad * z.abs().add_(epsilon).reciprocal_().mul_(epsilon).neg_().add_(1.0)
