@@ -365,8 +365,8 @@ class Pass(LayerRule):
             raise ValueError(
                 f"Pass needs input and output of one shape, got {a.shape} -> {z.shape}"
             )
-        safe = torch.where(a == 0, torch.ones_like(a), a)
-        return grad * z / safe * (a != 0)
+        ratio = z / a  # z / 0 is masked: an input of exactly 0 takes no relevance
+        return ratio.masked_fill_(a == 0, 0.0).mul_(grad)
 
 
 class Gradient(Rule):
