@@ -79,26 +79,36 @@ class ElementwiseFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: Tensor, fn: Callable[[Tensor], Tensor], call: OpCall,
                 session: Session, value: Tensor | None = None) -> Tensor:
-        z = fn(a) if value is None else value
-        ctx.scale = None
-        if isinstance(z, tuple):  # (output, 1/σ) from the LayerNorm kernel
-            z, ctx.scale = z
-        ctx.save_for_backward(a, z)
-        ctx.fn, ctx.call, ctx.session = fn, call, session
-        return z
+        return _save_unary(ctx, a, fn(a) if value is None else value, fn, call, session)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        a, z = ctx.saved_tensors
-        rule = ctx.call.rule
-        if isinstance(rule, Gradient):
-            g = _own_vjp(ctx.fn, a, grad)
-        else:
-            assert isinstance(rule, Pass)
-            g = rule.propagate(None, a, z, grad)
-        if ctx.session.record:
-            ctx.session.log(ctx.call, z * grad, a * g)
-        return g, None, None, None, None
+        def identity(a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+            assert isinstance(ctx.call.rule, Pass)
+            return ctx.call.rule.propagate(None, a, z, grad)
+        return _unary_backward(ctx, grad, identity), None, None, None, None
+
+
+def _save_unary(ctx: Any, a: Tensor, z: Tensor, fn: Callable[[Tensor], Tensor], call: OpCall,
+                session: Session) -> Tensor:
+    """Keep what the backward step of a one-input op ``z = fn(a)`` needs."""
+    ctx.save_for_backward(a, z)
+    ctx.fn, ctx.call, ctx.session = fn, call, session
+    return z
+
+
+def _unary_backward(ctx: Any, grad: Tensor,
+                    signal: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Tensor:
+    """The signal at the input of a one-input op: its own vjp under :class:`Gradient`, else
+    ``signal(a, z, grad)`` (the assigned rule); logged for the ledger."""
+    a, z = ctx.saved_tensors
+    if isinstance(ctx.call.rule, Gradient):
+        g = _own_vjp(ctx.fn, a, grad)
+    else:
+        g = signal(a, z, grad)
+    if ctx.session.record:
+        ctx.session.log(ctx.call, z * grad, a * g)
+    return g
 
 
 def _own_vjp(fn: Callable[[Tensor], Tensor], a: Tensor, grad: Tensor) -> Tensor:
@@ -154,27 +164,19 @@ class NormFunction(torch.autograd.Function):
         ctx.scale = None
         if isinstance(z, tuple):  # (output, 1/σ) from the LayerNorm kernel
             z, ctx.scale = z
-        ctx.save_for_backward(a, z)
-        ctx.fn, ctx.call, ctx.session = fn, call, session
         ctx.norm, ctx.weight, ctx.dims, ctx.eps = norm, weight, dims, eps
-        return z
+        return _save_unary(ctx, a, z, fn, call, session)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        a, z = ctx.saved_tensors
-        rule = ctx.call.rule
-        if isinstance(rule, Gradient):
-            g = _own_vjp(ctx.fn, a, grad)
-        else:
+        def identity(a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+            rule = ctx.call.rule
             assert isinstance(rule, NormIdentity)
             if ctx.norm == "module":  # identity rule on an RMSNorm-like module: R_a = R_z
-                g = Pass().propagate(None, a, z, grad)
-            else:
-                g = layer_norm_signal(a, z, grad, ctx.weight, ctx.dims, ctx.eps,
-                                      ctx.norm == "layer", rule.epsilon, ctx.scale)
-        if ctx.session.record:
-            ctx.session.log(ctx.call, z * grad, a * g)
-        return g, None, None, None, None, None, None, None, None
+                return Pass().propagate(None, a, z, grad)
+            return layer_norm_signal(a, z, grad, ctx.weight, ctx.dims, ctx.eps,
+                                     ctx.norm == "layer", rule.epsilon, ctx.scale)
+        return _unary_backward(ctx, grad, identity), None, None, None, None, None, None, None, None
 
 
 class MaxPoolFunction(torch.autograd.Function):
