@@ -169,9 +169,13 @@ def test_vit_explains_pixels_with_patch_convolution_and_class_token() -> None:
     assert expl.relevance.shape == x.shape
     assert any(name.endswith(":conv2d") for name in expl.rules)
     assert any("Attention" in rule for rule in expl.rules.values())
-    # the learned position embedding (a parameter added to the patches) is reported apart
-    assert set(expl.sources) == {"vit.embeddings.position_embeddings"}
+    # the learned position embedding (a parameter added to the patches) and the class token
+    # (a parameter concatenated to them) are reported apart
+    assert set(expl.sources) == {"vit.embeddings.position_embeddings",
+                                 "vit.embeddings.cls_token"}
     assert expl.sources["vit.embeddings.position_embeddings"].shape == (2, 17)
+    assert expl.sources["vit.embeddings.cls_token"].shape == (2, 1)
+    assert bool(expl.sources["vit.embeddings.cls_token"].ne(0).all())
 
 
 def test_learned_position_parameter_is_a_source_and_conservation_includes_it() -> None:
@@ -193,6 +197,31 @@ def test_learned_position_parameter_is_a_source_and_conservation_includes_it() -
     expl = relprop.explain(model, ids, 1, cp_lrp(0.0))
     assert set(expl.sources) == {"pos"} and expl.sources["pos"].shape == (3, 5)
     torch.testing.assert_close(_total(expl), expl.explained)
+
+
+def test_class_token_is_a_source_and_conservation_includes_it() -> None:
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = torch.nn.Linear(6, 8, bias=False)
+            self.cls = torch.nn.Parameter(torch.randn(1, 1, 8))
+            self.mix = torch.nn.Linear(8, 8, bias=False)
+            self.head = torch.nn.Linear(8, 3, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.patch(x)], dim=1)
+            h = h + torch.softmax(h @ h.transpose(1, 2), dim=-1) @ self.mix(h)
+            return self.head(h[:, 0])
+
+    torch.manual_seed(0)
+    model = Tiny().double().eval()
+    x = torch.randn(3, 4, 6, dtype=torch.float64)
+    expl = relprop.explain(model, x, 1, cp_lrp(0.0))
+    assert set(expl.sources) == {"cls"} and expl.sources["cls"].shape == (3, 1)
+    assert bool(expl.sources["cls"].ne(0).all())
+    torch.testing.assert_close(_total(expl), expl.explained)
+    # the model is unchanged, and a parameter expanded but not joined is no source
+    assert model.cls.requires_grad and model.cls.grad is None
 
 
 def test_rules_are_assigned_to_every_transformer_op() -> None:

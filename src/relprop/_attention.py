@@ -9,6 +9,7 @@ treated as one op by the session's module hooks.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -151,11 +152,36 @@ def parameter_source(session: Session, value: Any) -> Any:
     """A parameter with a leading batch dimension of 1 added to the relevance path (a learned
     position embedding, ``x + self.pos``) becomes a source reported under its name; other
     parameters stay constants that absorb their share."""
-    if not (isinstance(value, nn.Parameter) and value.dim() >= 3 and value.shape[0] == 1):
+    if not _batch_parameter(value):
         return value
     batch = session.x.shape[0]
     source = value.detach().expand(batch, *value.shape[1:]).clone().requires_grad_(True)
     session.add_source(session.parameter_name(value), source, reads_input=False)
+    return source
+
+
+def _batch_parameter(value: Any) -> bool:
+    return isinstance(value, nn.Parameter) and value.dim() >= 3 and value.shape[0] == 1
+
+
+def remember_expanded(session: Session, parameter: Any, out: Any) -> None:
+    """Note ``out = parameter.expand(batch, ...)`` of a parameter shaped like one sample (a
+    class token), so that :func:`joined_source` can recognise it when it is concatenated."""
+    if _batch_parameter(parameter) and isinstance(out, Tensor):
+        session.expanded[id(out)] = (weakref.ref(out), parameter)
+
+
+def joined_source(session: Session, value: Any) -> Any:
+    """A class token (a parameter expanded to the batch and concatenated to the relevance
+    path, ``cat([cls.expand(B, -1, -1), patches], 1)``) becomes a source reported under the
+    parameter's name, so its share of the relevance is kept instead of absorbed."""
+    if not isinstance(value, Tensor) or value.requires_grad:
+        return value
+    entry = session.expanded.get(id(value))
+    if entry is None or entry[0]() is not value:
+        return value
+    source = value.detach().clone().requires_grad_(True)
+    session.add_source(session.parameter_name(entry[1]), source, reads_input=False)
     return source
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode, resolve_name
 
-from ._attention import ADDITIVE, parameter_source
+from ._attention import ADDITIVE, joined_source, parameter_source, remember_expanded
 from ._attention import HANDLERS as TRANSFORMER_HANDLERS
 from ._functions import ElementwiseFunction, LayerFunction, MaxPoolFunction, ShareFunction
 from ._graph import INDEX_ONLY
@@ -41,6 +41,8 @@ SHAPE_OPS = frozenset({
     "view", "reshape", "expand", "expand_as", "view_as", "unsqueeze", "squeeze", "flatten",
     "permute", "transpose", "contiguous", "__getitem__", "repeat", "clone",
 })
+#: ops that join a list of tensors (a class token concatenated to the patches)
+_JOINS = frozenset({"cat", "concat", "concatenate"})
 #: ops after which attention weights are still the same weights (casts, eval-mode dropout)
 _KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "float", "half", "bfloat16", "double", "dropout"}
 _IN_PLACE = {
@@ -301,6 +303,10 @@ class Interceptor(TorchFunctionMode):
             name = self._names[func] = short_name(func)
         if name in ADDITIVE and any(_on_path(v) for v in args):
             args = tuple(parameter_source(session, v) for v in args)
+        elif name in _JOINS and args and isinstance(args[0], list | tuple) \
+                and any(_on_path(v) for v in args[0]):
+            args = (type(args[0])(joined_source(session, v) for v in args[0]), *args[1:])
+        parameter = args[0] if name == "expand" and args else None
         args = tuple(_detach_leaves(v, session) for v in args)
         kwargs = {k: _detach_leaves(v, session) for k, v in (kwargs or {}).items()}
         if name in ("relu", "relu_"):  # the model's own in-place promise lets us reuse memory
@@ -317,6 +323,8 @@ class Interceptor(TorchFunctionMode):
         handler = _HANDLERS.get(name)
         out = func(*args, **kwargs) if handler is None else handler(session, func, name, args,
                                                                     kwargs)
+        if parameter is not None:
+            remember_expanded(session, parameter, out)
         self._stamp(out, name, handler is not None, args)
         return out
 

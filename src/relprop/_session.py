@@ -51,6 +51,8 @@ class Session:
         self._kinds: dict[nn.Module, str | None] = {}
         self._open: dict[int, LedgerEntry] = {}
         self._parameter_names: dict[int, str] | None = None
+        #: parameters expanded to the batch (a class token): id(expanded) -> (it, parameter)
+        self.expanded: dict[int, tuple[weakref.ref[Tensor], Tensor]] = {}
 
     def add_source(self, path: str, output: Tensor, reads_input: bool) -> None:
         self.sources.append((path, output, reads_input))
