@@ -14,6 +14,10 @@ Gradients, occlusion) score an output ``y'`` as ``⟨G, y'⟩``, with ``G`` the 
 the clean output: the logit ``y'_c`` for a class index, ``y'_c − y'_c'`` for a ``Contrast``;
 for ``LogOdds`` the softmin weights of the clean output are held fixed.
 
+Every method also takes integer token ids as ``x`` and ``forward_kwargs`` for the model (an
+attention mask), like :func:`relprop.explain`: the others then explain the embeddings of the
+ids and give one relevance per token (see :mod:`relprop.methods._bound`).
+
 ``Explanation.method`` names the method and the options that change its result, e.g.
 ``"integrated_gradients(steps=32, method='riemann_trapezoid', baseline=0.0)"``.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -37,13 +42,14 @@ from .perturbation import occlusion, random_baseline
 
 def lrp(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = None,
         composite: Composite | None = None, *, record: bool = False,
-        strict: bool = True) -> Explanation:
+        strict: bool = True, forward_kwargs: dict[str, Any] | None = None) -> Explanation:
     """Layer-wise Relevance Propagation: :func:`relprop.explain` under its registry name.
 
     Bach, Binder, Montavon, Klauschen, Müller & Samek (2015), "On Pixel-Wise Explanations for
     Non-Linear Classifier Decisions by Layer-Wise Relevance Propagation".
     """
-    return explain(model, x, target, composite, record=record, strict=strict)
+    return explain(model, x, target, composite, record=record, strict=strict,
+                   forward_kwargs=forward_kwargs)
 
 
 #: every method by name; ``Explanation.method`` starts with the name

@@ -24,6 +24,7 @@ from .._checks import check_output as _check_output
 from ..errors import InvalidInputError
 from ..explain import Explanation
 from ..targets import Target, as_target
+from ._bound import samples_of_copies
 
 TargetLike = int | Tensor | Target | None
 
@@ -128,7 +129,9 @@ def copies(batch: int, per_sample: int, batch_size: int, device: torch.device
     total = batch * per_sample
     for start in range(0, total, batch_size):
         k = torch.arange(start, min(start + batch_size, total), device=device)
-        yield k // per_sample, k % per_sample
+        sample = k // per_sample
+        with samples_of_copies(sample):  # for models bound to per-sample ids and arguments
+            yield sample, k % per_sample
 
 
 def per_sample(values: Tensor, dims: int) -> Tensor:

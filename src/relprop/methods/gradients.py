@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..explain import Explanation
+from ._bound import bound_method
 from ._common import (
     TargetLike,
     check_call,
@@ -23,6 +24,7 @@ from ._common import (
 GRADIENT_MODES = ("raw", "abs", "square")
 
 
+@bound_method
 def gradient(model: nn.Module, x: Tensor, target: TargetLike = None, *,
              mode: str = "raw") -> Explanation:
     """Sensitivity analysis: ``R_i = ∂f(x)/∂x_i``, or its absolute value or square.
@@ -45,6 +47,7 @@ def gradient(model: nn.Module, x: Tensor, target: TargetLike = None, *,
     return reference.explanation(grad, f"gradient(mode={mode!r})")
 
 
+@bound_method
 def gradient_x_input(model: nn.Module, x: Tensor, target: TargetLike = None) -> Explanation:
     """Gradient × input: ``R_i = x_i · ∂f(x)/∂x_i``.
 
@@ -57,6 +60,7 @@ def gradient_x_input(model: nn.Module, x: Tensor, target: TargetLike = None) -> 
     return reference.explanation(x.detach() * grad, "gradient_x_input")
 
 
+@bound_method
 def smoothgrad(model: nn.Module, x: Tensor, target: TargetLike = None, *, samples: int = 16,
                noise: float = 0.15, seed: int = 0, batch_size: int = 64) -> Explanation:
     """SmoothGrad: ``R_i = (1/n) Σ_k ∂f(x + ε_k)/∂x_i`` with ``ε_k ~ N(0, σ²)``.

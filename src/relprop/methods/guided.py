@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from .._checks import check_output as _check_output
 from .._intercept import short_name
 from ..explain import Explanation
+from ._bound import bound_method
 from ._common import TargetLike, check_call, differentiable, resolve
 
 
@@ -130,6 +131,7 @@ def _modified_gradient(kind: str, model: nn.Module, x: Tensor,
     return reference.explanation(torch.zeros_like(x) if grad is None else grad, kind)
 
 
+@bound_method
 def guided_backprop(model: nn.Module, x: Tensor, target: TargetLike = None) -> Explanation:
     """Guided backpropagation: the gradient, with each ReLU passing back only positive signal
     where its input was positive: ``g_in = g_out · [a > 0] · [g_out > 0]``.
@@ -141,6 +143,7 @@ def guided_backprop(model: nn.Module, x: Tensor, target: TargetLike = None) -> E
     return _modified_gradient("guided_backprop", model, x, target)
 
 
+@bound_method
 def deconvnet(model: nn.Module, x: Tensor, target: TargetLike = None) -> Explanation:
     """DeconvNet: the gradient, with each ReLU applied to the signal going back instead of
     gated by its forward input: ``g_in = max(0, g_out)``.

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ..errors import InvalidInputError
 from ..explain import Explanation
+from ._bound import bound_method
 from ._common import (
     TargetLike,
     check_call,
@@ -54,6 +55,7 @@ def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
     return (nodes + 1) / 2, vectors[0] ** 2
 
 
+@bound_method
 def integrated_gradients(model: nn.Module, x: Tensor, target: TargetLike = None, *,
                          baseline: float | Tensor = 0.0, steps: int = 32,
                          method: str = "riemann_trapezoid",

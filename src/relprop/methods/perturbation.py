@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ..errors import InvalidInputError
 from ..explain import Explanation
+from ._bound import bound_method
 from ._common import (
     TargetLike,
     check_call,
@@ -64,6 +65,7 @@ def _coverage(grids: list[Tensor], window: tuple[int, ...], sizes: tuple[int, ..
     return counts
 
 
+@bound_method
 def occlusion(model: nn.Module, x: Tensor, target: TargetLike = None, *,
               window: int | tuple[int, ...] = 8, stride: int | tuple[int, ...] = 4,
               fill: float | Tensor = 0.0, batch_size: int = 64) -> Explanation:
@@ -121,6 +123,7 @@ def _name(value: float | Tensor) -> str:
     return "tensor" if isinstance(value, Tensor) else repr(float(value))
 
 
+@bound_method
 def random_baseline(model: nn.Module, x: Tensor, target: TargetLike = None, *,
                     seed: int = 0) -> Explanation:
     """A random relevance map ``R_i ~ U(0, 1)``, independent of the model: the floor any
