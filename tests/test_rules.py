@@ -287,14 +287,14 @@ def test_linear_over_positions_with_few_live_rows(rule_name: str, live: list[int
     (a language-model head explaining one next token): ε skips the dead rows, and the
     result must still be the per-position oracle, with exact zeros elsewhere."""
     torch.manual_seed(7)
-    layer = nn.Linear(5, 11).double().eval()
+    layer = nn.Linear(5, 41).double().eval()  # 8x wider output: the row-skipping path
     W, b = layer.weight.detach().numpy(), layer.bias.detach().numpy()
     rule, oracle = rule_cases(1, (1, 1))[rule_name]
     x = torch.randn(2, 8, 5, dtype=torch.float64)
     with torch.no_grad():
         y = layer(x)
     R_out = torch.zeros_like(y)
-    R_out[:, live] = torch.randn(2, len(live), 11, dtype=torch.float64)
+    R_out[:, live] = torch.randn(2, len(live), 41, dtype=torch.float64)
     expl = relprop.explain(layer, x, target=OutputRelevance(R_out), composite=uniform(rule))
     expected = np.zeros(x.shape)
     for n in range(2):
