@@ -11,6 +11,7 @@ never travels without the recipe that produced it. Per-sample scores are float64
   :func:`pointing_game`, :func:`relevance_mass_accuracy`, :func:`relevance_rank_accuracy`
 - perturbation: :func:`region_perturbation` (AOPC), :func:`pixel_flipping`, :func:`abpc`
 - randomisation: :func:`model_parameter_randomisation`, :func:`spearman`
+- class sensitivity: :func:`target_correlation`, :func:`map_correlation`, :func:`runner_up`
 """
 
 from .localisation import (
@@ -25,6 +26,7 @@ from .localisation import (
 from .maps import POOLS, Pool, pool_channels, region_masks
 from .perturbation import ABPCResult, PerturbationResult, abpc, pixel_flipping, region_perturbation
 from .randomisation import RandomisationResult, model_parameter_randomisation, spearman
+from .sensitivity import Correlation, map_correlation, runner_up, target_correlation
 
 __all__ = [
     "POOLS", "Pool", "pool_channels", "region_masks",
@@ -32,4 +34,5 @@ __all__ = [
     "pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy",
     "ABPCResult", "PerturbationResult", "abpc", "pixel_flipping", "region_perturbation",
     "RandomisationResult", "model_parameter_randomisation", "spearman",
+    "Correlation", "map_correlation", "runner_up", "target_correlation",
 ]
