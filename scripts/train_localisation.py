@@ -6,7 +6,7 @@ its test accuracy on 1000 held-out images is printed. A model already in the cac
 same configuration is loaded, not retrained (``--retrain`` forces it). About a minute or two
 per model on two idle CPU cores::
 
-    .venv/bin/python scripts/train_localisation.py                      # vgg4 vgg8 vgg8-bn x 0,1,2
+    .venv/bin/python scripts/train_localisation.py          # every variant (vgg4 ... vgg13) x 0,1,2
     .venv/bin/python scripts/train_localisation.py --variants vgg8 --seeds 0
 """
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--train-images", type=int, default=None, help="default 10000")
-    ap.add_argument("--epochs", type=int, default=None, help="default 12")
+    ap.add_argument("--epochs", type=int, default=None, help="default 10")
     ap.add_argument("--cache", type=Path, default=None, help="default ~/.cache/relprop")
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--threads", type=int, default=None)

@@ -31,12 +31,14 @@ from relprop.bench.localisation import (
 from relprop.bench.models import (
     VARIANTS,
     NetConfig,
+    TrainConfig,
+    _cache_file,
     benchmark_images,
     trained_net,
     vgg_net,
 )
 from relprop.bench.plot import Line, line_plot, nice_ticks
-from relprop.bench.report import load_result, markdown, summarise, write_report
+from relprop.bench.report import across_depth, load_result, markdown, summarise, write_report
 from relprop.bench.stats import bootstrap_mean, paired_difference
 from relprop.cli import main
 from relprop.methods import METHODS
@@ -104,6 +106,32 @@ def test_vgg_net_shapes_and_depth() -> None:
         assert model(x).shape == (2, 10)
     with pytest.raises(ValueError, match="multiple of 4"):
         vgg_net(NetConfig(depth=6))
+    with pytest.raises(ValueError, match="add up to depth=13"):
+        vgg_net(NetConfig(depth=13, stages=(2, 2, 3, 3)))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        vgg_net(NetConfig(depth=13, stages=(2, 2, 3, 3, 3), canvas=48))
+
+
+def test_vgg13_has_vgg16_conv_stages() -> None:
+    model = vgg_net(VARIANTS["vgg13"], seed=0)
+    kinds = [type(m).__name__ for m in model]
+    stages = "".join("c" if k == "Conv2d" else "|" for k in kinds if k in ("Conv2d", "MaxPool2d"))
+    assert stages == "cc|cc|ccc|ccc|ccc|"
+    assert VARIANTS["vgg13"].name == "vgg13"
+    assert NetConfig(depth=8, width=32).name == "vgg8-w32"
+
+
+def test_cache_names_of_the_first_variants_are_unchanged(tmp_path: Path) -> None:
+    # adding NetConfig.stages must not orphan the weights trained before it existed
+    names = {
+        v: _cache_file(tmp_path, VARIANTS[v], 0, TrainConfig()).name
+        for v in ("vgg4", "vgg8", "vgg8-bn")
+    }
+    assert names == {
+        "vgg4": "vgg4-seed0-408141f130.pt",
+        "vgg8": "vgg8-seed0-7cc677bd46.pt",
+        "vgg8-bn": "vgg8-bn-seed0-75d3c8606e.pt",
+    }
 
 
 # --- invariants on the smoke run -------------------------------------------------------------
@@ -143,7 +171,7 @@ def _gradient_x_input(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) 
     return leaf.detach() * grad
 
 
-@pytest.mark.parametrize("variant", ["vgg4", "vgg8", "vgg8-bn"])
+@pytest.mark.parametrize("variant", ["vgg4", "vgg8", "vgg8-bn", "vgg13"])
 def test_uniform_lrp0_is_gradient_x_input(variant: str, cache: Path) -> None:
     if variant == "vgg4":  # the trained smoke model
         model, _ = trained_net(VARIANTS["vgg4"], 0, SMOKE_TRAIN, cache=cache, progress=None)
@@ -165,7 +193,7 @@ def test_uniform_lrp0_is_gradient_x_input(variant: str, cache: Path) -> None:
 
 def test_lrp0_and_gradient_x_input_rows_agree(smoke: BenchResult) -> None:
     (model,) = smoke.models
-    for metric in ("mu", "mu_w", "aopc"):
+    for metric in ("mu", "mu_w", "aopc", "class_corr"):
         a, b = model.scores["lrp_0"][metric], model.scores["gradient_x_input"][metric]
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, equal_nan=True)
 
@@ -190,11 +218,15 @@ def test_every_method_is_scored(smoke: BenchResult) -> None:
     }
     assert lrp <= names
     for name in names:
-        for metric in ("mu", "mu_w", "mu_small", "aopc"):
+        for metric in ("mu", "mu_w", "mu_small", "aopc", "class_corr"):
             assert model.scores[name][metric].shape == (12,)
         assert model.curves[name].shape == (12, 9)  # smoke: 8 steps
         assert bool(torch.isfinite(model.scores[name]["aopc"]).all())
     assert set(model.scores[RANDOM_ORDER]) == {"aopc"}
+    # ρ(class): a constant map has none; a map is a correlation in [-1, 1] otherwise
+    assert torch.isnan(model.scores["uniform_map"]["class_corr"]).all()
+    corr = model.scores["lrp_0"]["class_corr"]
+    assert bool(((corr >= -1) & (corr <= 1)).all()) and float(corr.std()) > 0
 
 
 # --- report --------------------------------------------------------------------------------
@@ -218,6 +250,16 @@ def test_report_files(smoke: BenchResult, tmp_path: Path) -> None:
         return markdown(result, summarise(result)).splitlines()[3:]
 
     assert body(again) == body(smoke)
+
+
+def test_across_depth_table(smoke: BenchResult) -> None:
+    lines = across_depth([smoke, smoke], "mu_w")  # a variant in two results: the first counts
+    assert lines[0] == "| composite | minus | Δμ_w, vgg4 (1 seeds) |"
+    rows = {tuple(line.split(" | ")[:2]) for line in lines[2:]}
+    assert ("| LRP_CMP:α2", "LRP-α2β1 (uniform)") in rows
+    assert ("| epsilon_gamma_box (z^B [0, 1])", "LRP-ε (uniform, ε = 0.25 std)") in rows
+    assert len(lines) == 2 + 12
+    assert across_depth([smoke], "aopc")[0].startswith("| composite | minus | ΔAOPC MoRF")
 
 
 def test_summary_ranks_by_mu_w(smoke: BenchResult) -> None:
@@ -295,6 +337,13 @@ def test_default_methods_are_named_uniquely() -> None:
 def test_trained_vgg8_is_accurate(tmp_path: Path) -> None:
     """The benchmark's 8-conv model trains to > 90 % (about a minute on two idle cores)."""
     _, meta = trained_net(VARIANTS["vgg8"], 0, cache=tmp_path)
+    assert meta["test_accuracy"] > 0.9
+
+
+@pytest.mark.slow
+def test_trained_vgg13_is_accurate(tmp_path: Path) -> None:
+    """The 13-conv model trains to > 90 % too (one to two minutes on two idle cores)."""
+    _, meta = trained_net(VARIANTS["vgg13"], 0, cache=tmp_path)
     assert meta["test_accuracy"] > 0.9
 
 

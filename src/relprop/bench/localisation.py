@@ -9,7 +9,11 @@ every other method of :data:`relprop.methods.METHODS`. Each map is scored per im
   the target's box, and that share divided by the box's share of the image (a uniform map
   scores μ_w = 1); μ<0.25: μ over the images whose box covers less than a quarter;
 * AOPC of region perturbation, most relevant first (Samek et al. 2017), next to the AOPC of
-  a random order.
+  a random order;
+* ρ(class): the Pearson correlation of the map with the map of the runner-up class (the
+  highest-scoring other class; :func:`relprop.metrics.target_correlation`). Near 1 means the
+  map looks the same whatever class is explained (Sixt et al. 2020): a class-blind map of
+  the red digit localises perfectly, so μ alone cannot tell them apart.
 
 :func:`run_benchmark` aggregates over seeds with hierarchical bootstrap confidence intervals
 (:mod:`relprop.bench.stats`) and :mod:`relprop.bench.report` writes the markdown table and the
@@ -28,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..metrics import attribution_localisation, region_perturbation
+from ..metrics import attribution_localisation, map_correlation, region_perturbation, runner_up
 from .models import VARIANTS, TrainConfig, accuracy, benchmark_images, trained_net
 from .presets import (
     MethodSpec,
@@ -68,7 +72,7 @@ Progress = Callable[[str], None]
 class BenchConfig:
     """What :func:`run_benchmark` runs."""
 
-    variants: tuple[str, ...] = ("vgg4", "vgg8", "vgg8-bn")
+    variants: tuple[str, ...] = ("vgg4", "vgg8", "vgg8-bn", "vgg13")
     seeds: tuple[int, ...] = (0, 1, 2)
     n: int = 256
     region_size: int = 4
@@ -159,7 +163,8 @@ def evaluate_model(
     """Score every method on ``model``; returns ``(scores, curves, seconds)``.
 
     ``scores[method]`` holds per-image ``mu``, ``mu_w``, ``mu_small`` (μ, NaN where the box
-    covers ≥ :data:`SMALL_BOX`), ``area`` and ``aopc``; ``scores[RANDOM_ORDER]`` only
+    covers ≥ :data:`SMALL_BOX`), ``area``, ``aopc`` and ``class_corr`` (the correlation with
+    the map of each image's runner-up class, computed untimed); ``scores[RANDOM_ORDER]`` only
     ``aopc``. ``curves[method]`` is the per-image score drop ``f(x⁰) − f(xᵏ)``,
     ``(n, steps + 1)``. All perturbations share one noise draw (the metric's seed 0), so
     MoRF of every method and the random order replace each pixel with the same value.
@@ -167,6 +172,8 @@ def evaluate_model(
     scores: dict[str, dict[str, Tensor]] = {}
     curves: dict[str, Tensor] = {}
     seconds: dict[str, float] = {}
+    with torch.no_grad():
+        contrast = runner_up(torch.cat([model(x) for x in images.split(batch_size)]), labels)
     for k, spec in enumerate(methods):
         spec.explain(model, images[:2], labels[:2])  # warm-up: first-call costs are not timed
         start = time.perf_counter()
@@ -177,6 +184,12 @@ def evaluate_model(
             ]
         )
         seconds[spec.name] = time.perf_counter() - start
+        other = torch.cat(
+            [
+                spec.explain(model, x, c)
+                for x, c in zip(images.split(batch_size), contrast.split(batch_size))
+            ]
+        )
         local = attribution_localisation(relevance, boxes)
         small = torch.where(
             local.area_fraction < SMALL_BOX, local.mu, torch.full_like(local.mu, float("nan"))
@@ -197,6 +210,7 @@ def evaluate_model(
             "mu_small": small,
             "area": local.area_fraction,
             "aopc": morf.aopc_per_sample,
+            "class_corr": map_correlation(relevance, other, "sum"),
         }
         curves[spec.name] = morf.curves[:, :1] - morf.curves
         if progress is not None:

@@ -1,10 +1,11 @@
 """VGG-style ReLU networks for the cluttered-digits benchmark, their training and weight cache.
 
 :func:`vgg_net` builds ``depth`` 3x3 convolutions in four stages, each closed by 2x2 max
-pooling (``depth = 8``: two convolutions per stage, as in VGG), optionally with BatchNorm after
-every convolution, and two dense layers on top. Deep enough (8 convolutions and more) for the
-gradient of the output to shatter (Balduzzi et al. 2017), which is what separates uniform
-LRP-0 (= Gradient x Input) from the composites in the benchmark.
+pooling (``depth = 8``: two convolutions per stage, as in VGG), or in the stages that
+``NetConfig.stages`` lists (``vgg13``: VGG-16's 2, 2, 3, 3, 3 in five stages), optionally with
+BatchNorm after every convolution, and two dense layers on top. Deep enough (8 convolutions
+and more) for the gradient of the output to shatter (Balduzzi et al. 2017), which is what
+separates uniform LRP-0 (= Gradient x Input) from the composites in the benchmark.
 
 :func:`trained_net` returns a trained model for ``(variant, seed)``, from the cache directory
 when it was trained before with the same configuration, else trained now (a minute or two on
@@ -50,7 +51,12 @@ TRAIN_SEED_OFFSET = 10_000
 
 @dataclass(frozen=True)
 class NetConfig:
-    """Architecture: ``depth`` convolutions (a multiple of 4) of ``width``/``2*width`` channels."""
+    """Architecture: ``depth`` convolutions of ``width`` (first stage) and ``2*width`` channels.
+
+    ``stages``: convolutions per pooling stage; ``None`` is four stages of ``depth // 4``
+    (``depth`` a multiple of 4), otherwise they must add up to ``depth`` and the canvas must
+    survive ``len(stages)`` halvings.
+    """
 
     depth: int = 8
     batchnorm: bool = False
@@ -58,17 +64,34 @@ class NetConfig:
     hidden: int = 64
     canvas: int = 32
     classes: int = 10
+    stages: tuple[int, ...] | None = None
 
     @property
     def name(self) -> str:
-        return f"vgg{self.depth}{'-bn' if self.batchnorm else ''}"
+        wide = f"-w{self.width}" if self.width != 16 else ""
+        return f"vgg{self.depth}{wide}{'-bn' if self.batchnorm else ''}"
+
+    @property
+    def convs_per_stage(self) -> tuple[int, ...]:
+        """Convolutions in each stage, every stage closed by 2x2 max pooling."""
+        if self.stages is None:
+            if self.depth < 4 or self.depth % 4:
+                raise ValueError(f"depth must be a positive multiple of 4, got {self.depth}")
+            return (self.depth // 4,) * 4
+        if sum(self.stages) != self.depth or min(self.stages, default=0) < 1:
+            raise ValueError(
+                f"stages must be positive and add up to depth={self.depth}, got {self.stages}"
+            )
+        return self.stages
 
 
-#: the benchmark's depth variants by name
+#: the benchmark's depth variants by name; vgg13 has VGG-16's 13 convolutions (2, 2, 3, 3, 3;
+#: its fifth pooling leaves 1x1 on the 32x32 canvas)
 VARIANTS: dict[str, NetConfig] = {
     "vgg4": NetConfig(depth=4),
     "vgg8": NetConfig(depth=8),
     "vgg8-bn": NetConfig(depth=8, batchnorm=True),
+    "vgg13": NetConfig(depth=13, stages=(2, 2, 3, 3, 3)),
 }
 
 
@@ -95,29 +118,32 @@ class TrainConfig:
 def vgg_net(config: NetConfig = NetConfig(), seed: int = 0) -> nn.Sequential:
     """A VGG-style ReLU CNN for ``(N, 3, canvas, canvas)`` inputs, initialised from ``seed``.
 
-    Four stages of ``depth // 4`` 3x3 convolutions (``width`` channels in the first stage,
-    ``2 * width`` after), each convolution followed by BatchNorm if asked and ReLU, each
-    stage closed by 2x2 max pooling; then Flatten, Linear(·, hidden), ReLU, Linear(hidden,
-    classes).
+    Stages of 3x3 convolutions (:attr:`NetConfig.convs_per_stage`; ``width`` channels in the
+    first stage, ``2 * width`` after), each convolution followed by BatchNorm if asked and
+    ReLU, each stage closed by 2x2 max pooling; then Flatten, Linear(·, hidden), ReLU,
+    Linear(hidden, classes).
     """
-    if config.depth < 4 or config.depth % 4:
-        raise ValueError(f"depth must be a positive multiple of 4, got {config.depth}")
-    if config.canvas % 16:
-        raise ValueError(f"canvas must be a multiple of 16 (four poolings), got {config.canvas}")
+    per_stage = config.convs_per_stage
+    shrink = 2 ** len(per_stage)
+    if config.canvas % shrink:
+        raise ValueError(
+            f"canvas must be a multiple of {shrink} ({len(per_stage)} poolings), "
+            f"got {config.canvas}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         layers: list[nn.Module] = []
         channels = 3
-        for stage in range(4):
+        for stage, convs in enumerate(per_stage):
             out = config.width if stage == 0 else 2 * config.width
-            for _ in range(config.depth // 4):
+            for _ in range(convs):
                 layers.append(nn.Conv2d(channels, out, 3, padding=1))
                 if config.batchnorm:
                     layers.append(nn.BatchNorm2d(out))
                 layers.append(nn.ReLU())
                 channels = out
             layers.append(nn.MaxPool2d(2))
-        side = config.canvas // 16
+        side = config.canvas // shrink
         layers += [
             nn.Flatten(),
             nn.Linear(channels * side * side, config.hidden),
@@ -247,7 +273,10 @@ def default_cache_dir() -> Path:
 
 
 def _cache_file(cache: Path, config: NetConfig, seed: int, train: TrainConfig) -> Path:
-    key = json.dumps({"net": asdict(config), "train": asdict(train), "recipe": 2}, sort_keys=True)
+    net = asdict(config)
+    if net["stages"] is None:  # added later: the nets from before keep their cached weights
+        del net["stages"]
+    key = json.dumps({"net": net, "train": asdict(train), "recipe": 2}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return cache / "localisation" / f"{config.name}-seed{seed}-{digest}.pt"
 

@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,7 +30,9 @@ __all__ = [
     "METRICS",
     "REFERENCES",
     "PAIRED",
+    "ACROSS_DEPTH",
     "summarise",
+    "across_depth",
     "markdown",
     "plot_curves",
     "write_report",
@@ -42,6 +45,7 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("mu", "μ"),
     ("mu_small", f"μ<{SMALL_BOX:g}"),
     ("aopc", "AOPC MoRF"),
+    ("class_corr", "ρ(class) ↓"),
 )
 #: the rows paired differences are taken against: (method name, column label)
 REFERENCES: tuple[tuple[str, str], ...] = (
@@ -58,6 +62,13 @@ PAIRED: tuple[str, ...] = (
     "cmp_alpha2_flat",
     "montavon2019",
     "epsilon_gamma_box",
+)
+#: the headline paired differences compared across depth variants (and across results files):
+#: (composite, reference) — does the composites' lead over uniform rules grow with depth?
+ACROSS_DEPTH: tuple[tuple[str, str], ...] = tuple(
+    (composite, reference)
+    for composite in ("cmp_alpha2", "cmp_alpha1", "epsilon_gamma_box")
+    for reference in ("lrp_0", "lrp_epsilon", "lrp_alpha2", "guided_backprop")
 )
 Summary = dict[str, dict[str, dict[str, Estimate]]]  # variant -> method -> metric -> estimate
 
@@ -95,8 +106,11 @@ def _variant_title(result: BenchResult, variant: str) -> str:
     accs = [m.meta["test_accuracy"] for m in result.models if m.variant == variant]
     mean = sum(accs) / len(accs)
     per_seed = ", ".join(f"{a:.1%}" for a in accs)
+    stages = "" if net.stages is None else f" in stages of {', '.join(map(str, net.stages))}"
+    channels = f", {net.width}/{2 * net.width} channels" if net.width != 16 else ""
     return (
-        f"### {variant}: {net.depth} conv layers{' + BatchNorm' if net.batchnorm else ''}, "
+        f"### {variant}: {net.depth} conv layers{stages}{channels}"
+        f"{' + BatchNorm' if net.batchnorm else ''}, "
         f"test accuracy {mean:.1%} (per seed: {per_seed})"
     )
 
@@ -143,7 +157,8 @@ def _main_table(result: BenchResult, summary: Summary, variant: str) -> list[str
             + f"{_ms_per_image(result, variant, spec.name)} |"
         )
     aopc = _cell(rows[RANDOM_ORDER].get("aopc"))
-    lines.append(f"| *random order (AOPC baseline)* | – | – | – | {aopc} | – | – |")
+    cells = [aopc if m == "aopc" else "–" for m, _ in METRICS]
+    lines.append("| *random order (AOPC baseline)* | " + " | ".join(cells) + " | – | – |")
     return lines
 
 
@@ -192,6 +207,39 @@ def _ranking_table(result: BenchResult, summary: Summary) -> list[str]:
     return lines
 
 
+def across_depth(results: Sequence[BenchResult], metric: str = "mu_w") -> list[str]:
+    """Paired differences of :data:`ACROSS_DEPTH` in ``metric``, one column per variant.
+
+    ``results`` may come from several runs (e.g. a later run of a new variant next to the
+    first run's, read by :func:`load_result`); a variant in two of them keeps the first.
+    """
+    columns: dict[str, BenchResult] = {}
+    for result in results:
+        for variant in result.config.variants:
+            columns.setdefault(variant, result)
+    labels = {s.name: s.label for r in results for s in r.methods}
+    title = dict(METRICS)[metric]
+    head = [
+        f"{v} ({len({m.seed for m in r.models if m.variant == v})} seeds)"
+        for v, r in columns.items()
+    ]
+    lines = [
+        "| composite | minus | " + " | ".join(f"Δ{title}, {h}" for h in head) + " |",
+        "|" + "---|" * (len(columns) + 2),
+    ]
+    for composite, reference in ACROSS_DEPTH:
+        if composite not in labels or reference not in labels:
+            continue
+        cells = []
+        for variant, result in columns.items():
+            a = result.per_seed(variant, composite, metric)
+            b = result.per_seed(variant, reference, metric)
+            diff = paired_difference(a, b, resamples=result.config.resamples) if a and b else None
+            cells.append(_cell(diff, signed=True))
+        lines.append(f"| {labels[composite]} | {labels[reference]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(result: BenchResult, summary: Summary, command: str = "") -> str:
     """The report: set-up, one table per variant, paired differences, ranks across depth."""
     c = result.config
@@ -220,7 +268,10 @@ def markdown(result: BenchResult, summary: Summary, command: str = "") -> str:
         "the image) with uniform noise in each image's channel range, logit of the true "
         "class. Cells: mean [95 % CI] of a hierarchical bootstrap over seeds and images "
         f"({c.resamples} resamples). 'no R⁺': maps without positive relevance (no μ; left "
-        "out of the μ means). Higher is better in every column.",
+        "out of the μ means). Higher is better in every column but ρ(class), the Pearson "
+        "correlation of the map with the map of the runner-up class (the highest-scoring "
+        "other class): near 1, the map is the same whatever class it explains (Sixt et al. "
+        "2020); lower is more class-specific.",
     ]
     lines += [
         "",
@@ -239,6 +290,14 @@ def markdown(result: BenchResult, summary: Summary, command: str = "") -> str:
         ]
     if len(c.variants) > 1:
         lines += ["", "### Ranks across depth (1 = best)", "", *_ranking_table(result, summary)]
+        lines += [
+            "",
+            "### Headline paired differences across depth (✱: the 95 % CI excludes 0)",
+            "",
+            *across_depth([result], "mu_w"),
+            "",
+            *across_depth([result], "aopc"),
+        ]
     lines += ["", "Notes:", "", *_notes(result)]
     return "\n".join(lines) + "\n"
 
