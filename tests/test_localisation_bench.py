@@ -38,7 +38,14 @@ from relprop.bench.models import (
     vgg_net,
 )
 from relprop.bench.plot import Line, line_plot, nice_ticks
-from relprop.bench.report import across_depth, load_result, markdown, summarise, write_report
+from relprop.bench.report import (
+    across_depth,
+    load_result,
+    markdown,
+    means_across_depth,
+    summarise,
+    write_report,
+)
 from relprop.bench.stats import bootstrap_mean, paired_difference
 from relprop.cli import main
 from relprop.methods import METHODS
@@ -260,6 +267,17 @@ def test_across_depth_table(smoke: BenchResult) -> None:
     assert ("| epsilon_gamma_box (z^B [0, 1])", "LRP-ε (uniform, ε = 0.25 std)") in rows
     assert len(lines) == 2 + 12
     assert across_depth([smoke], "aopc")[0].startswith("| composite | minus | ΔAOPC MoRF")
+
+
+def test_means_across_depth_table(smoke: BenchResult) -> None:
+    summary = summarise(smoke)
+    lines = means_across_depth(smoke, summary)
+    assert lines[0] == "| method | μ_w, vgg4 | ρ(class) ↓, vgg4 |"
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[2:]}
+    assert rows["uniform map (baseline)"] == ["1.000", "– |"]  # constant: no correlation
+    lrp0 = summary["vgg4"]["lrp_0"]
+    assert rows["LRP-0 (uniform)"] == [f"{lrp0['mu_w'].mean:.3f}",
+                                       f"{lrp0['class_corr'].mean:.3f} |"]
 
 
 def test_summary_ranks_by_mu_w(smoke: BenchResult) -> None:

@@ -45,7 +45,8 @@ def test_constant_map_is_nan_and_signs_are_kept() -> None:
     a = torch.randn(3, 1, 4, 4)
     flat = torch.zeros_like(a)
     assert torch.isnan(map_correlation(a, flat)).all()
-    torch.testing.assert_close(map_correlation(a, -2 * a), torch.full((3,), -1.0, dtype=torch.float64))
+    minus_one = torch.full((3,), -1.0, dtype=torch.float64)
+    torch.testing.assert_close(map_correlation(a, -2 * a), minus_one)
     with pytest.raises(InvalidInputError, match="NaN or inf"):
         map_correlation(a, a.masked_fill(torch.ones_like(a, dtype=torch.bool), float("nan")))
     with pytest.raises(InvalidInputError, match="different shapes"):

@@ -33,6 +33,7 @@ __all__ = [
     "ACROSS_DEPTH",
     "summarise",
     "across_depth",
+    "means_across_depth",
     "markdown",
     "plot_curves",
     "write_report",
@@ -240,6 +241,25 @@ def across_depth(results: Sequence[BenchResult], metric: str = "mu_w") -> list[s
     return lines
 
 
+def means_across_depth(result: BenchResult, summary: Summary,
+                       metrics: Sequence[str] = ("mu_w", "class_corr")) -> list[str]:
+    """Mean of each of ``metrics`` per method, one column per (metric, variant)."""
+    titles = dict(METRICS)
+    cols = [(m, v) for m in metrics for v in result.config.variants]
+    lines = [
+        "| method | " + " | ".join(f"{titles[m]}, {v}" for m, v in cols) + " |",
+        "|" + "---|" * (len(cols) + 1),
+    ]
+    for spec in result.methods:
+        cells = []
+        for m, v in cols:
+            estimate = summary[v][spec.name].get(m)
+            ok = estimate is not None and not math.isnan(estimate.mean)
+            cells.append(f"{estimate.mean:.3f}" if ok and estimate is not None else "–")
+        lines.append(f"| {spec.label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(result: BenchResult, summary: Summary, command: str = "") -> str:
     """The report: set-up, one table per variant, paired differences, ranks across depth."""
     c = result.config
@@ -297,6 +317,11 @@ def markdown(result: BenchResult, summary: Summary, command: str = "") -> str:
             *across_depth([result], "mu_w"),
             "",
             *across_depth([result], "aopc"),
+            "",
+            "### Localisation and class sensitivity across depth (means; ρ(class): lower is "
+            "more class-specific)",
+            "",
+            *means_across_depth(result, summary),
         ]
     lines += ["", "Notes:", "", *_notes(result)]
     return "\n".join(lines) + "\n"
