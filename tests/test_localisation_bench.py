@@ -272,12 +272,15 @@ def test_across_depth_table(smoke: BenchResult) -> None:
 def test_means_across_depth_table(smoke: BenchResult) -> None:
     summary = summarise(smoke)
     lines = means_across_depth(smoke, summary)
-    assert lines[0] == "| method | μ_w, vgg4 | ρ(class) ↓, vgg4 |"
+    assert lines[0] == r"| method | μ_w, vgg4 | ρ(class) ↓, vgg4 | \|ρ\|(class) ↓, vgg4 |"
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[2:]}
-    assert rows["uniform map (baseline)"] == ["1.000", "– |"]  # constant: no correlation
+    assert rows["uniform map (baseline)"] == ["1.000", "–", "– |"]  # constant: no correlation
     lrp0 = summary["vgg4"]["lrp_0"]
     assert rows["LRP-0 (uniform)"] == [f"{lrp0['mu_w'].mean:.3f}",
-                                       f"{lrp0['class_corr'].mean:.3f} |"]
+                                       f"{lrp0['class_corr'].mean:.3f}",
+                                       f"{lrp0['class_corr_abs'].mean:.3f} |"]
+    # |ρ| is ρ's absolute value image by image, so its mean is at least |mean ρ|
+    assert lrp0["class_corr_abs"].mean >= abs(lrp0["class_corr"].mean) - 1e-12
 
 
 def test_summary_ranks_by_mu_w(smoke: BenchResult) -> None:

@@ -13,7 +13,8 @@ every other method of :data:`relprop.methods.METHODS`. Each map is scored per im
 * ρ(class): the Pearson correlation of the map with the map of the runner-up class (the
   highest-scoring other class; :func:`relprop.metrics.target_correlation`). Near 1 means the
   map looks the same whatever class is explained (Sixt et al. 2020): a class-blind map of
-  the red digit localises perfectly, so μ alone cannot tell them apart.
+  the red digit localises perfectly, so μ alone cannot tell them apart. |ρ|(class), its
+  absolute value per image, also counts a sign-flipped copy of the pattern as the same.
 
 :func:`run_benchmark` aggregates over seeds with hierarchical bootstrap confidence intervals
 (:mod:`relprop.bench.stats`) and :mod:`relprop.bench.report` writes the markdown table and the
@@ -163,8 +164,10 @@ def evaluate_model(
     """Score every method on ``model``; returns ``(scores, curves, seconds)``.
 
     ``scores[method]`` holds per-image ``mu``, ``mu_w``, ``mu_small`` (μ, NaN where the box
-    covers ≥ :data:`SMALL_BOX`), ``area``, ``aopc`` and ``class_corr`` (the correlation with
-    the map of each image's runner-up class, computed untimed); ``scores[RANDOM_ORDER]`` only
+    covers ≥ :data:`SMALL_BOX`), ``area``, ``aopc``, ``class_corr`` (the correlation with
+    the map of each image's runner-up class, computed untimed) and ``class_corr_abs`` (its
+    absolute value: a sign-flipped copy of the same pattern is not class-specific);
+    ``scores[RANDOM_ORDER]`` only
     ``aopc``. ``curves[method]`` is the per-image score drop ``f(x⁰) − f(xᵏ)``,
     ``(n, steps + 1)``. All perturbations share one noise draw (the metric's seed 0), so
     MoRF of every method and the random order replace each pixel with the same value.
@@ -190,6 +193,7 @@ def evaluate_model(
                 for x, c in zip(images.split(batch_size), contrast.split(batch_size))
             ]
         )
+        class_corr = map_correlation(relevance, other, "sum")
         local = attribution_localisation(relevance, boxes)
         small = torch.where(
             local.area_fraction < SMALL_BOX, local.mu, torch.full_like(local.mu, float("nan"))
@@ -210,7 +214,8 @@ def evaluate_model(
             "mu_small": small,
             "area": local.area_fraction,
             "aopc": morf.aopc_per_sample,
-            "class_corr": map_correlation(relevance, other, "sum"),
+            "class_corr": class_corr,
+            "class_corr_abs": class_corr.abs(),
         }
         curves[spec.name] = morf.curves[:, :1] - morf.curves
         if progress is not None:

@@ -47,6 +47,7 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("mu_small", f"μ<{SMALL_BOX:g}"),
     ("aopc", "AOPC MoRF"),
     ("class_corr", "ρ(class) ↓"),
+    ("class_corr_abs", "\\|ρ\\|(class) ↓"),  # escaped: a bare | would split the table cell
 )
 #: the rows paired differences are taken against: (method name, column label)
 REFERENCES: tuple[tuple[str, str], ...] = (
@@ -242,7 +243,8 @@ def across_depth(results: Sequence[BenchResult], metric: str = "mu_w") -> list[s
 
 
 def means_across_depth(result: BenchResult, summary: Summary,
-                       metrics: Sequence[str] = ("mu_w", "class_corr")) -> list[str]:
+                       metrics: Sequence[str] = ("mu_w", "class_corr", "class_corr_abs")
+                       ) -> list[str]:
     """Mean of each of ``metrics`` per method, one column per (metric, variant)."""
     titles = dict(METRICS)
     cols = [(m, v) for m in metrics for v in result.config.variants]
@@ -288,10 +290,11 @@ def markdown(result: BenchResult, summary: Summary, command: str = "") -> str:
         "the image) with uniform noise in each image's channel range, logit of the true "
         "class. Cells: mean [95 % CI] of a hierarchical bootstrap over seeds and images "
         f"({c.resamples} resamples). 'no R⁺': maps without positive relevance (no μ; left "
-        "out of the μ means). Higher is better in every column but ρ(class), the Pearson "
-        "correlation of the map with the map of the runner-up class (the highest-scoring "
-        "other class): near 1, the map is the same whatever class it explains (Sixt et al. "
-        "2020); lower is more class-specific.",
+        "out of the μ means). Higher is better in every column but ρ(class) and |ρ|(class): "
+        "ρ is the Pearson correlation of the map with the map of the runner-up class (the "
+        "highest-scoring other class), |ρ| its absolute value per image. Near 1, the map is "
+        "the same whatever class it explains (Sixt et al. 2020); ρ near −1 with |ρ| near 1, "
+        "the same pattern with its sign flipped. Lower is more class-specific.",
     ]
     lines += [
         "",
@@ -317,6 +320,10 @@ def markdown(result: BenchResult, summary: Summary, command: str = "") -> str:
             *across_depth([result], "mu_w"),
             "",
             *across_depth([result], "aopc"),
+            "",
+            *across_depth([result], "class_corr"),
+            "",
+            *across_depth([result], "class_corr_abs"),
             "",
             "### Localisation and class sensitivity across depth (means; ρ(class): lower is "
             "more class-specific)",
@@ -346,6 +353,9 @@ def _notes(result: BenchResult) -> list[str]:
         "- LRP-0 (uniform) equals Gradient × Input on these ReLU nets (tested to float precision).",
         "- The uniform map's AOPC is the random order's by construction: it ranks nothing, and",
         "  ties are broken by the same seeded permutation. A pixel-shuffled map lands near it.",
+        "- ρ(class) of the controls: the random map is one draw per image whatever the class",
+        "  (ρ = 1), the uniform map is constant (no ρ), and the pixel-shuffled map shuffles",
+        "  both classes' maps alike, so it keeps the ρ of the map it shuffles.",
         "- μ_w = μ · S_tot / S_in weights small boxes up: a uniform map scores 1, a map with all",
         f"  its positive relevance inside the box {perfect:.2f} on these images (mean S_tot/S_in).",
         f"- Options: {OPTIONS_FAST if result.config.fast_methods else OPTIONS}",
@@ -469,4 +479,8 @@ def load_result(path: Path) -> BenchResult:
         for name, label, short, family in raw["methods"]
     ]
     models = [ModelResult(**m) for m in raw["models"]]
+    for model in models:  # results of runs before |ρ| was stored: derive it
+        for scores in model.scores.values():
+            if "class_corr" in scores and "class_corr_abs" not in scores:
+                scores["class_corr_abs"] = scores["class_corr"].abs()
     return BenchResult(BenchConfig(**config), methods, models, float(raw.get("seconds", 0.0)))
