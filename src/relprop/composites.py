@@ -288,10 +288,12 @@ def default(tokens: bool = False) -> Composite:
     """The composite :func:`relprop.explain` uses when none is given.
 
     For images and other float inputs: :func:`epsilon_alpha2_beta1`, LRP_CMP:α2 of
-    Kohlbrenner et al. (2020). It localised best of every preset and method in relprop's
-    cluttered-digits benchmark at every depth (bench/LOCALISATION.md) and is among the best of
-    their Table I; it needs no input bounds. On residual nets αβ does not conserve exactly;
-    use :func:`epsilon_gamma_box` where conservation matters more.
+    Kohlbrenner et al. (2020). In relprop's cluttered-digits benchmark (4 to 13 conv layers,
+    bench/LOCALISATION.md) it localised best at every depth together with uniform α2β1, and
+    its maps depend more on the explained class than those of uniform α2β1 or Guided
+    Backprop; it is among the best of their Table I and needs no input bounds. On residual
+    nets αβ does not conserve exactly; use :func:`epsilon_gamma_box` where conservation
+    matters more, :func:`montavon2019` where class specificity does.
 
     For token ids (``tokens=True``): :func:`attnlrp`, ε on every layer, convolutions included.
     On relprop's sentiment benchmark (a CNN over word embeddings, bench/sentiment.py) ε
