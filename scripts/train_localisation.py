@@ -6,7 +6,7 @@ its test accuracy on 1000 held-out images is printed. A model already in the cac
 same configuration is loaded, not retrained (``--retrain`` forces it). About a minute or two
 per model on two idle CPU cores::
 
-    .venv/bin/python scripts/train_localisation.py          # every variant (vgg4 ... vgg13) x 0,1,2
+    .venv/bin/python scripts/train_localisation.py    # the default run: vgg4 ... vgg13 x 0,1,2
     .venv/bin/python scripts/train_localisation.py --variants vgg8 --seeds 0
 """
 
@@ -23,12 +23,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from relprop.bench.localisation import BenchConfig  # noqa: E402
 from relprop.bench.models import VARIANTS, TrainConfig, trained_net  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument(
+        "--variants", nargs="+", default=list(BenchConfig().variants), choices=list(VARIANTS)
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--train-images", type=int, default=None, help="default 10000")
     ap.add_argument("--epochs", type=int, default=None, help="default 10")

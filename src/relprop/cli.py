@@ -93,7 +93,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="VARIANT",
-        help="depth variants: vgg4 vgg8 vgg8-bn vgg13 (default all four)",
+        help="variants: vgg4 vgg8 vgg8-bn vgg13 (the default) and vgg8-w32 (twice the channels)",
     )
     loc.add_argument(
         "--steps",

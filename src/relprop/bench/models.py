@@ -92,6 +92,7 @@ VARIANTS: dict[str, NetConfig] = {
     "vgg8": NetConfig(depth=8),
     "vgg8-bn": NetConfig(depth=8, batchnorm=True),
     "vgg13": NetConfig(depth=13, stages=(2, 2, 3, 3, 3)),
+    "vgg8-w32": NetConfig(depth=8, width=32),  # twice the channels (not in the default run)
 }
 
 
