@@ -40,13 +40,14 @@ def _classes(classes: int | Tensor, output: Tensor, what: str) -> Tensor:
         index = index.expand(batch)
     if index.shape != (batch,):
         raise InvalidInputError(
-            f"{what} must be one class index per sample, shape ({batch},); got shape "
-            f"{tuple(index.shape)}"
+            f"{what} must hold one class index per sample (shape ({batch},), one class per "
+            f"sample); got shape {tuple(index.shape)}"
         )
     bad = (index < 0) | (index >= n)
     if bool(bad.any()):
         raise InvalidInputError(
-            f"{what} {index[bad].tolist()} out of range: the model has {n} outputs (0..{n - 1})"
+            f"{what} {index[bad].tolist()} out of range: not a class of the model's {n} outputs "
+            f"(0..{n - 1})"
         )
     return index
 

@@ -49,12 +49,7 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     ``NaN`` where either map is constant (its ranks have no spread: ``0 / 0``).
     Returns float64 ``(N,)``.
     """
-    for value, name in ((a, "a"), (b, "b")):
-        if not isinstance(value, Tensor) or value.dim() < 2 or value.shape[0] == 0:
-            raise InvalidInputError(f"{name} must be a batch of maps (N, ...), got "
-                                    f"{tuple(value.shape) if isinstance(value, Tensor) else value}")
-    if a.shape != b.shape:
-        raise InvalidInputError(f"maps of different shapes: {tuple(a.shape)} and {tuple(b.shape)}")
+    check_map_pair(a, b)
     ranks_a = _average_ranks(_flat_finite(a, "a"))
     ranks_b = _average_ranks(_flat_finite(b, "b"))
     ranks_a = ranks_a - ranks_a.mean(dim=1, keepdim=True)
@@ -64,6 +59,16 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     defined = spread > 0
     rho = covariance / torch.where(defined, spread, torch.ones_like(spread))
     return torch.where(defined, rho.clamp(-1.0, 1.0), torch.full_like(rho, float("nan")))
+
+
+def check_map_pair(a: Tensor, b: Tensor) -> None:
+    """Raise unless ``a`` and ``b`` are batches of maps ``(N, ...)`` of one shape."""
+    for value, name in ((a, "a"), (b, "b")):
+        if not isinstance(value, Tensor) or value.dim() < 2 or value.shape[0] == 0:
+            raise InvalidInputError(f"{name} must be a batch of maps (N, ...), got "
+                                    f"{tuple(value.shape) if isinstance(value, Tensor) else value}")
+    if a.shape != b.shape:
+        raise InvalidInputError(f"maps of different shapes: {tuple(a.shape)} and {tuple(b.shape)}")
 
 
 def _flat_finite(values: Tensor, name: str) -> Tensor:

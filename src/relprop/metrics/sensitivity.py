@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from ..errors import InvalidInputError
 from ..explain import Explanation, explain
+from ..targets import _classes as class_indices
 from .localisation import Scores
 from .maps import Pool, check_pool, pool_channels
-from .randomisation import _flat_finite, spearman
+from .randomisation import _flat_finite, check_map_pair, spearman
 
 Correlation = Literal["pearson", "spearman"]
 Attribute = Callable[[nn.Module, Tensor, Any], Explanation]
@@ -42,12 +43,7 @@ def map_correlation(a: Tensor, b: Tensor, pool: Pool | None = "sum",
     """
     if correlation not in ("pearson", "spearman"):
         raise InvalidInputError(f"correlation must be 'pearson' or 'spearman', got {correlation!r}")
-    for value, name in ((a, "a"), (b, "b")):
-        if not isinstance(value, Tensor) or value.dim() < 2 or value.shape[0] == 0:
-            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise InvalidInputError(f"{name} must be a batch of maps (N, ...), got {shape}")
-    if a.shape != b.shape:
-        raise InvalidInputError(f"maps of different shapes: {tuple(a.shape)} and {tuple(b.shape)}")
+    check_map_pair(a, b)
     if pool is not None:
         check_pool(pool)
         if a.dim() not in (3, 4):
@@ -80,26 +76,13 @@ def runner_up(output: Tensor, target: Tensor) -> Tensor:
 
 
 def _classes(target: int | Tensor | None, output: Tensor, what: str) -> Tensor:
-    n = output.shape[0]
     if target is None:
         return output.detach().argmax(dim=1)
     if isinstance(target, bool) or not isinstance(target, int | Tensor):
         raise InvalidInputError(
             f"{what} must be a class index, one index per sample or None, got "
             f"{type(target).__name__}; target objects (LogOdds, …) have no contrasting class")
-    classes = torch.as_tensor(target, device=output.device)
-    if classes.is_floating_point() or classes.is_complex() or classes.dim() > 1:
-        raise InvalidInputError(f"{what} must be integer class indices, got dtype "
-                                f"{classes.dtype} and shape {tuple(classes.shape)}")
-    classes = classes.long().expand(n) if classes.dim() == 0 else classes.long()
-    if classes.shape != (n,):
-        raise InvalidInputError(f"{what} must have one class per sample ({n},), got "
-                                f"{tuple(classes.shape)}")
-    bad = (classes < 0) | (classes >= output.shape[1])
-    if bool(bad.any()):
-        raise InvalidInputError(f"{what} of sample(s) {bad.nonzero()[:, 0].tolist()[:10]} is "
-                                f"not a class of the {output.shape[1]} outputs")
-    return classes
+    return class_indices(target, output, what)
 
 
 def target_correlation(
