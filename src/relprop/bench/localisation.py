@@ -136,7 +136,12 @@ class BenchResult:
     seconds: float = 0.0
 
     def per_seed(self, variant: str, method: str, metric: str) -> list[Tensor]:
-        """The per-image values of ``metric`` for ``method``, one tensor per seed."""
+        """The per-image values of ``metric`` for ``method``, one tensor per seed.
+
+        ``class_corr_abs`` is derived here, ``|class_corr|`` image by image, not stored.
+        """
+        if metric == "class_corr_abs":
+            return [v.abs() for v in self.per_seed(variant, method, "class_corr")]
         return [
             m.scores[method][metric]
             for m in self.models
@@ -164,10 +169,9 @@ def evaluate_model(
     """Score every method on ``model``; returns ``(scores, curves, seconds)``.
 
     ``scores[method]`` holds per-image ``mu``, ``mu_w``, ``mu_small`` (μ, NaN where the box
-    covers ≥ :data:`SMALL_BOX`), ``area``, ``aopc``, ``class_corr`` (the correlation with
-    the map of each image's runner-up class, computed untimed) and ``class_corr_abs`` (its
-    absolute value: a sign-flipped copy of the same pattern is not class-specific);
-    ``scores[RANDOM_ORDER]`` only
+    covers ≥ :data:`SMALL_BOX`), ``area``, ``aopc`` and ``class_corr`` (the correlation with
+    the map of each image's runner-up class, computed untimed; its absolute value is
+    derived by :meth:`BenchResult.per_seed`); ``scores[RANDOM_ORDER]`` only
     ``aopc``. ``curves[method]`` is the per-image score drop ``f(x⁰) − f(xᵏ)``,
     ``(n, steps + 1)``. All perturbations share one noise draw (the metric's seed 0), so
     MoRF of every method and the random order replace each pixel with the same value.
@@ -193,7 +197,6 @@ def evaluate_model(
                 for x, c in zip(images.split(batch_size), contrast.split(batch_size))
             ]
         )
-        class_corr = map_correlation(relevance, other, "sum")
         local = attribution_localisation(relevance, boxes)
         small = torch.where(
             local.area_fraction < SMALL_BOX, local.mu, torch.full_like(local.mu, float("nan"))
@@ -214,8 +217,7 @@ def evaluate_model(
             "mu_small": small,
             "area": local.area_fraction,
             "aopc": morf.aopc_per_sample,
-            "class_corr": class_corr,
-            "class_corr_abs": class_corr.abs(),
+            "class_corr": map_correlation(relevance, other, "sum"),
         }
         curves[spec.name] = morf.curves[:, :1] - morf.curves
         if progress is not None:

@@ -479,8 +479,4 @@ def load_result(path: Path) -> BenchResult:
         for name, label, short, family in raw["methods"]
     ]
     models = [ModelResult(**m) for m in raw["models"]]
-    for model in models:  # results of runs before |ρ| was stored: derive it
-        for scores in model.scores.values():
-            if "class_corr" in scores and "class_corr_abs" not in scores:
-                scores["class_corr_abs"] = scores["class_corr"].abs()
     return BenchResult(BenchConfig(**config), methods, models, float(raw.get("seconds", 0.0)))
