@@ -194,8 +194,11 @@ def test_relprop_deletes_the_probe_evidence_faster_than_random(
         curves = bench.deletion_curves(model, batch, scores, target)
         counts = batch.deletable.sum(dim=1)
         assert bool(torch.isfinite(curves.gather(1, counts[:, None])).all())
+        # the curve's first point is the clean logit, but computed in float32 in another batch
+        # shape than the reference: equal up to float32 numerics, not bitwise
         torch.testing.assert_close(curves[:, 0], model(batch.ids, batch.mask).detach()
-                                   .gather(1, target[:, None])[:, 0].double())
+                                   .gather(1, target[:, None])[:, 0].double(),
+                                   rtol=1e-5, atol=1e-5)
         drops[name] = float(bench.aopc(curves).mean())
     assert drops["relprop"] > drops["random"] + 0.5
 
