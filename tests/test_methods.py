@@ -497,9 +497,9 @@ def test_random_baseline() -> None:
 
 # -------------------------------------------------------------------------------- interop
 def test_quantus_adapter_with_numpy() -> None:
-    from relprop.interop import quantus_explain_func
+    import numpy as np
 
-    np = pytest.importorskip("numpy")
+    from relprop.interop import quantus_explain_func
     model = M.vgg()  # float32
     x = np.random.default_rng(0).standard_normal((3, 3, 16, 16))  # float64 in, as numpy gives
     y = np.array([1, 2, 3])
@@ -523,16 +523,22 @@ def test_quantus_adapter_with_numpy() -> None:
 
 
 def test_quantus_metric_runs_on_relprop() -> None:
+    # a missing oracle fails the test, it does not skip it (`make` installs quantus and the
+    # dependencies its import needs)
     if not installed("quantus"):
-        pytest.skip("quantus is not installed")
+        raise ImportError("the test oracle quantus is not installed: run `make .venv/"
+                          ".relprop-installed` or `pip install --no-deps quantus==0.6.0`")
     with torchvision_stand_in():  # quantus imports zennit (when installed), zennit torchvision
         try:
             quantus = importlib.import_module("quantus")
         except ImportError as error:  # installed without its own dependencies (--no-deps)
-            pytest.skip(f"quantus is installed but cannot be imported: {error}")
-    from relprop.interop import quantus_explain_func
+            raise ImportError(
+                f"quantus is installed but cannot be imported ({error}); `make .venv/"
+                ".relprop-installed` installs pandas, scikit-image, opencv-python-headless "
+                "and matplotlib for it") from error
+    import numpy as np
 
-    np = pytest.importorskip("numpy")
+    from relprop.interop import quantus_explain_func
     model = M.vgg()
     x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
     with torch.no_grad():

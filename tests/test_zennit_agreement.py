@@ -1,4 +1,5 @@
-"""Oracle comparison with Zennit 0.5.1 (test-only; skipped when zennit is not installed).
+"""Oracle comparison with Zennit 0.5.1 (test-only; `make test` installs it, and without it
+these tests fail rather than skip).
 
 Zennit hooks modules, relprop intercepts functional ops; on VGG-style nets, where every op
 Zennit has a rule for is a module, both must give the same relevance map:
@@ -54,11 +55,12 @@ FIXED_CLASS = 3
 def zennit() -> Iterator[types.SimpleNamespace]:
     """Zennit's ``Gradient`` attributor and composites, imported with a torchvision stand-in.
 
-    Skips when zennit is not installed; when it is, a failing import is an error (a stand-in
-    that no longer covers what zennit imports must not turn into a silent skip).
+    A missing zennit is an error, not a skip: a missing oracle must fail the suite (and so
+    must a stand-in that no longer covers what zennit imports).
     """
     if not installed("zennit"):
-        pytest.skip("zennit is not installed")
+        raise ImportError("the test oracle zennit is not installed: run `make .venv/"
+                          ".relprop-installed` or `pip install --no-deps zennit==0.5.1`")
     with torchvision_stand_in():
         attribution = importlib.import_module("zennit.attribution")
         composites = importlib.import_module("zennit.composites")
