@@ -9,7 +9,9 @@ relevance itself (regression, dense outputs).
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from typing import SupportsIndex, cast
 
 import torch
 from torch import Tensor
@@ -164,30 +166,101 @@ class TokenLogit(Target):
         return grad, explained
 
 
-def as_target(target: int | Tensor | Target | None, output: Tensor) -> Target:
-    """Interpret ``target`` as given to :func:`relprop.explain`."""
+def as_target(target: object, output: Tensor) -> Target:
+    """Interpret ``target`` as given to :func:`relprop.explain`.
+
+    - a :class:`Target` is used as it is;
+    - an integer class index (``int``, a numpy integer such as ``np.int64`` from ``argmax``,
+      a 0-d integer tensor) explains that class for every sample; one index per sample (a
+      1-D integer tensor, numpy array or list of ints) explains each sample's own class;
+    - a float tensor (or numpy array) of the output's shape is the output relevance itself,
+      for regression and dense outputs, including a ``(batch,)`` output of a regression head;
+    - ``None`` explains each sample's top class for an output ``(batch, classes)``, and for a
+      ``(batch,)`` output, which has no classes, the output itself (each sample's value: the
+      seed is ``R = y``, so ``explained`` is the model's prediction).
+
+    Booleans (``True``, a bool tensor or mask) are refused: they are not class indices.
+    """
     if isinstance(target, Target):
         return target
     if target is None:
+        if output.dim() == 1:
+            return OutputRelevance(output)
         if output.dim() != 2:
             raise InvalidInputError(
                 f"target=None explains the top class, which needs an output of shape "
-                f"(batch, classes); got {tuple(output.shape)}"
+                f"(batch, classes); got {tuple(output.shape)}. Pass a relprop.targets object "
+                "or the output relevance as a float tensor of the output's shape"
             )
         return Logit(output.argmax(dim=1))
-    if isinstance(target, bool):
-        raise InvalidInputError(f"target must be a class index, got {target!r}")
+    if _is_bool(target):
+        raise InvalidInputError(
+            f"target is boolean ({_describe(target)}), not a class index: pass the class index "
+            "as an int, one int per sample, or a float tensor of output relevance "
+            "(e.g. mask.float() * output for a masked output)"
+        )
+    if isinstance(target, float):
+        raise InvalidInputError(
+            f"target must be an int class index, got the float {target!r}; a float target is "
+            "output relevance and must be a tensor of the output's shape"
+        )
     if isinstance(target, int):
         return Logit(target)
+    if _is_integer_scalar(target):
+        return Logit(operator.index(cast(SupportsIndex, target)))
+    if not isinstance(target, Tensor):
+        target = _array_like(target)
+    if target.is_floating_point() and target.shape == output.shape:
+        return OutputRelevance(target)
+    if target.is_floating_point():
+        raise InvalidInputError(
+            f"a float target is output relevance and must have the output's shape "
+            f"{tuple(output.shape)}; got {tuple(target.shape)} (class indices must be "
+            "integers)"
+        )
+    return Logit(target)
+
+
+def _is_bool(target: object) -> bool:
+    if isinstance(target, bool):
+        return True
     if isinstance(target, Tensor):
-        if target.is_floating_point() and target.shape == output.shape and output.dim() != 1:
-            return OutputRelevance(target)
-        if target.is_floating_point():
+        return target.dtype == torch.bool
+    dtype = getattr(target, "dtype", None)
+    if dtype is not None:  # numpy bool scalars and arrays
+        return getattr(dtype, "kind", None) == "b"
+    if isinstance(target, (list, tuple)) and target:
+        return all(isinstance(t, bool) for t in target)
+    return False
+
+
+def _is_integer_scalar(target: object) -> bool:
+    """A numpy integer scalar (``np.int64`` from ``argmax``...) without importing numpy."""
+    dtype = getattr(target, "dtype", None)
+    return (dtype is not None and getattr(dtype, "kind", None) in ("i", "u")
+            and getattr(target, "ndim", None) == 0 and hasattr(target, "__index__"))
+
+
+def _describe(target: object) -> str:
+    dtype = getattr(target, "dtype", None)
+    if dtype is not None:
+        return f"dtype {dtype}, shape {tuple(getattr(target, 'shape', ()))}"
+    return repr(target) if not isinstance(target, (list, tuple)) else f"a list of {len(target)}"
+
+
+def _array_like(target: object) -> Tensor:
+    """A numpy array or a (nested) list of numbers as a tensor, or a clear refusal."""
+    if isinstance(target, (list, tuple)) or hasattr(target, "__array__"):
+        try:
+            tensor = torch.as_tensor(target)
+        except (TypeError, ValueError, RuntimeError) as error:
             raise InvalidInputError(
-                f"a float target is output relevance and must have the output's shape "
-                f"{tuple(output.shape)}; got {tuple(target.shape)} (class indices must be "
-                "integers)"
-            )
-        return Logit(target)
-    raise InvalidInputError(f"target must be an int, a tensor or a relprop Target; got "
-                            f"{type(target).__name__}")
+                f"target {type(target).__name__} could not be read as class indices ({error}); "
+                "pass an int, one int per sample, or a tensor") from error
+        if tensor.dtype == torch.bool:
+            raise InvalidInputError(f"target is boolean ({_describe(target)}), not class "
+                                    "indices")
+        return tensor
+    raise InvalidInputError(
+        f"target must be an int, one int per sample (tensor, numpy array or list), a float "
+        f"tensor of output relevance, or a relprop Target; got {type(target).__name__}")
