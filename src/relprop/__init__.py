@@ -8,6 +8,7 @@
 from . import composites, methods, metrics, neon, pairwise, rules, targets, text
 from .errors import (
     InvalidInputError,
+    ProbabilityOutputWarning,
     RelpropError,
     RuleAssignmentError,
     UnsupportedOperationError,
@@ -21,5 +22,5 @@ __all__ = [
     "explain", "Explanation", "composites", "methods", "metrics", "neon", "pairwise", "rules",
     "targets", "text", "RelpropError",
     "UnsupportedOperationError", "UnsupportedOperationWarning", "InvalidInputError",
-    "RuleAssignmentError",
+    "RuleAssignmentError", "ProbabilityOutputWarning",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, ProbabilityOutputWarning
 
 
 def check_model(model: nn.Module, purpose: str = "the explanation") -> None:
@@ -24,6 +26,8 @@ def check_input(x: Tensor) -> None:
     """Refuse inputs that cannot carry relevance: not float, empty, NaN or inf."""
     if not isinstance(x, Tensor):
         raise InvalidInputError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point() and x.dim() >= 3 and not x.is_complex():
+        raise _integer_image(x)
     if not x.is_floating_point():
         raise InvalidInputError(
             f"x must be floating point to carry relevance, got dtype {x.dtype}; convert it "
@@ -36,8 +40,26 @@ def check_input(x: Tensor) -> None:
         raise InvalidInputError(f"x contains NaN or inf (first at index {bad})")
 
 
+def _integer_image(x: Tensor) -> InvalidInputError:
+    return InvalidInputError(
+        f"x is an integer image (dtype {str(x.dtype).removeprefix('torch.')}, shape "
+        f"{tuple(x.shape)}): convert it to float and normalise it as the model expects, "
+        "e.g. x.float() / 255"
+    )
+
+
 def check_token_ids(x: Tensor) -> None:
-    """Refuse token-id inputs that are empty or not 2-D (batch, sequence)."""
+    """Refuse token-id inputs that are empty or not 2-D (batch, sequence).
+
+    An integer tensor of three or more dimensions is not token ids but an integer image
+    (uint8 pixels, say): it is refused with a message saying to convert it to float.
+    """
+    if x.dtype == torch.bool:
+        raise InvalidInputError(
+            f"x has dtype torch.bool (shape {tuple(x.shape)}): a mask carries no relevance; "
+            "pass floating-point features (x.float()) or integer token ids")
+    if x.dim() >= 3:
+        raise _integer_image(x)
     if x.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise InvalidInputError(f"token ids must be an integer tensor, got dtype {x.dtype}")
     if x.dim() != 2 or x.numel() == 0:
@@ -82,3 +104,33 @@ def _all_finite(t: Tensor) -> bool:
         return True
     low, high = torch.aminmax(t.detach())
     return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
+def warn_if_probabilities(output: Tensor, *, stacklevel: int = 3) -> None:
+    """Warn with :class:`~relprop.errors.ProbabilityOutputWarning` when ``output`` looks like
+    probabilities: every row along the last dimension non-negative and summing to 1.
+
+    LRP of a probability explains the softmax's saturated output, not the evidence the
+    logits carry; the warning points to the logits or :class:`relprop.targets.LogOdds`.
+    Only outputs with ``dim >= 2`` and more than one class along the last dimension are
+    looked at. The cost is one pass over the output (the row sums), plus a minimum taken
+    only when every row sums to 1; logits rarely pass the first test. ``stacklevel`` 3
+    points at the caller of the function that calls this one (the user's ``explain`` call).
+    """
+    if (not isinstance(output, Tensor) or output.dim() < 2 or output.shape[-1] < 2
+            or not output.is_floating_point() or output.numel() == 0):
+        return
+    values = output.detach()
+    tolerance = 1e-4 if values.dtype in (torch.float32, torch.float64) else 1e-2
+    sums = values.sum(dim=-1, dtype=torch.float32)
+    low, high = torch.aminmax(sums)
+    if not (float(high) - 1.0 <= tolerance and 1.0 - float(low) <= tolerance):
+        return
+    if float(values.min()) < 0:
+        return
+    warnings.warn(
+        f"the model output (shape {tuple(output.shape)}) looks like probabilities: every row "
+        f"is non-negative and sums to 1 within {tolerance:g}. LRP then explains a saturated "
+        "softmax, not the evidence for the class; explain the logits instead (remove the "
+        "model's final softmax) or use target=relprop.targets.LogOdds(c) on the logits",
+        ProbabilityOutputWarning, stacklevel=stacklevel)

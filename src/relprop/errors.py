@@ -19,6 +19,14 @@ class UnsupportedOperationWarning(UserWarning):
     """Issued instead of :class:`UnsupportedOperationError` when ``strict=False``."""
 
 
+class ProbabilityOutputWarning(UserWarning):
+    """The model output looks like probabilities (rows non-negative, summing to 1).
+
+    LRP should start from logits: remove the final softmax, or explain
+    :class:`relprop.targets.LogOdds` of the logits.
+    """
+
+
 class InvalidInputError(RelpropError, ValueError):
     """The model, the input batch or the target cannot be explained as given."""
 
