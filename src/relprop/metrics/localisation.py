@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InvalidInputError
+from ._summary import describe, mean_ci
 from .maps import Pool, pooled_with_masks
 
 _BOX_RULE = "boxes (x0, y0, x1, y1) cover the pixels whose centres lie in [x0, x1) x [y0, y1)"
@@ -40,6 +41,12 @@ class Scores:
         """The mean over samples; ``NaN`` if any sample is undefined."""
         return self.per_sample.mean()
 
+    def __repr__(self) -> str:
+        """``Scores(pointing_game: mean 0.734, 95% CI [0.682, 0.786], n=100)``: the mean over
+        the defined samples and its 95% CI by the normal approximation (``mean ± 1.96 s/√n``),
+        not the per-sample tensor (see ``per_sample``)."""
+        return f"Scores({self.protocol.get('metric', '?')}: {describe(self.per_sample)})"
+
 
 @dataclass(frozen=True)
 class LocalisationResult:
@@ -54,6 +61,15 @@ class LocalisationResult:
     def defined(self) -> Tensor:
         """Which samples have positive relevance, hence a μ."""
         return ~torch.isnan(self.mu)
+
+    def __repr__(self) -> str:
+        """Mean μ and μ_w over the defined samples with their 95% CIs (normal approximation,
+        ``mean ± 1.96 s/√n``) and the sample count, not the per-sample tensors."""
+        mu, low, high, n, total = mean_ci(self.mu)
+        mu_w, low_w, high_w, _, _ = mean_ci(self.mu_w)
+        count = f"n={n}" + (f" (+{total - n} NaN)" if total > n else "")
+        return (f"LocalisationResult(mu {mu:.3g} [{low:.3g}, {high:.3g}], mu_w {mu_w:.3g} "
+                f"[{low_w:.3g}, {high_w:.3g}] (95% CIs), {count})")
 
 
 def _protocol(metric: str, region: Tensor, pool: Pool, undefined: str) -> dict[str, object]:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .._checks import check_model
 from ..errors import InvalidInputError
 from ..targets import _classes
+from ._summary import describe
 from .maps import Pool, check_map, check_pool, pool_channels
 
 Order = Literal["morf", "lerf", "random"]
@@ -41,6 +42,12 @@ class PerturbationResult:
     order: str
     protocol: dict[str, object]
 
+    def __repr__(self) -> str:
+        """The AOPC over samples with its 95% CI (normal approximation, ``mean ± 1.96 s/√n``),
+        the sample count and the steps, not the curves."""
+        return (f"PerturbationResult({self.protocol.get('metric', '?')} {self.order}, "
+                f"{describe(self.aopc_per_sample, 'AOPC')}, steps={self.curves.shape[1] - 1})")
+
 
 @dataclass(frozen=True)
 class ABPCResult:
@@ -49,6 +56,12 @@ class ABPCResult:
     per_sample: Tensor
     abpc: Tensor
     protocol: dict[str, object]
+
+    def __repr__(self) -> str:
+        """The ABPC over samples with its 95% CI (normal approximation, ``mean ± 1.96 s/√n``)
+        and the sample count, not the per-sample tensor."""
+        metric = self.protocol.get("metric", "?")
+        return f"ABPCResult({metric}: {describe(self.per_sample, 'ABPC')})"
 
 
 def region_perturbation(model: nn.Module, x: Tensor, relevance: Tensor | None,
@@ -80,7 +93,8 @@ def region_perturbation(model: nn.Module, x: Tensor, relevance: Tensor | None,
         target: class index, one per sample, or ``None`` for the top class of ``f(x⁰)``.
         order: ``"morf"``, ``"lerf"`` or ``"random"``; ties in the ranking are broken at
             random (seeded), so a constant map ranks like ``"random"``.
-        region_size: side ``k`` of the square regions in pixels.
+        region_size: side ``k`` of the square regions in pixels; it must fit in the image
+            (``k ≤ min(H, W)``) and leave more than one region, else an error is raised.
         steps: ``L``, the number of regions replaced; ``None`` for all of them.
         pool: channel pooling of ``relevance`` (unused, recorded as ``None``, for random).
         noise_range: ``(low, high)`` of the uniform noise, floats or tensors broadcastable
@@ -92,7 +106,17 @@ def region_perturbation(model: nn.Module, x: Tensor, relevance: Tensor | None,
             its softmax; ``"output"``: the raw output, unchecked.
         batch_size: perturbed inputs per forward pass.
     """
+    check_model(model, "the curves")
     _check_int(region_size, "region_size", 1)
+    _check_input(x)
+    h, w = x.shape[-2:]
+    if region_size > min(h, w) or (region_size >= h and region_size >= w):
+        what = ("larger than the image" if region_size > min(h, w)
+                else "as large as the image, so the image is one region")
+        raise InvalidInputError(
+            f"region_size {region_size} is {what} ({h}×{w} pixels): the ranking would have "
+            f"nothing to order and the AOPC would not depend on the relevance; choose "
+            f"region_size < {min(h, w)} (Samek et al. use 9 at 224×224)")
     return _perturb(model, x, relevance, target, order=order, region_size=region_size,
                     regions_per_step=1, steps=steps, pool=pool, noise_range=noise_range,
                     seed=seed, score=score, batch_size=batch_size,

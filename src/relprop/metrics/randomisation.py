@@ -40,6 +40,24 @@ class RandomisationResult:
         """Mean correlation over samples per layer (``NaN`` if any sample is undefined)."""
         return {name: float(c.mean()) for name, c in self.correlations.items()}
 
+    def __repr__(self) -> str:
+        """The mode, the sample count and the mean correlation over the defined samples per
+        randomised layer, as many layers as fit in ~120 characters, not the tensors (no CI:
+        one per layer would not fit; see ``correlations``)."""
+        mode = self.protocol.get("mode", "?")
+        if not self.correlations:
+            return f"RandomisationResult({mode}, no layer)"
+        n = next(iter(self.correlations.values())).numel()
+        head = f"RandomisationResult({mode}, n={n}, mean rho: "
+        parts = [f"{name} {float(c.nanmean()):.2f}" for name, c in self.correlations.items()]
+        shown: list[str] = []
+        for part in parts:
+            if len(head) + len(", ".join([*shown, part])) > 100:
+                break
+            shown.append(part)
+        rest = len(parts) - len(shown)
+        return head + ", ".join(shown) + (f", … {rest} more" if rest else "") + ")"
+
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman rank correlation per sample of two batches of maps of the same shape.

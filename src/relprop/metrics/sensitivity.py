@@ -12,13 +12,14 @@ as a class-specific one; this metric can.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
 from ..explain import Explanation, explain
+from ..targets import Target
 from ..targets import _classes as class_indices
 from .localisation import Scores
 from .maps import Pool, check_pool, pool_channels
@@ -75,14 +76,18 @@ def runner_up(output: Tensor, target: Tensor) -> Tensor:
     return others.argmax(dim=1)
 
 
-def _classes(target: int | Tensor | None, output: Tensor, what: str) -> Tensor:
+def _classes(target: object, output: Tensor, what: str) -> Tensor:
     if target is None:
         return output.detach().argmax(dim=1)
-    if isinstance(target, bool) or not isinstance(target, int | Tensor):
+    if (isinstance(target, bool | float | str | Target)
+            or not isinstance(target, int | Tensor | list | tuple)
+            and not hasattr(target, "__array__")):
         raise InvalidInputError(
-            f"{what} must be a class index, one index per sample or None, got "
-            f"{type(target).__name__}; target objects (LogOdds, …) have no contrasting class")
-    return class_indices(target, output, what)
+            f"{what} must be a class index, one index per sample (tensor, numpy array or "
+            f"list of ints) or None, got {type(target).__name__}; target objects "
+            "(LogOdds, …) have no contrasting class")
+    # numpy integers and arrays, lists of ints: read by torch.as_tensor
+    return class_indices(cast(Tensor, target), output, what)
 
 
 def target_correlation(
