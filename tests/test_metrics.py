@@ -452,7 +452,7 @@ def test_bad_maps_are_refused_naming_the_sample() -> None:
     model = _linear()
     x = torch.rand(4, 3, 8, 8, dtype=torch.float64)
     with pytest.raises(relprop.InvalidInputError, match=r"sample\(s\) \[2\]"):
-        metrics.region_perturbation(model, x, r.double(), 0)
+        metrics.region_perturbation(model, x, r.double(), 0, region_size=4)
 
 
 def test_a_model_returning_probabilities_is_refused_in_logit_space() -> None:
@@ -483,8 +483,8 @@ def test_bad_perturbation_arguments_are_refused() -> None:
         ({"score": "log"}, "score must be one of"),
         ({"pool": "mean"}, "pool must be one of"),
         ({"region_size": 0}, "region_size must be an int ≥ 1"),
-        ({"steps": 0}, r"steps must be an int in \[1, 1\]"),
-        ({"steps": 5}, r"steps must be an int in \[1, 1\]"),
+        ({"steps": 0}, r"steps must be an int in \[1, 4\]"),
+        ({"steps": 5}, r"steps must be an int in \[1, 4\]"),
         ({"batch_size": 0}, "batch_size"),
         ({"noise_range": (1.0, 0.0)}, "low ≤ high"),
         ({"noise_range": (0.0, torch.ones(5))}, "does not broadcast"),
@@ -493,7 +493,7 @@ def test_bad_perturbation_arguments_are_refused() -> None:
         ({"x": x[0]}, r"x must be a non-empty image batch"),
     ]
     for change, message in cases:
-        args = {"relevance": relevance, "target": 0, "x": x, "region_size": 8, **change}
+        args = {"relevance": relevance, "target": 0, "x": x, "region_size": 4, **change}
         with pytest.raises(relprop.InvalidInputError, match=message):
             metrics.region_perturbation(model, **args)
     model.train()
@@ -528,3 +528,70 @@ def test_bad_randomisation_arguments_are_refused() -> None:
         metrics.model_parameter_randomisation(model, x, 0, mode="all")  # type: ignore[arg-type]
     with pytest.raises(relprop.InvalidInputError, match="wrap it in a list"):
         metrics.model_parameter_randomisation(model, x, 0, layers="1")
+
+
+def test_region_perturbation_refuses_a_region_that_does_not_fit() -> None:
+    model = _linear()
+    x = torch.rand(2, 3, 8, 8, generator=_gen(), dtype=torch.float64)
+    relevance = model.relevance(x, 0)
+    with pytest.raises(relprop.InvalidInputError,
+                       match=r"region_size 9 is larger than the image \(8×8 pixels\)"):
+        metrics.region_perturbation(model, x, relevance, 0)  # the default region_size is 9
+    with pytest.raises(relprop.InvalidInputError, match=r"region_size 8 is as large as the image"):
+        metrics.region_perturbation(model, x, relevance, 0, region_size=8)
+    wide = torch.rand(2, 3, 4, 16, generator=_gen(), dtype=torch.float64)
+    with pytest.raises(relprop.InvalidInputError, match=r"larger than the image \(4×16"):
+        metrics.region_perturbation(_linear(shape=(3, 4, 16)), wide, None, 0, region_size=5,
+                                    order="random")
+    assert metrics.region_perturbation(model, x, relevance, 0, region_size=7).protocol[
+        "regions"] == 4
+
+
+def _short(text: str) -> None:
+    assert len(text) <= 120 and "tensor(" not in text, text
+
+
+def test_result_reprs_are_short_with_mean_and_ci() -> None:
+    values = torch.linspace(0, 1, 100, dtype=torch.float64)
+    scores = metrics.Scores(per_sample=values, protocol={"metric": "pointing_game"})
+    half = 1.959963984540054 * float(values.std()) / 10
+    text = repr(scores)
+    _short(text)
+    assert text == (f"Scores(pointing_game: mean 0.5, 95% CI [{0.5 - half:.3g}, "
+                    f"{0.5 + half:.3g}], n=100)")
+    with_nan = values.clone()
+    with_nan[:3] = float("nan")
+    assert "n=97 (+3 NaN)" in repr(metrics.Scores(per_sample=with_nan, protocol={}))
+    one = repr(metrics.Scores(per_sample=torch.tensor([0.25]), protocol={"metric": "m"}))
+    assert one == "Scores(m: mean 0.25, n=1, no CI)"
+    assert "no defined sample of 2" in repr(metrics.Scores(
+        per_sample=torch.full((2,), float("nan")), protocol={}))
+
+    model = _linear()
+    x = torch.rand(100, 3, 8, 8, generator=_gen(), dtype=torch.float64)
+    relevance = model.relevance(x, 0)
+    morf = metrics.region_perturbation(model, x, relevance, 0, region_size=4, steps=3)
+    lerf = metrics.region_perturbation(model, x, relevance, 0, region_size=4, steps=3,
+                                       order="lerf")
+    result = metrics.abpc(morf, lerf)
+    for text in (repr(morf), repr(result), str(result)):
+        _short(text)
+    assert repr(morf).startswith("PerturbationResult(region_perturbation morf, AOPC ")
+    assert f"AOPC {float(morf.aopc):.3g}, 95% CI [" in repr(morf) and "n=100" in repr(morf)
+    assert f"ABPC {float(result.abpc):.3g}, 95% CI [" in repr(result)
+
+    box = torch.tensor([[0, 0, 4, 4]] * 100)
+    localisation = metrics.attribution_localisation(relevance, box)
+    _short(repr(localisation))
+    assert f"mu {float(localisation.mu.mean()):.3g} [" in repr(localisation)
+    _short(repr(metrics.pointing_game(relevance, box)))
+
+
+def test_randomisation_repr_is_short() -> None:
+    correlations = {f"features.{i}.conv": torch.rand(100) for i in range(12)}
+    result = metrics.RandomisationResult(correlations=correlations,
+                                         protocol={"mode": "cascading"})
+    text = repr(result)
+    _short(text)
+    assert text.startswith("RandomisationResult(cascading, n=100, mean rho: features.0.conv ")
+    assert "more)" in text
