@@ -324,9 +324,11 @@ def test_eager_and_sdpa_agree(preset: str, masking: str) -> None:
     params, ids, mask = _setup(7, masking)
     eager = _explain(TinyTransformer(params, "eager"), ids, mask, PRESETS[preset](0.1))
     fused = _explain(TinyTransformer(params, "sdpa"), ids, mask, PRESETS[preset](0.1))
-    torch.testing.assert_close(fused.relevance, eager.relevance, rtol=0, atol=1e-12)
+    # fused and eager attention sum in different orders: a tolerance relative to the map's size
+    scale = max(1.0, float(eager.relevance.abs().max()))
+    torch.testing.assert_close(fused.relevance, eager.relevance, rtol=0, atol=1e-12 * scale)
     torch.testing.assert_close(fused.sources["position"], eager.sources["position"],
-                               rtol=0, atol=1e-12)
+                               rtol=0, atol=1e-12 * scale)
 
 
 class SoftmaxReadout(nn.Module):
