@@ -266,7 +266,8 @@ _FONT_SRC = (
     "Khikokih Lggggggv Mhrllhhh Nhhpljhh Oehhhhhe Puhhuggg Qehhhlid Ruhhukih Sfgge11u Tv444444 "
     "Uhhhhhhe Vhhhhha4 Whhhllla Xhha4ahh Yhha4444 Zv1248gv 0ehjlphe 14c4444e 2eh1248v 3v2421he "
     "426aiv22 5vgu11he 668guhhe 7v124888 8ehhehhe 9ehhf12c -000v000 +044v440 .00000cc ,0000c48 "
-    ":0cc0cc0 =00v0v00 (2488842 )8422248 /01248g0 _000000v ε00egcge γ00ha448 >8421248 <2481842"
+    ":0cc0cc0 =00v0v00 (2488842 )8422248 /01248g0 _000000v ε00egcge γ00ha448 >8421248 <2481842 "
+    "%pq248bj |4444444 *04lel40"
 )
 _FONT: dict[str, list[int]] = {g[0]: [int(c, 32) for c in g[1:]] for g in _FONT_SRC.split(" ")}
 _FONT[" "] = [0] * 7
@@ -281,7 +282,7 @@ def text_image(
 ) -> Tensor:
     """Render one line of text with a built-in 5x7 font as ``(7*scale, 6*len*scale, 3)`` uint8.
 
-    Knows A-Z (lower case is drawn as upper case), 0-9, ``+-.,:=()/_<>``, ``ε`` and ``γ``;
+    Knows A-Z (lower case is drawn as upper case), 0-9, ``+-.,:=()/_<>%|*``, ``ε`` and ``γ``;
     other characters show as ``?``.
     """
     rows = [_FONT.get(ch, _FONT.get(ch.upper(), _FONT["?"])) for ch in text]
