@@ -6,10 +6,23 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from relprop import viz
+import relprop
+from relprop import composites, rules, viz
 from relprop.cli import main
-from relprop.demo import METHODS, DigitsCNN, load_digit_samples, load_digits_cnn, run_demo
+from relprop.demo import (
+    DEFAULT,
+    METHODS,
+    DigitsCNN,
+    absorbed_shares,
+    explain_digits,
+    format_conservation,
+    load_digit_samples,
+    load_digits_cnn,
+    render_figure,
+    run_demo,
+)
 from tests.test_viz import read_png
 
 
@@ -35,13 +48,16 @@ def test_shipped_weights_are_small() -> None:
         assert p.stat().st_size < 1_000_000
 
 
-def _expected_size(n: int, scale: int, rows: list[str]) -> tuple[int, int]:
-    """Height and width of the demo grid (see viz.grid)."""
-    pad, label_scale = max(2, scale // 2), 2 if scale >= 10 else 1
-    text_h = 7 * label_scale
-    col_w = max(8 * scale, viz.text_image("composite", label_scale).shape[1])
-    side_w = max(viz.text_image(r, label_scale).shape[1] for r in rows) + pad
-    return text_h + pad + n * (8 * scale + pad) + pad, side_w + 5 * (col_w + pad) + pad
+def _ink(image: torch.Tensor) -> torch.Tensor:
+    """Where the picture is not white, as a float mask (1, 1, H, W)."""
+    return (image.to(torch.int32).sum(dim=-1) < 3 * 200).to(torch.float32)[None, None]
+
+
+def _shows(image: torch.Tensor, text: str, scale: int = 1) -> bool:
+    """Whether ``text``, as drawn by the viz font, appears somewhere in ``image`` exactly."""
+    glyphs = _ink(viz.text_image(text, scale))
+    ink, blank = F.conv2d(_ink(image), glyphs), F.conv2d(_ink(image), 1 - glyphs)
+    return bool(((ink == glyphs.sum()) & (blank == 0)).any())
 
 
 @pytest.mark.parametrize("scale", [4, 12])
@@ -51,11 +67,7 @@ def test_run_demo_writes_png_and_tensors(tmp_path: Path, scale: int) -> None:
     assert png.parent == tmp_path / "out" and png.suffix == ".png"
     image = read_png(png)
     result = torch.load(png.parent / "explanations.pt", weights_only=True)
-    rows = [
-        f"{y}" if y == p else f"{y}>{p}"
-        for y, p in zip(result["labels"].tolist(), result["predictions"].tolist(), strict=True)
-    ]
-    assert image.shape == (*_expected_size(n, scale, rows), 3)
+    assert torch.equal(image, render_figure(result, scale))
     assert (png.parent / "README.txt").read_text(encoding="utf-8").count("LRP") >= 1
     assert result["methods"] == list(METHODS)
     for m in METHODS:
@@ -66,6 +78,58 @@ def test_run_demo_writes_png_and_tensors(tmp_path: Path, scale: int) -> None:
     # the heatmap columns are mostly white-ish with red (positive) evidence somewhere
     red = (image[..., 0] > 200) & (image[..., 1] < 80) & (image[..., 2] < 80)
     assert red.any()
+
+
+def test_the_main_column_is_what_explain_gives_by_default() -> None:
+    assert METHODS[0] == DEFAULT == composites.default().name
+    result = explain_digits(3)
+    model = load_digits_cnn()
+    expl = relprop.explain(model, result["images"], target=result["targets"])
+    assert expl.method == f"lrp:{DEFAULT}"
+    torch.testing.assert_close(result["relevance"][DEFAULT], expl.relevance)
+
+
+def test_the_figure_labels_classes_scale_and_columns() -> None:
+    result = explain_digits(2)
+    # pretend the second digit was misclassified as 7 and the true class explained
+    result["predictions"] = result["predictions"].clone()
+    result["predictions"][1] = 7
+    image = render_figure(result, scale=4)  # text at font scale 1
+    true = result["labels"].tolist()
+    logit = float(result["logits"][0, result["targets"][0]])
+    for text in (f"true {true[0]}", f"pred {true[0]}", f"explains {true[0]}",
+                 f"logit {logit:.2f}", f"true {true[1]}", "pred 7 wrong",
+                 f"explains {int(result['targets'][1])}",
+                 "default", "other rules, for comparison", "LRP-0", "montavon2019",
+                 "against the class", "for the class", "-max", "+max",
+                 f"sum {result['relevance'][DEFAULT][0].sum().item():.2f}",
+                 f"max {result['relevance'][DEFAULT][0].abs().max().item():.2f}",
+                 f"{100 * absorbed_shares(result)[DEFAULT]:.0f}%,"):
+        assert _shows(image, text), text
+    assert not _shows(image, "pred 3 wrong")
+    # the colour bar: a row whose coloured pixels run from blue (left) to red (right)
+    pixels = image.to(torch.int32)
+    coloured = pixels.amax(dim=-1) > pixels.amin(dim=-1)
+    found = False
+    for y in range(image.shape[0]):
+        redness = (pixels[y, :, 0] - pixels[y, :, 2])[coloured[y]]
+        if redness.numel() > 8 and int(redness[0]) < -250 and int(redness[-1]) > 250:
+            found = found or bool((redness.diff() >= 0).all())
+    assert found
+
+
+def test_conservation_says_what_was_absorbed() -> None:
+    result = explain_digits(3)
+    text = format_conservation(result)
+    assert "biases and the ε stabiliser absorb" in text and f"{DEFAULT}*" in text
+    shares = absorbed_shares(result)
+    model = load_digits_cnn()
+    expl = relprop.explain(model, result["images"], target=result["targets"],
+                           composite=composites.uniform(rules.Zero()), record=True)
+    ledger = torch.tensor([entry.absorbed for entry in expl.conservation]).sum(dim=0)
+    assert shares["LRP-0"] == pytest.approx(float((ledger / expl.explained).mean()), abs=1e-4)
+    for m, share in shares.items():
+        assert f"{m} {100 * share:.0f}%" in text
 
 
 def test_run_demo_true_target_and_bad_n(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""A self-contained demo: a small CNN trained on 8x8 digits, explained with four LRP variants.
+"""A self-contained demo: a small CNN trained on 8x8 digits, explained with LRP.
 
 The weights and a few test digits ship with the package (``relprop/data``; made by
 ``scripts/train_digits.py``), so the demo runs offline and needs nothing beyond torch::
@@ -6,9 +6,13 @@ The weights and a few test digits ship with the package (``relprop/data``; made 
     from relprop.demo import run_demo
     png = run_demo(Path("demo-out"))      # or, from a shell: relprop demo --out demo-out
 
-The PNG follows Fig. 10.4 of Montavon et al. (2019), "Layer-wise relevance propagation: an
-overview": one row per digit, columns input, LRP-0, LRP-ε, LRP-γ and the composite
-(LRP-0 at the top, ε in the middle, γ at the bottom, z^B on the pixels).
+The PNG explains itself: one row per digit with its true, predicted and explained class and
+the explained logit; the main column is what ``relprop.explain(model, x)`` gives by default
+(:func:`relprop.composites.default`), and, for comparison, the columns of Fig. 10.4 of
+Montavon et al. (2019), "Layer-wise relevance propagation: an overview": LRP-0, LRP-ε, LRP-γ
+and their composite ``montavon2019``. Under every map: the sum of its relevance and the
+largest ``|R|``, which sets its colour scale; a colour bar says what the colours mean, and a
+footer why the sums are not the logits (what biases, the ε stabiliser and αβ absorbed).
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import viz
+from . import composites, viz
 
 __all__ = [
+    "DEFAULT",
     "DigitsCNN",
     "METHODS",
+    "absorbed_shares",
     "explain_digits",
     "format_conservation",
     "load_digit_samples",
     "load_digits_cnn",
+    "render_figure",
     "run_demo",
 ]
 
@@ -88,19 +95,24 @@ def load_digit_samples() -> tuple[Tensor, Tensor]:
     return blob["images"], blob["labels"]
 
 
+#: The name of the composite :func:`relprop.explain` uses by default: the demo's main column.
+DEFAULT: str = composites.default().name
+
+
 def _methods() -> list[tuple[str, Callable[[], Any]]]:
-    from . import composites, rules
+    from . import rules
 
     return [
+        (DEFAULT, lambda: None),  # None: exactly what relprop.explain(model, x) does
         ("LRP-0", lambda: composites.uniform(rules.Zero())),
         ("LRP-ε", lambda: composites.uniform(rules.Epsilon(0.25, relative_to_std=True))),
         ("LRP-γ", lambda: composites.uniform(rules.Gamma(0.25))),
-        ("composite", lambda: composites.montavon2019(low=0.0, high=1.0)),
+        ("montavon2019", lambda: composites.montavon2019(low=0.0, high=1.0)),
     ]
 
 
-#: The column titles of the demo figure, in order.
-METHODS: tuple[str, ...] = ("LRP-0", "LRP-ε", "LRP-γ", "composite")
+#: The column titles of the demo figure, in order: the default composite, then the comparisons.
+METHODS: tuple[str, ...] = (DEFAULT, "LRP-0", "LRP-ε", "LRP-γ", "montavon2019")
 
 
 def explain_digits(n: int = 6, target: str = "predicted") -> dict[str, Any]:
@@ -111,8 +123,11 @@ def explain_digits(n: int = 6, target: str = "predicted") -> dict[str, Any]:
         target: ``"predicted"`` (the model's class) or ``"true"`` (the label).
 
     Returns:
-        A dict with ``images``, ``labels``, ``predictions``, ``targets``, ``logits`` (N, 10),
-        ``methods`` and ``relevance`` (method name -> ``(N, 1, 8, 8)`` tensor).
+        A dict with ``images``, ``labels``, ``predictions``, ``targets`` (the explained
+        classes), ``logits`` (N, 10), ``explained`` (N,: the explained logit), ``methods``,
+        ``default`` (the name of the default composite, ``methods[0]``), ``relevance``
+        (method name -> ``(N, 1, 8, 8)`` tensor) and ``absorbed`` (method name -> ``(N,)``:
+        explained logit minus the sum of the input relevance, what the layers absorbed).
     """
     import relprop
 
@@ -127,76 +142,266 @@ def explain_digits(n: int = 6, target: str = "predicted") -> dict[str, Any]:
         logits = model(images)
     predictions = logits.argmax(dim=1)
     targets = predictions if target == "predicted" else labels
+    explained = logits.gather(1, targets[:, None])[:, 0]
     relevance: dict[str, Tensor] = {}
+    absorbed: dict[str, Tensor] = {}
     for name, make in _methods():
         expl = relprop.explain(model, images, target=targets, composite=make())
         relevance[name] = expl.relevance.detach()
+        absorbed[name] = explained - expl.relevance_sum().detach()
     return {
         "images": images,
         "labels": labels,
         "predictions": predictions,
         "targets": targets,
         "logits": logits,
+        "explained": explained,
         "methods": list(relevance),
+        "default": DEFAULT,
         "relevance": relevance,
+        "absorbed": absorbed,
     }
 
 
-def format_conservation(result: dict[str, Any]) -> str:
-    """A table of ``sum_i R_i`` per digit and method next to the explained logit ``f_c(x)``.
+def absorbed_shares(result: dict[str, Any]) -> dict[str, float]:
+    """Per method, the mean over digits of ``(logit − Σ R) / logit``: the share of the
+    explained logit that did not reach the pixels (negative: relevance was added)."""
+    logit = result["logits"].gather(1, result["targets"][:, None])[:, 0]
+    return {m: float(((logit - result["relevance"][m].sum(dim=(1, 2, 3))) / logit).mean())
+            for m in result["methods"]}
 
-    LRP conserves relevance up to what biases and ε absorb, so the sums should be close to,
-    and mostly a bit below, the logits.
+
+def _why_not_conserved(result: dict[str, Any]) -> list[str]:
+    shares = absorbed_shares(result)
+    return [
+        "why sum R differs from the logit: biases and the ε stabiliser absorb relevance on",
+        "the way down, and alpha-beta rules (in the default) add some where a neuron has no",
+        "negative input (the -beta share has nowhere to go). Absorbed share of the logit,",
+        "mean over digits (negative = added): "
+        + ", ".join(f"{m} {100 * v:.0f}%" for m, v in shares.items()),
+    ]
+
+
+def format_conservation(result: dict[str, Any]) -> str:
+    """A table of ``sum_i R_i`` per digit and method next to the explained logit ``f_c(x)``,
+    and why they differ.
+
+    LRP conserves relevance up to what biases and the ε stabiliser absorb (and what αβ rules
+    add where a neuron has no negative input), so the sums are close to the logits but not
+    equal; the lines under the table give that share per method. ``*`` marks the default
+    composite of :func:`relprop.explain`.
     """
     logit = result["logits"].gather(1, result["targets"][:, None])[:, 0]
     methods = result["methods"]
-    lines = ["digit  class   logit  " + "  ".join(f"{m:>9}" for m in methods)]
+    default = result.get("default")
+    names = [f"{m}*" if m == default else m for m in methods]
+    widths = [max(9, len(m)) for m in names]
+    lines = ["digit  class   logit  " + "  ".join(f"{m:>{w}}" for m, w in zip(names, widths))]
     for i in range(len(logit)):
-        sums = "  ".join(f"{result['relevance'][m][i].sum().item():9.2f}" for m in methods)
+        sums = "  ".join(f"{result['relevance'][m][i].sum().item():{w}.2f}"
+                         for m, w in zip(methods, widths))
         label, target = int(result["labels"][i]), int(result["targets"][i])
         lines.append(f"{label:>5}  {target:>5}  {logit[i].item():6.2f}  {sums}")
-    return "\n".join(lines)
+    if default in methods:
+        lines.append("* the default composite of relprop.explain")
+    return "\n".join(lines + _why_not_conserved(result))
+
+
+# -- the figure -------------------------------------------------------------------------------
+
+_WHITE: viz.RGB8 = (255, 255, 255)
+_INK: viz.RGB8 = (0, 0, 0)
+_GREY: viz.RGB8 = (110, 110, 110)
+
+
+def _blank(height: int, width: int) -> Tensor:
+    return torch.full((height, width, 3), 255, dtype=torch.uint8)
+
+
+def _text(line: str, scale: int, color: viz.RGB8 = _INK) -> Tensor:
+    return viz.text_image(line, scale, color, _WHITE)
+
+
+def _stack(blocks: list[Tensor], gap: int, *, across: bool = False,
+           align: str = "center") -> Tensor:
+    """Blocks top to bottom (or left to right with ``across``), aligned ``"center"`` or
+    ``"start"``, ``gap`` white pixels apart."""
+    blocks = [b for b in blocks if b.numel()]
+    if not blocks:
+        return _blank(0, 0)
+    axis = 1 if across else 0
+    side = max(b.shape[1 - axis] for b in blocks)
+    length = sum(b.shape[axis] for b in blocks) + gap * (len(blocks) - 1)
+    out = _blank(side, length) if across else _blank(length, side)
+    at = 0
+    for b in blocks:
+        off = (side - b.shape[1 - axis]) // 2 if align == "center" else 0
+        if across:
+            out[off:off + b.shape[0], at:at + b.shape[1]] = b
+        else:
+            out[at:at + b.shape[0], off:off + b.shape[1]] = b
+        at += b.shape[axis] + gap
+    return out
+
+
+def _pad(block: Tensor, height: int, width: int, align: str = "center") -> Tensor:
+    out = _blank(height, width)
+    top = (height - block.shape[0]) // 2
+    left = (width - block.shape[1]) // 2 if align == "center" else 0
+    out[top:top + block.shape[0], left:left + block.shape[1]] = block
+    return out
+
+
+def _wrap(text: str, width: int, scale: int) -> list[str]:
+    """Words into lines of at most ``width`` pixels of the 5x7 font at ``scale``."""
+    chars = max(8, (width + scale) // (6 * scale))
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= chars:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
+def _colour_bar(width: int, height: int, scale: int) -> Tensor:
+    """The bwr scale from ``-max`` (blue, against) through 0 (white) to ``+max`` (red, for)."""
+    ramp = viz.bwr(torch.linspace(0.0, 1.0, width))
+    bar = (ramp * 255).round().to(torch.uint8)[None].expand(height, -1, -1).clone()
+    bar[[0, -1]] = 0
+    bar[:, [0, -1]] = 0
+    bar[:, width // 2] = 0  # a tick at zero
+    ticks = _blank(7 * scale, width)
+    for label, where in (("-max", 0.0), ("0", 0.5), ("+max", 1.0)):
+        t = _text(label, scale)
+        left = min(max(0, round(where * width - t.shape[1] / 2)), width - t.shape[1])
+        ticks[:, left:left + t.shape[1]] = t
+    words = _blank(7 * scale, width)
+    against = _text("against the class", scale, (0, 0, 200))
+    evidence = _text("for the class", scale, (200, 0, 0))
+    words[:, :against.shape[1]] = against[:, :width]
+    if evidence.shape[1] <= width:
+        words[:, width - evidence.shape[1]:] = evidence
+    return _stack([words, bar, ticks], scale * 2)
+
+
+def _frame(block: Tensor, color: viz.RGB8, thickness: int, margin: int) -> Tensor:
+    out = _pad(block, block.shape[0] + 2 * (thickness + margin),
+               block.shape[1] + 2 * (thickness + margin))
+    c = torch.tensor(color, dtype=torch.uint8)
+    out[:thickness], out[-thickness:] = c, c
+    out[:, :thickness], out[:, -thickness:] = c, c
+    return out
+
+
+def render_figure(result: dict[str, Any], scale: int = 12) -> Tensor:
+    """The demo figure of :func:`explain_digits`'s ``result`` as ``(H, W, 3)`` uint8."""
+    ts = 2 if scale >= 10 else 1  # text scale
+    pad = max(2, scale // 2)
+    gap = 2 * ts
+    methods, default = result["methods"], result.get("default")
+    n = len(result["labels"])
+    cell = 8 * scale
+
+    def column_head(name: str) -> Tensor:
+        if name == default:  # "epsilon_alpha2_beta1" on two lines, split after an underscore
+            cut = name.find("_") + 1 if len(name) > 12 and "_" in name else len(name)
+            return _stack([_text("default", ts), _text(name[:cut], ts), _text(name[cut:], ts)],
+                          gap)
+        return _text(name, ts)
+
+    def map_cell(m: str, i: int) -> Tensor:
+        r = result["relevance"][m][i]
+        heat = viz.upscale(viz.heatmap(r, "bwr"), scale)
+        return _stack([heat, _text(f"sum {r.sum().item():.2f}", ts),
+                       _text(f"max {r.abs().max().item():.2f}", ts, _GREY)], gap)
+
+    def row_label(i: int) -> Tensor:
+        true, pred = int(result["labels"][i]), int(result["predictions"][i])
+        target = int(result["targets"][i])
+        logit = float(result["logits"][i, target])
+        lines = [_text(f"true {true}", ts),
+                 _text(f"pred {pred}" + (" wrong" if pred != true else ""), ts,
+                       (200, 0, 0) if pred != true else _INK),
+                 _text(f"explains {target}", ts),
+                 _text(f"logit {logit:.2f}", ts)]
+        return _stack(lines, gap, align="start")
+
+    ink = [viz.upscale(viz.to_rgb(1.0 - result["images"][i]), scale) for i in range(n)]
+    columns = [[_text("input", ts), *ink]]
+    columns += [[column_head(m), *(map_cell(m, i) for i in range(n))] for m in methods]
+    labels = [_blank(1, 1), *(row_label(i) for i in range(n))]
+    heights = [max(c[k].shape[0] for c in [*columns, labels]) for k in range(n + 1)]
+
+    def column(blocks: list[Tensor], align: str = "center") -> Tensor:
+        width = max(b.shape[1] for b in blocks)
+        return _stack([_pad(b, h, width, align) for b, h in zip(blocks, heights)], pad)
+
+    thick = max(1, ts)
+
+    def framed(blocks: list[Tensor], color: viz.RGB8 = _WHITE, align: str = "center"
+               ) -> Tensor:  # every column framed alike, so that the rows line up
+        return _frame(column(blocks, align), color, thick, pad)
+
+    main = methods.index(default) if default in methods else None
+    left = [framed(labels, align="start"), framed(columns[0])]
+    if main is not None:
+        left.append(framed(columns[1 + main], _INK))
+    others = [framed(c) for j, c in enumerate(columns[1:]) if j != main]
+    left_block = _stack(left, pad, across=True, align="start")
+    if others:
+        right = _stack(others, pad, across=True, align="start")
+        rule = _blank(thick, right.shape[1])
+        rule[:] = torch.tensor(_GREY, dtype=torch.uint8)
+        note = _stack([_text("other rules, for comparison", ts, _GREY), rule], gap)
+        right = _stack([note, right], gap)
+        left_block = _stack([_blank(note.shape[0] + gap, 1), left_block], 0, align="start")
+        table = _stack([left_block, right], 2 * pad, across=True, align="start")
+    else:
+        table = left_block
+    width = table.shape[1]
+    title = _text("LRP: which pixels of each digit speak for the explained class", ts)
+    legend = _stack([
+        _colour_bar(min(width, max(cell * 3, 40 * 6 * ts)), max(scale, 8), ts),
+        _blank(gap, 1),
+        *[_text(line, ts) for line in _wrap(
+            "colours: each map is scaled to its own max = largest |R| (printed under it), "
+            "white = no relevance. sum = total relevance over the pixels, to compare with the "
+            "logit (left). framed: the default composite, what relprop.explain(model, x) "
+            "uses.", width, ts)],
+    ], gap, align="start")
+    footer = [_text(line, ts) for line in _wrap(" ".join(_why_not_conserved(result)), width,
+                                                ts)]
+    figure = _stack([title, table, legend, _stack(footer, gap, align="start")], 3 * pad,
+                    align="start")
+    return _pad(figure, figure.shape[0] + 2 * pad, figure.shape[1] + 2 * pad)
 
 
 def run_demo(out_dir: Path, n: int = 6, *, target: str = "predicted", scale: int = 12) -> Path:
-    """Explain ``n`` test digits four ways and write the figure; returns the PNG's path.
+    """Explain ``n`` test digits and write the figure; returns the PNG's path.
 
-    Writes to ``out_dir`` (created if needed): ``lrp_digits.png`` (rows = digits; columns =
-    input, LRP-0, LRP-ε, LRP-γ, composite; blue-white-red, red = evidence for the class),
+    Writes to ``out_dir`` (created if needed): ``lrp_digits.png`` (rows = digits with their
+    true, predicted and explained class; main column = the default composite of
+    :func:`relprop.explain`; comparison columns LRP-0, LRP-ε, LRP-γ, montavon2019; a colour
+    bar, blue-white-red, red = evidence for the class; a footer on conservation),
     ``explanations.pt`` (the tensors of :func:`explain_digits`) and ``README.txt``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = explain_digits(n, target)
-    cells: list[Tensor] = []
-    for i in range(n):
-        ink = 1.0 - result["images"][i]  # dark ink on white paper
-        cells.append(viz.upscale(viz.to_rgb(ink), scale))
-        for m in result["methods"]:
-            cells.append(viz.upscale(viz.heatmap(result["relevance"][m][i], "bwr"), scale))
-    rows = []
-    for y, p in zip(result["labels"].tolist(), result["predictions"].tolist(), strict=True):
-        rows.append(f"{y}" if y == p else f"{y}>{p}")
-    figure = viz.grid(
-        cells,
-        nrow=1 + len(result["methods"]),
-        padding=max(2, scale // 2),
-        labels=["input", *result["methods"]],
-        row_labels=rows,
-        label_scale=2 if scale >= 10 else 1,
-    )
-    png = viz.save_png(out / "lrp_digits.png", figure)
+    png = viz.save_png(out / "lrp_digits.png", render_figure(result, scale))
     torch.save(result, out / "explanations.pt")
     (out / "README.txt").write_text(
         "lrp_digits.png: LRP heatmaps of a small CNN on 8x8 test digits\n"
         "(cf. Montavon et al. 2019, 'Layer-wise relevance propagation: an overview', Fig. 10.4).\n"
-        f"rows: {n} test digits, labelled 'true class' or 'true>predicted' where they differ;\n"
-        f"explained class: the {target} one.\n"
-        "columns: input | LRP-0 | LRP-eps (eps = 0.25 std) | LRP-gamma (gamma = 0.25) | composite\n"
-        "  (composite = montavon2019: LRP-0 on top layers, eps in the middle, gamma in the\n"
-        "  lower layers, z^B on the pixels).\n"
-        "colours: each heatmap divided by its max |R|; red = evidence for the class, blue =\n"
-        "  against, white = none.\n"
+        f"rows: {n} test digits with the true class, the predicted class and the explained\n"
+        f"class (the {target} one), and its logit.\n"
+        f"main column: {DEFAULT}, the default composite of relprop.explain(model, x).\n"
+        "comparison columns: LRP-0 | LRP-eps (eps = 0.25 std) | LRP-gamma (gamma = 0.25) |\n"
+        "  montavon2019 (LRP-0 on top layers, eps in the middle, gamma in the lower layers,\n"
+        "  z^B on the pixels).\n"
+        "colours: each heatmap divided by its max |R| (printed under it); red = evidence for\n"
+        "  the class, blue = against, white = none.\n"
         "explanations.pt: torch.load(..., weights_only=True) -> dict of the tensors above.\n\n"
         "conservation (sum of input relevance vs explained logit):\n"
         + format_conservation(result)
