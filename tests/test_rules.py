@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -24,7 +25,7 @@ from torch import nn
 
 import relprop
 from relprop import rules
-from relprop.composites import Composite, kind, uniform
+from relprop.composites import Composite, epsilon_gamma_box, kind, montavon2019, uniform
 from relprop.targets import OutputRelevance
 
 S = 1e-12  # stabilizer for the rules that take one: small enough not to matter at 1e-9
@@ -233,9 +234,17 @@ def assert_matches(actual: torch.Tensor, expected: np.ndarray, what: str) -> Non
 CH_LOW, CH_HIGH = [-1.0, -1.5, -0.5, -2.0], [1.0, 2.0, 1.5, 0.5]
 
 
+def pixel_bounds(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element bounds ``low < 0 < high`` of the given shape, different at every element."""
+    g = torch.Generator().manual_seed(3000 + seed)
+    low = -0.5 - 2 * torch.rand(shape, generator=g, dtype=torch.float64)
+    return low, 0.5 + 2 * torch.rand(shape, generator=g, dtype=torch.float64)
+
+
 def rule_cases(channels: int, shape: tuple[int, ...]) -> dict[str, tuple[rules.Rule, Oracle]]:
     low, high = CH_LOW * channels, CH_HIGH * channels  # cycled, cut to the channel count
     low, high = low[:channels], high[:channels]
+    p_low, p_high = pixel_bounds(shape[1:])  # one bound per input element, shared by the batch
     return {
         "zero": (rules.Zero(), oracle_zero),
         "epsilon": (rules.Epsilon(0.5), oracle_epsilon(0.5)),
@@ -251,6 +260,8 @@ def rule_cases(channels: int, shape: tuple[int, ...]) -> dict[str, tuple[rules.R
                  oracle_zbox(np.full(1, -2.0), np.full(1, 2.5))),
         "zbox-channel": (rules.ZBox(low, high, stabilizer=S),
                          oracle_zbox(per_input(low, shape), per_input(high, shape))),
+        "zbox-pixel": (rules.ZBox(p_low, p_high, stabilizer=S),
+                       oracle_zbox(p_low.reshape(-1).numpy(), p_high.reshape(-1).numpy())),
     }
 
 
@@ -509,6 +520,158 @@ def test_epsilon_tends_to_zero_rule(net: str) -> None:
     scale = float(lrp0.abs().max())
     torch.testing.assert_close(explain(rules.Epsilon(1e-12)), lrp0, rtol=1e-8, atol=1e-8 * scale)
     torch.testing.assert_close(explain(rules.Epsilon(0.0)), lrp0, rtol=1e-12, atol=1e-12 * scale)
+
+
+# ------------------------------------------------------------- z^B with per-pixel bounds
+@pytest.mark.parametrize("layout", ["batch-of-1", "per-sample"])
+def test_zbox_with_per_sample_bounds_matches_dense_oracle(layout: str) -> None:
+    """Bounds of shape ``(1, C, H, W)`` or the input's full ``(B, C, H, W)``: each sample is
+    checked against the dense oracle with its own bounds."""
+    model, W, b = dense_layer("conv2d-s2-p1", True, 0)
+    shape = LAYERS["conv2d-s2-p1"][1]
+    x = make_input(shape, "signed", 0)
+    low, high = pixel_bounds((1 if layout == "batch-of-1" else shape[0],) + shape[1:])
+    with torch.no_grad():
+        R = output_relevance(model(x), "all", 0)
+    expl = relprop.explain(model, x, target=OutputRelevance(R),
+                           composite=uniform(rules.ZBox(low, high, stabilizer=S)))
+    expected = np.stack([
+        oracle_zbox(low[n % len(low)].reshape(-1).numpy(), high[n % len(high)].reshape(-1).numpy())(
+            x[n].reshape(-1).numpy(), W, b, R[n].reshape(-1).numpy())
+        for n in range(shape[0])]).reshape(shape)
+    assert_matches(expl.relevance, expected, f"zbox {layout}")
+
+
+def test_epsilon_gamma_box_takes_per_pixel_bounds() -> None:
+    """The composite with ``(C, H, W)`` bounds (it raised in the backward pass when they were
+    flattened and read per channel): the first layer gets z^B with those bounds, equal to
+    the same bounds given per sample, and to per-channel bounds when they are constant per
+    channel."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5)).double().eval()
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    low, high = pixel_bounds((3, 6, 6))
+    low, high = torch.minimum(low, x.amin(0)), torch.maximum(high, x.amax(0))
+    pixel = relprop.explain(model, x, 2, composite=epsilon_gamma_box(low, high))
+    assert bool(torch.isfinite(pixel.relevance).all())
+    rule = rules.ZBox(low, high)
+    assert pixel.rules["0:conv2d"] == repr(rule) and len(repr(rule)) <= 120
+    batched = relprop.explain(model, x, 2, composite=epsilon_gamma_box(
+        low.expand(2, 3, 6, 6), high[None]))
+    torch.testing.assert_close(batched.relevance, pixel.relevance, rtol=1e-12, atol=1e-14)
+    ch_low, ch_high = torch.tensor([-3.0, -2.0, -4.0]), torch.tensor([3.0, 2.5, 4.0])
+    per_channel = relprop.explain(model, x, 2, composite=epsilon_gamma_box(ch_low, ch_high))
+    as_pixels = relprop.explain(model, x, 2, composite=epsilon_gamma_box(
+        ch_low[:, None, None].expand(3, 6, 6), ch_high[:, None, None].expand(3, 6, 6)))
+    torch.testing.assert_close(as_pixels.relevance, per_channel.relevance, rtol=1e-12,
+                               atol=1e-14)
+    assert not torch.allclose(per_channel.relevance, pixel.relevance)
+
+
+@pytest.mark.parametrize("bound_shape", [(4,), (3, 6, 5), (4, 3, 6, 6), (2, 3, 6, 6)])
+def test_zbox_bounds_of_the_wrong_shape_raise_naming_the_shapes(
+        bound_shape: tuple[int, ...]) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten()).double().eval()
+    x = torch.rand(3, 3, 6, 6, dtype=torch.float64)
+    rule = rules.ZBox(-torch.ones(bound_shape), torch.ones(bound_shape))
+    with pytest.raises(ValueError, match=re.escape(f"shape {bound_shape}") + ".*"
+                       + re.escape("input of shape (3, 3, 6, 6)")):
+        relprop.explain(model, x, 0, composite=uniform(rule))
+
+
+def test_zbox_stores_bounds_as_given() -> None:
+    low = torch.zeros(3, 224, 224)
+    rule = rules.ZBox(low, 1.0)
+    assert isinstance(rule.low, torch.Tensor) and rule.low.shape == (3, 224, 224)
+    assert rule.high == 1.0 and isinstance(rule.high, float)
+    assert isinstance(rules.ZBox([0.0, 1.0], [2, 3]).low, torch.Tensor)
+    with pytest.raises(ValueError, match="finite"):
+        rules.ZBox(-math.inf, 1.0)
+
+
+# ------------------------------------------------------------- repr, equality and hash
+def every_rule(big: torch.Tensor) -> list[rules.Rule]:
+    return [rules.Zero(), rules.Epsilon(0.25, relative_to_std=True), rules.Gamma(0.25),
+            rules.AlphaBeta(2.0, 1.0), rules.ZPlus(), rules.Flat(), rules.WSquare(),
+            rules.ZBox(-big, big), rules.ZBox([-1.0, -2.0, -3.0], 3.0), rules.Pass(),
+            rules.Gradient(), rules.WinnerTakeAll(), rules.SumPooling(), rules.Product(),
+            rules.SoftmaxTaylor(), rules.Constant(), rules.NormIdentity(),
+            rules.Attention(through_scores=False)]
+
+
+def test_every_rule_has_a_short_repr() -> None:
+    big = torch.ones(3, 224, 224)
+    made = every_rule(big)
+    assert {type(r).__name__ for r in made} >= set(rules.__all__) - {"Rule", "LayerRule",
+                                                                     "stabilize"}
+    for rule in made:
+        assert len(repr(rule)) <= 120, repr(rule)
+    assert "low=tensor(shape=(3, 224, 224))" in repr(rules.ZBox(-big, big))
+    assert "tensor([-1.0, -2.0, -3.0])" in repr(rules.ZBox([-1.0, -2.0, -3.0], 3.0))
+
+
+def test_rules_compare_and_hash_by_their_parameters() -> None:
+    big = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0))
+    for a, b in zip(every_rule(big), every_rule(big.clone())):
+        assert a == b and hash(a) == hash(b), repr(a)
+    assert rules.Gamma(0.25) != rules.Gamma(0.5) and rules.ZPlus() != rules.AlphaBeta(1.0, 0.0)
+    assert rules.ZBox(0, 1) == rules.ZBox(0.0, 1.0)
+    other = big.clone()
+    other[2, 100, 7] += 1.0
+    assert rules.ZBox(big, 1.0) != rules.ZBox(other, 1.0)  # the same shape, another value
+    assert rules.ZBox(big, 1.0) != rules.ZBox(1.0, 1.0)
+    assert rules.ZBox([0.0, 1.0], 2.0) == rules.ZBox(torch.tensor([0.0, 1.0]), 2.0)
+    assert len({rules.Gamma(0.25), rules.Gamma(0.25), rules.ZBox(big, 1.0),
+                rules.ZBox(big.clone(), 1.0)}) == 2
+
+
+# ------------------------------------------------- ε relative to std where std = 0
+def test_epsilon_relative_to_std_on_a_blank_image_is_finite() -> None:
+    """A blank image through bias-free convolutions: every output of every layer is 0, std 0;
+    ε falls back to its absolute value, the map is finite (and 0: nothing was there)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, bias=False), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 2 * 2, 3)).double().eval()
+    x = torch.zeros(2, 3, 6, 6, dtype=torch.float64)
+    x[1] = torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for composite in (uniform(rules.Epsilon(0.25, relative_to_std=True)),
+                      montavon2019(0.0, 1.0)):
+        expl = relprop.explain(model, x, 1, composite=composite)
+        assert bool(torch.isfinite(expl.relevance).all()), composite
+        assert bool((expl.relevance[0] == 0).all())
+        assert bool((expl.relevance[1] != 0).any())
+
+
+def test_epsilon_relative_to_std_after_all_dead_relus_is_finite_and_matches_oracle() -> None:
+    """A layer whose inputs are all-dead ReLUs gets ``z = 0`` everywhere (std 0): ε' falls back
+    to the absolute ε, which the dense oracle with that ε confirms."""
+    torch.manual_seed(0)
+    first = nn.Linear(4, 6)
+    with torch.no_grad():
+        first.bias.fill_(-100.0)  # every ReLU dead for these inputs
+    model = nn.Sequential(first, nn.ReLU(), nn.Linear(6, 5, bias=False), nn.ReLU(),
+                          nn.Linear(5, 3)).double().eval()
+    x = torch.rand(3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    expl = relprop.explain(model, x, 0, composite=uniform(rules.Epsilon(0.25, True)),
+                           record=True)
+    assert bool(torch.isfinite(expl.relevance).all())
+    for name, relevance in expl.layers.items():
+        assert bool(torch.isfinite(relevance).all()), name
+    assert bool((expl.relevance == 0).all())  # all of it absorbed by the last layer's bias
+    # the rule itself, on a bias-free dense layer whose output is 0 (std 0) for one sample:
+    # that sample gets 0 (its outputs carry no relevance), the others the oracle's ε·std
+    model, W, b = dense_layer("linear", False, 0)
+    x = make_input(LAYERS["linear"][1], "signed", 0)
+    x[1] = 0.0
+    with torch.no_grad():
+        R = output_relevance(model(x), "all", 0)
+    expl = relprop.explain(model, x, target=OutputRelevance(R),
+                           composite=uniform(rules.Epsilon(0.25, relative_to_std=True)))
+    assert bool(torch.isfinite(expl.relevance).all())
+    expected = run_oracle(oracle_epsilon(0.25, True), x, W, b, R)
+    assert_matches(expl.relevance, expected, "epsilon-std with a constant-output sample")
 
 
 # ------------------------------------------------------------------- parameter checks

@@ -218,9 +218,11 @@ def epsilon_alpha2_beta1_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -
 def epsilon_gamma_box(low: Bound, high: Bound, epsilon: float = 1e-6, gamma: float = 0.25,
                       stabilizer: float = 1e-6) -> Composite:
     """z^B(low, high) on the first layer, γ on convolutions, ε on dense layers (Zennit's
-    ``EpsilonGammaBox``). ``low``/``high`` bound the input, scalars or one value per channel."""
+    ``EpsilonGammaBox``). ``low``/``high`` bound the input: scalars, one value per channel
+    ``(C,)``, or per pixel ``(C, H, W)``, ``(1, C, H, W)`` or ``(B, C, H, W)``, see
+    :class:`~relprop.rules.ZBox`."""
     return _dense_conv(Epsilon(epsilon), Gamma(gamma, stabilizer),
-                       ZBox(_bound(low), _bound(high), stabilizer), "epsilon_gamma_box")
+                       ZBox(low, high, stabilizer), "epsilon_gamma_box")
 
 
 def montavon2019(low: Bound = 0.0, high: Bound = 1.0, gamma: float = 0.25,
@@ -231,7 +233,7 @@ def montavon2019(low: Bound = 0.0, high: Bound = 1.0, gamma: float = 0.25,
     the lower ``lower_fraction`` of the convolutions, z^B at the pixels (first layer).
     """
     return Composite([
-        (first_layers(1), ZBox(_bound(low), _bound(high))),
+        (first_layers(1), ZBox(low, high)),
         (top_dense(), Zero()),
         (lower_convs(lower_fraction), Gamma(gamma)),
         (kind(*LAYERS), Epsilon(epsilon, relative_to_std=True)),
@@ -302,14 +304,6 @@ def default(tokens: bool = False) -> Composite:
     convolutions) both choices give ε on the linear layers anyway.
     """
     return attnlrp() if tokens else epsilon_alpha2_beta1()
-
-
-def _bound(value: Bound) -> float | list[float]:
-    if isinstance(value, float | int):
-        return float(value)
-    if isinstance(value, Tensor):
-        return value.detach().reshape(-1).tolist()
-    return [float(v) for v in value]
 
 
 __all__ = [

@@ -13,7 +13,9 @@ Every rule is pure configuration; the maths are functions of ``(op, a, z, grad)`
 
 from __future__ import annotations
 
-from typing import ClassVar
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -74,20 +76,58 @@ def _signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,
     return torch.where(a > 0, pull(w_pos, w_neg), pull(w_neg, w_pos))
 
 
+def _short_repr(value: Any) -> str:
+    """A parameter's repr, short whatever its size: a tensor of more than a few values shows
+    as ``tensor(shape=(3, 224, 224))``, a long sequence as ``list(len=50)``."""
+    if isinstance(value, Tensor):
+        if value.numel() <= 4:
+            return f"tensor({[round(v, 6) for v in value.detach().reshape(-1).tolist()]})"
+        return f"tensor(shape={tuple(value.shape)})"
+    if isinstance(value, list | tuple) and len(value) > 4:
+        return f"{type(value).__name__}(len={len(value)})"
+    return repr(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Parameter equality; tensors by shape and value (whatever their device and dtype)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape:
+            return False
+        return torch.equal(a.detach().cpu().double(), b.detach().cpu().double())
+    return bool(a == b)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, Tensor):  # equal tensors have one shape; values are left to __eq__
+        return ("tensor", tuple(value.shape))
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
 class Rule:
-    """A propagation rule; ``kinds`` names the op kinds it can be given to."""
+    """A propagation rule; ``kinds`` names the op kinds it can be given to.
+
+    A rule is pure configuration: its declared parameters (the instance attributes) make its
+    repr (short: a tensor parameter shows its shape), equality and hash; tensor parameters
+    compare by value.
+    """
 
     kinds: ClassVar[frozenset[str]] = frozenset()
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        fields = ", ".join(f"{k}={_short_repr(v)}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and repr(self) == repr(other)
+        if type(self) is not type(other):
+            return False
+        mine, theirs = vars(self), vars(other)
+        return mine.keys() == theirs.keys() and all(_same(v, theirs[k]) for k, v in mine.items())
 
     def __hash__(self) -> int:
-        return hash(repr(self))
+        return hash((type(self).__name__,
+                     tuple((k, _hashable(v)) for k, v in sorted(vars(self).items()))))
 
 
 class LayerRule(Rule):
@@ -129,8 +169,11 @@ class Epsilon(LayerRule):
 
     ``sign(0) = +1`` (Kohlbrenner et al. 2020, Eq. 2). With ``relative_to_std=True``, ε is
     a multiple of the standard deviation of ``z`` over each sample's outputs at that layer
-    ("ε = 0.25 std", Montavon et al. 2019, Fig. 10.4). Costs only an elementwise rescale of
-    the plain vjp: ``c = W^T (R / (z + ε sign z))``.
+    ("ε = 0.25 std", Montavon et al. 2019, Fig. 10.4): ``ε' = ε · std(z)``. Where that is 0
+    (a sample whose outputs at the layer are all equal, std = 0: all-dead ReLUs, a blank
+    image through bias-free convolutions), that sample falls back to the absolute ``ε' = ε``,
+    so an output ``z_k = 0`` gets the share 0, not 0/0 = NaN. Costs only an elementwise
+    rescale of the plain vjp: ``c = W^T (R / (z + ε' sign z))``.
     """
 
     reads_grad = False
@@ -147,7 +190,10 @@ class Epsilon(LayerRule):
             return self.epsilon
         flat = z.reshape(z.shape[0], -1)
         std = flat.std(dim=1, unbiased=False) if flat.shape[1] > 1 else flat.abs()[:, 0]
-        return (self.epsilon * std).reshape([-1] + [1] * (z.dim() - 1))
+        scaled = self.epsilon * std
+        # std = 0 (or ε·std underflowing to 0): the absolute ε for that sample, not 0/0
+        scaled = scaled.masked_fill_(scaled == 0, self.epsilon)
+        return scaled.reshape([-1] + [1] * (z.dim() - 1))
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         rows = _live_rows(op, grad) if not self.relative_to_std else None
@@ -313,43 +359,74 @@ class WSquare(LayerRule):
         return op.input_vjp(a, w2, z * grad / stabilize(total, self.stabilizer))
 
 
+Bound = float | Sequence[float] | Tensor
+
+
 class ZBox(LayerRule):
     """z^B rule (Montavon et al. 2017) for inputs bounded by ``low ≤ x ≤ high``.
 
     ``R_i = sum_j (x_i w_ij − l_i w_ij^+ − h_i w_ij^-) / z^B_j · R_j`` with the denominator
-    ``z^B_j = sum_i (x_i w_ij − l_i w_ij^+ − h_i w_ij^-)``.
-    ``low`` and ``high`` are scalars or per-channel sequences/tensors (channel = dim 1).
-    Returns relevance.
+    ``z^B_j = sum_i (x_i w_ij − l_i w_ij^+ − h_i w_ij^-)``. Returns relevance.
+
+    ``low`` and ``high`` are, each, a scalar; one value per channel (a sequence or a tensor of
+    shape ``(C,)``, channel = dim 1 of the layer input); or per input element, a tensor of the
+    input's shape without the batch dimension ``(C, H, W)``, with a batch dimension of 1
+    ``(1, C, H, W)``, or the input's full shape ``(B, C, H, W)`` (one bound per sample). They
+    are stored as given (a sequence becomes a float64 tensor), moved to the input's device and
+    dtype and checked against its shape when the rule runs.
     """
 
     reads_grad = False
 
     factorizes = False
 
-    def __init__(self, low: float | Tensor | list[float], high: float | Tensor | list[float],
-                 stabilizer: float = 1e-6) -> None:
+    def __init__(self, low: Bound, high: Bound, stabilizer: float = 1e-6) -> None:
         super().__init__(stabilizer)
-        self.low = low if isinstance(low, float | int) else torch.as_tensor(low).tolist()
-        self.high = high if isinstance(high, float | int) else torch.as_tensor(high).tolist()
+        self.low = _as_bound(low, "low")
+        self.high = _as_bound(high, "high")
 
-    def _bound(self, value: float | list[float], a: Tensor) -> Tensor:
-        t = torch.as_tensor(value, dtype=a.dtype, device=a.device)
-        if t.dim() == 1 and a.dim() > 1:
-            if t.numel() != a.shape[1]:
-                raise ValueError(
-                    f"ZBox bound has {t.numel()} values but the layer input has "
-                    f"{a.shape[1]} channels (shape {tuple(a.shape)})"
-                )
-            t = t.reshape([1, -1] + [1] * (a.dim() - 2))
-        return t.expand_as(a)
+    def _bound(self, value: float | Tensor, a: Tensor, which: str) -> Tensor:
+        t = torch.as_tensor(value).to(device=a.device, dtype=a.dtype)
+        if t.dim() == 0:
+            return t.expand_as(a)
+        if t.dim() == 1 and a.dim() > 1 and t.numel() == a.shape[1]:  # per channel
+            return t.reshape([1, -1] + [1] * (a.dim() - 2)).expand_as(a)
+        if t.shape == a.shape[1:]:  # per element, shared by the batch
+            return t.unsqueeze(0).expand_as(a)
+        if t.shape == a.shape or (t.dim() == a.dim() and t.shape[0] == 1
+                                  and t.shape[1:] == a.shape[1:]):
+            return t.expand_as(a)
+        raise ValueError(
+            f"ZBox bound {which!r} has shape {tuple(t.shape)}, which does not fit the layer "
+            f"input of shape {tuple(a.shape)}: give a scalar, one value per channel "
+            f"({a.shape[1] if a.dim() > 1 else a.shape[0]},), the input's shape without the "
+            f"batch {tuple(a.shape[1:])}, with a batch of 1, or the full {tuple(a.shape)}"
+        )
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         w, w_pos, w_neg = op.weight, op.positive_weight, op.negative_weight
-        low, high = self._bound(self.low, a), self._bound(self.high, a)
+        low, high = self._bound(self.low, a, "low"), self._bound(self.high, a, "high")
         denom = op.forward(a, w) - op.forward(low, w_pos) - op.forward(high, w_neg)
         s = z * grad / stabilize(denom, self.stabilizer)
         return (a * op.input_vjp(a, w, s) - low * op.input_vjp(a, w_pos, s)
                 - high * op.input_vjp(a, w_neg, s))
+
+
+def _as_bound(value: Bound, which: str) -> float | Tensor:
+    """A z^B bound as stored: a float, or a tensor (detached; a sequence becomes float64)."""
+    if isinstance(value, Tensor):
+        bound = value.detach()
+    elif isinstance(value, float | int):
+        if not math.isfinite(value):
+            raise ValueError(f"ZBox bound {which!r} must be finite, got {value!r}")
+        return float(value)
+    else:
+        bound = torch.as_tensor(value, dtype=torch.float64)
+    if not bound.is_floating_point():
+        bound = bound.double()
+    if not bool(torch.isfinite(bound).all()):
+        raise ValueError(f"ZBox bound {which!r} must be finite")
+    return bound
 
 
 class Pass(LayerRule):
