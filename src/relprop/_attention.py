@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ._functions import ElementwiseFunction, NormFunction, ShareFunction, SoftmaxFunction
-from .errors import InvalidInputError, UnsupportedOperationError
+from .errors import UnsupportedOperationError
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -55,7 +55,9 @@ def embedding(session: Session, func: Callable[..., Any], name: str,
     source = out.detach().clone().requires_grad_(True)
     path = session.where()[0] or "<model>"
     session.add_source(path, source, reads_input=session.is_input_ids(ids))
-    return source
+    # a copy for the model: it may write into it in place (``h += self.pos``), which a
+    # leaf that collects relevance cannot take
+    return source.clone()
 
 
 def softmax(session: Session, func: Callable[..., Any], name: str,
@@ -148,14 +150,23 @@ ADDITIVE = frozenset({"add", "__add__", "__radd__", "sub", "__sub__", "__rsub__"
                       "__iadd__"})
 
 
-def parameter_source(session: Session, value: Any) -> Any:
+def parameter_source(session: Session, value: Any, operands: tuple[Any, ...]) -> Any:
     """A parameter with a leading batch dimension of 1 added to the relevance path (a learned
     position embedding, ``x + self.pos``) becomes a source reported under its name; other
-    parameters stay constants that absorb their share."""
+    parameters stay constants that absorb their share.
+
+    Only where the sum is batch-first and the parameter is broadcast along the batch alone:
+    ``(1, T, C)`` added to ``(B, T, C)``; a ``(1, 1, C)`` bias added to a time-major
+    ``(L, B, C)`` stream stays a constant.
+    """
     if not _batch_parameter(value):
         return value
     batch = session.x.shape[0]
-    source = value.detach().expand(batch, *value.shape[1:]).clone().requires_grad_(True)
+    shape = (batch, *value.shape[1:])
+    if not any(isinstance(o, Tensor) and o.requires_grad and tuple(o.shape) == shape
+               for o in operands):
+        return value
+    source = value.detach().expand(*shape).clone().requires_grad_(True)
     session.add_source(session.parameter_name(value), source, reads_input=False)
     return source
 
@@ -192,7 +203,9 @@ HANDLERS = {
 
 # -- whole modules treated as one op ------------------------------------------------------
 _NORM_MODULE = re.compile(r"(RMSNorm|T5LayerNorm)$")
-_ACTIVATION_MODULE = re.compile(r"(gelu|silu|swish|mish)", re.IGNORECASE)
+#: the class name ends with the activation's name (``NewGELUActivation``, ``GELUTanh``), so
+#: that ``SiluAndMul`` (a gated product) is not taken for one
+_ACTIVATION_MODULE = re.compile(r"(gelu|silu|swish|mish)(activation|tanh)?$", re.IGNORECASE)
 
 
 def module_kind(module: nn.Module) -> str | None:
@@ -213,16 +226,15 @@ def module_kind(module: nn.Module) -> str | None:
 
 def wrap_module_output(session: Session, module: nn.Module, kind: str, args: Any,
                        output: Any) -> Any:
-    """The output of a module of :func:`module_kind` ``kind`` as one op of that kind."""
+    """The output of a module of :func:`module_kind` ``kind`` as one op of that kind;
+    ``None`` if the module turns out not to be elementwise (its output has another shape)."""
     a = args[0] if isinstance(args, tuple) and args else None
     if not (on_path(a) and isinstance(output, Tensor)):
         return output
     assert isinstance(a, Tensor)
     path = session.where()[0] or "<model>"
-    if output.shape != a.shape:
-        raise InvalidInputError(
-            f"module '{path}' ({type(module).__name__}) was taken for an elementwise "
-            f"{kind} but maps shape {tuple(a.shape)} to {tuple(output.shape)}")
+    if output.shape != a.shape:  # not elementwise after all: run its ops one by one
+        return None
     value = output.detach()
     call = session.new_call(kind, type(module).__name__)
     forward = module.forward

@@ -25,6 +25,8 @@ class OpCall:
     call: int = 0
     fused: str | None = None
     reads_input: bool = False
+    #: how many calls of the same op the same module call made before this one
+    repeat: int = 0
     rule: Rule | None = None
     gates: list[bool] = field(default_factory=list, repr=False)
     #: per factor of a product: the softmax call that made it (attention weights), or None
@@ -32,12 +34,13 @@ class OpCall:
 
     @property
     def name(self) -> str:
-        """``path#k:op``, e.g. ``features.0:conv2d`` (``#k`` marks the k-th repeated call)."""
+        """``path#k:op[j]``, e.g. ``features.0:conv2d`` (``#k`` marks the k-th repeated call of
+        the module, ``[j]`` the j-th repeated op inside one call, as in a functional net)."""
         where = self.path or "<model>"
         if self.call:
             where += f"#{self.call}"
         op = self.op_name if self.fused is None else f"{self.op_name}+batch_norm"
-        return f"{where}:{op}"
+        return f"{where}:{op}" + (f"[{self.repeat}]" if self.repeat else "")
 
     @property
     def module_type(self) -> type[nn.Module] | None:

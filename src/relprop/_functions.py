@@ -45,15 +45,32 @@ class LayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, op: LinearOp, call: OpCall, session: Session,
-                compute: Callable[[], Tensor], relu: bool = False) -> Tensor:
-        z = compute()
-        ctx.save_for_backward(a, z)
+                compute: Callable[[], Tensor] | None, relu: bool = False,
+                dirty: Tensor | None = None) -> Tensor:
+        if dirty is None:
+            assert compute is not None
+            z = compute()
+        else:  # the model's in-place ReLU on this layer's output: overwrite it, as asked
+            session.saved.protect(dirty, overwritten_by=call)
+            z = dirty.relu_()
+            ctx.mark_dirty(dirty)
+        # kept by the session, not save_for_backward: an in-place write by the model later
+        # gets the rule a copy of what it needs (see relprop._saved)
+        ctx.a = session.saved.hold(a, detach=False)
+        ctx.z = session.saved.hold(z, owner=call)
         ctx.op, ctx.call, ctx.session, ctx.relu = op, call, session, relu
+        ctx.set_materialize_grads(False)
         return z
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        a, z = ctx.saved_tensors
+    def backward(ctx: Any, grad: Tensor | None) -> tuple[Tensor | None, ...]:
+        nothing = (None,) * 7
+        if grad is None:  # only the model's overwrite of this output reaches here
+            return nothing
+        a, z = ctx.a.take(), ctx.z.take()
+        if ctx.z.stale:  # overwritten in place, yet read before: compute z again
+            z = ctx.op.forward(a, ctx.op.weight, ctx.op.bias)
+            z = z.relu() if ctx.relu else z
         call: OpCall = ctx.call
         rule = call.rule
         assert isinstance(rule, LayerRule)
@@ -64,9 +81,26 @@ class LayerFunction(torch.autograd.Function):
         if rule.factorizes:
             if ctx.session.record:
                 ctx.session.log(call, z * grad, a * out)
-            return out, None, None, None, None, None
-        return (ctx.session.relevance_to_grad(call, out, a, z * grad),
-                None, None, None, None, None)
+            return (out, *nothing[1:])
+        return (ctx.session.relevance_to_grad(call, out, a, z * grad), *nothing[1:])
+
+
+class InPlaceWrite(torch.autograd.Function):
+    """``target.copy_(result)`` as the last step of an in-place op the model wrote
+    (``h.mul_(g)``, ``h[:, :4].tanh_()``): ``result`` was computed out of place, with its rule;
+    the overwritten values of ``target`` get no signal (a view's other elements keep theirs)."""
+
+    @staticmethod
+    def forward(ctx: Any, target: Tensor, result: Tensor) -> Tensor:
+        ctx.view, ctx.dtype = target._base is not None, result.dtype
+        target.copy_(result)
+        ctx.mark_dirty(target)
+        return target
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        # a view needs an explicit zero: CopySlices puts it in place of the overwritten slice
+        return torch.zeros_like(grad) if ctx.view else None, grad.to(ctx.dtype)
 
 
 class ElementwiseFunction(torch.autograd.Function):
@@ -184,12 +218,12 @@ class MaxPoolFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, options: dict[str, Any], call: OpCall,
-                session: Session) -> tuple[Tensor, Tensor]:
-        nd = a.dim() - 2
+                session: Session, nd: int) -> tuple[Tensor, Tensor]:
+        # ``nd`` from the op the model called: max_pool2d also takes an unbatched (C, H, W)
         pool = getattr(F, f"max_pool{nd}d")
         z, indices = pool(a, return_indices=True, **options)
         ctx.save_for_backward(a, z, indices)
-        ctx.options, ctx.call, ctx.session = options, call, session
+        ctx.options, ctx.call, ctx.session, ctx.nd = options, call, session, nd
         ctx.mark_non_differentiable(indices)
         return z, indices
 
@@ -198,22 +232,22 @@ class MaxPoolFunction(torch.autograd.Function):
         a, z, indices = ctx.saved_tensors
         rule = ctx.call.rule
         if isinstance(rule, SumPooling):
-            g = _sum_pool_grad(a, z * grad, ctx.options, rule.stabilizer)
+            g = _sum_pool_grad(a, z * grad, ctx.options, rule.stabilizer, ctx.nd)
         else:
             assert isinstance(rule, WinnerTakeAll)
-            g = torch.zeros_like(a).flatten(2)
-            g.scatter_add_(2, indices.flatten(2), grad.flatten(2))
+            spatial = a.dim() - ctx.nd  # indices count within each (batch, channel) plane
+            g = torch.zeros_like(a).flatten(spatial)
+            g.scatter_add_(-1, indices.flatten(spatial), grad.flatten(spatial))
             g = g.view_as(a)
         if ctx.session.record:
             ctx.session.log(ctx.call, z * grad, a * g)
-        return g, None, None, None
+        return g, None, None, None, None
 
 
 def _sum_pool_grad(a: Tensor, relevance: Tensor, options: dict[str, Any],
-                   stabilizer: float) -> Tensor:
+                   stabilizer: float, nd: int) -> Tensor:
     if options.get("dilation", 1) not in (1, (1,), (1, 1), (1, 1, 1)):
         raise ValueError("SumPooling cannot treat a dilated max pooling as sum pooling")
-    nd = a.dim() - 2
     avg = getattr(F, f"avg_pool{nd}d")
     kwargs = {k: options[k] for k in ("kernel_size", "stride", "padding", "ceil_mode")}
     with torch.enable_grad():

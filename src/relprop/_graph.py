@@ -5,7 +5,11 @@ relprop's own (an op with a rule), a linear op whose gradient already is LRP-0 (
 concatenation, reshapes, slicing, mean pooling, ...), or an op whose gradient is the
 accepted rule (ReLU, winner-take-all max). Anything else — ``exp``, ``sort``, a division by
 an activation, a custom autograd function — would get a silently wrong share of relevance
-and is reported by module path and op.
+and is reported by module path and op. ``CopySlices`` (an in-place op on a view) hides the op
+it wraps; it passes because every in-place op the model's Python code calls goes through
+:mod:`relprop._inplace`, which runs only copies, index writes and ReLU gates in place (any
+other op is computed out of place, where this check sees it); what remains are the copies
+inside PyTorch's own composite ops (``pad_packed_sequence``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from ._session import Session
 #: nodes of ops that only move values around (each output is a copy of one input or 0)
 INDEX_ONLY = frozenset({
     "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "AsStridedBackward0",
+    "AsStridedBackward1",
     "ExpandBackward0", "PermuteBackward0", "TransposeBackward0", "TransposeBackward1",
     "TBackward0", "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2",
     "SqueezeBackward3", "SqueezeBackward4", "UnsqueezeBackward0", "SliceBackward0",
@@ -38,7 +43,12 @@ ACCEPTED = INDEX_ONLY | frozenset({
     "UpsampleNearest3DBackward0", "UpsampleLinear1DBackward0", "UpsampleBilinear2DBackward0",
     "UpsampleTrilinear3DBackward0", "UnfoldBackward0", "Im2ColBackward0", "Col2ImBackward0",
     "PixelShuffleBackward0", "PixelUnshuffleBackward0", "WhereBackward0",
-    "MaskedFillBackward0", "DiagonalBackward0", "CopySlices", "ReluBackward0",
+    "MaskedFillBackward0", "DiagonalBackward0", "ReluBackward0", "CopyBackwards", "CopySlices",
+    "IndexPutBackward0", "FillBackward0", "FillBackward1", "FillBackward2", "FillBackward3",
+    "ZeroBackward0", "IndexAddBackward0", "IndexCopyBackward0", "IndexFillBackward0",
+    "IndexFillBackward1", "ScatterBackward0", "ScatterBackward1", "ScatterAddBackward0",
+    "MaskedScatterBackward0", "PutBackward0", "SliceScatterBackward0",
+    "SelectScatterBackward0", "DiagonalScatterBackward0", "AsStridedScatterBackward0",
     "ThresholdBackward0", "LeakyReluBackward0", "ClampMinBackward0",
     "MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0",
     "AdaptiveMaxPool2DBackward0", "AdaptiveMaxPool3DBackward0", "MaxBackward0",

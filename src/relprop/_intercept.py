@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from ._attention import ADDITIVE, joined_source, parameter_source, remember_expanded
 from ._attention import HANDLERS as TRANSFORMER_HANDLERS
 from ._functions import ElementwiseFunction, LayerFunction, MaxPoolFunction, ShareFunction
 from ._graph import INDEX_ONLY
+from ._inplace import asks_in_place, raise_leaf_write, run_in_place
 from ._ops import LinearOp, linear_op_from_call
 from ._recurrent import replay
 from ._session import Session
-from .errors import UnsupportedOperationError
+from .errors import InvalidInputError, UnsupportedOperationError
 
 Handler = Callable[[Session, Callable[..., Any], str, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -45,27 +47,13 @@ SHAPE_OPS = frozenset({
 _JOINS = frozenset({"cat", "concat", "concatenate"})
 #: ops after which attention weights are still the same weights (casts, eval-mode dropout)
 _KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "float", "half", "bfloat16", "double", "dropout"}
-_IN_PLACE = {
-    "add_": "add", "__iadd__": "add", "sub_": "sub", "__isub__": "sub", "mul_": "mul",
-    "__imul__": "mul", "div_": "div", "__itruediv__": "div", "relu_": "relu",
-    "sigmoid_": "sigmoid", "tanh_": "tanh", "clamp_": "clamp", "clamp_min_": "clamp_min",
-}
-
-
-#: position of a positional ``inplace`` argument, for functions that take one
-_INPLACE_POSITION = {"relu": 1, "selu": 1, "elu": 2, "celu": 2, "leaky_relu": 2,
-                     "hardtanh": 3, "threshold": 3, "dropout": 3, "rrelu": 4}
-
-
-def _out_of_place(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-                  ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Turn ``inplace=True`` off: our functions keep their outputs for the backward pass."""
-    if kwargs.get("inplace"):
-        kwargs = {**kwargs, "inplace": False}
-    position = _INPLACE_POSITION.get(name)
-    if position is not None and len(args) > position and args[position] is True:
-        args = args[:position] + (False,) + args[position + 1:]
-    return args, kwargs
+#: shape ops that keep a parameter a parameter (``W.t()`` in ``x @ W.t() + b``)
+_KEEPS_CONSTANT = SHAPE_OPS | {"t", "T.__get__", "mT.__get__", "to", "type", "float", "double",
+                               "half", "bfloat16", "detach"}
+#: ``a @ W`` spellings whose right operand may be a layer's weight
+_RIGHT_MATMULS = frozenset({"matmul", "__matmul__", "mm"})
+#: ops that are a ReLU when their lower bound is 0 and they have no upper bound
+_CLAMPS = frozenset({"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"})
 
 
 def short_name(func: Callable[..., Any]) -> str:
@@ -84,7 +72,11 @@ def _detach_leaves(value: Any, session: Session) -> Any:
     """Parameters (and other leaves that are not the input) become constants."""
     if isinstance(value, Tensor):
         if value.requires_grad and value.grad_fn is None and not session.is_leaf_input(value):
-            return value.detach()
+            detached = value.detach()
+            session.mark_constant(detached)
+            return detached
+        if isinstance(value, nn.Parameter) or session.is_buffer(value):
+            session.mark_constant(value)
         return value
     if isinstance(value, list | tuple) and any(isinstance(v, Tensor) for v in value):
         return type(value)(_detach_leaves(v, session) for v in value)
@@ -96,7 +88,7 @@ def _reads_input(session: Session, a: Tensor) -> bool:
     (views, permutes, slices, padding, concatenation): rules that do not factor through
     ``a`` then hand their relevance straight back to the input pixels."""
     x = session.x
-    if a is x:
+    if session.is_model_input(a):
         return True
     stack, seen = [a.grad_fn], set()
     while stack:
@@ -121,7 +113,14 @@ def _layer(session: Session, func: Callable[..., Any], name: str,
     if op is None or not _on_path(a) or _on_path(op.weight) or _on_path(op.bias):
         return func(*args, **kwargs)  # constant, or a weight computed from the input
     kind = op.kind
-    call = session.new_call(kind, name, reads_input=_reads_input(session, a))
+    reads_input = _reads_input(session, a)
+    if reads_input and kind == "conv" and a.dim() == int(name[-2]) + 1 \
+            and a.shape == session.x.shape:
+        raise InvalidInputError(
+            f"x has shape {tuple(a.shape)}, which {name} at '{session.where()[0] or '<model>'}' "
+            "takes as ONE unbatched sample; relprop explains batches (first dimension = "
+            "samples): add the batch dimension, x.unsqueeze(0)")
+    call = session.new_call(kind, name, reads_input=reads_input)
     out = LayerFunction.apply(a, op, call, session, lambda: func(*args, **kwargs))
     session.producers[id(out)] = (weakref.ref(out), call, op, a)
     return out
@@ -180,14 +179,51 @@ def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
     if x is None and "input" in kwargs:
         x = kwargs.pop("input")
     if x is None or not x.requires_grad:
-        return torch.relu_(x) if inplace and x is not None else torch.relu(*args, **kwargs)
+        if inplace and x is not None:
+            session.saved.protect(x)
+            return torch.relu_(x)
+        return torch.relu(*args, **kwargs)
     producer = session.producers.pop(id(x), None)
-    if producer is None or producer[0]() is not x:
-        return torch.relu(x)
+    if producer is None or producer[0]() is not x or (inplace and x.grad_fn is None):
+        if not inplace:
+            return torch.relu(x)
+        session.saved.protect(x)  # a ReLU gate is its own rule: run it as written
+        session.written(x)
+        out = torch.relu_(x)
+        for t in (out, out._base):
+            if isinstance(t, Tensor) and t.grad_fn is not None:
+                session.approved.add(t.grad_fn)
+        return out
     _, call, op, a = producer
+    if inplace:  # ``x`` becomes the merged node's output, for every later reader of it
+        return LayerFunction.apply(a, op, call, session, None, True, x)
     value = x.detach()
-    compute = (lambda: value.relu_()) if inplace else (lambda: torch.relu(value))
-    return LayerFunction.apply(a, op, call, session, compute, True)
+    return LayerFunction.apply(a, op, call, session, lambda: torch.relu(value), True)
+
+
+def _relu_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool | None:
+    """For a ReLU (also ``clamp(min=0)``): whether it is in place; ``None`` for other ops."""
+    if name in ("relu", "relu_"):
+        return name == "relu_" or kwargs.get("inplace") is True or (
+            len(args) > 1 and args[1] is True)
+    if name in _CLAMPS and args and not kwargs.keys() - {"min", "max"}:
+        bounds = dict(zip(("min", "max"), args[1:]))
+        bounds.update(kwargs)
+        low = bounds.get("min")
+        if (not isinstance(low, Tensor) and low is not None and low == 0
+                and bounds.get("max") is None):
+            return name.endswith("_")
+    return None
+
+
+def _clamp(session: Session, func: Callable[..., Any], name: str,
+           args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``clamp`` with other bounds (``clamp(-1, 1)`` is hardtanh): an activation."""
+    bounds = list(args[1:]) + list(kwargs.values())
+    if any(_on_path(b) for b in bounds):
+        return func(*args, **kwargs)
+    return _activation(session, lambda t, **_: func(t, *args[1:], **kwargs), name,
+                       args[:1], {})
 
 
 def _activation(session: Session, func: Callable[..., Any], name: str,
@@ -218,8 +254,49 @@ def _max_pool(session: Session, func: Callable[..., Any], name: str,
                "padding": bound.get("padding", 0), "dilation": bound.get("dilation", 1),
                "ceil_mode": bound.get("ceil_mode", False)}
     call = session.new_call("max_pool", name)
-    out, indices = MaxPoolFunction.apply(a, options, call, session)
+    out, indices = MaxPoolFunction.apply(a, options, call, session, int(name[-2]))
     return (out, indices) if return_indices else out
+
+
+def _matmul_layer(session: Session, func: Callable[..., Any], name: str,
+                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``a @ W`` with ``W`` a 2-D parameter (or a view of one, ``W.t()``): a dense layer with
+    weight ``Wᵀ``, which takes its rule like ``nn.Linear``; anything else is a product."""
+    if len(args) == 2 and not kwargs and name in _RIGHT_MATMULS:
+        a, w = args
+        if (_on_path(a) and isinstance(w, Tensor) and not _on_path(w) and w.dim() == 2
+                and a.dim() >= 1 and session.is_constant(w)):
+            op = LinearOp("linear", w.t(), None, {})
+            call = session.new_call("linear", name, reads_input=_reads_input(session, a))
+            out = LayerFunction.apply(a, op, call, session, lambda: func(*args))
+            session.producers[id(out)] = (weakref.ref(out), call, op, a)
+            return out
+    if name in PRODUCTS:
+        return _product(session, func, name, args, kwargs)
+    return func(*args, **kwargs)
+
+
+def fuse_bias(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Any:
+    """``z + b`` with ``z`` a bias-free dense layer's output and ``b`` a parameter of its width:
+    the bias joins the layer, as in ``nn.Linear`` (``None`` if the call is not that)."""
+    if len(args) != 2 or kwargs:
+        return None
+    for z, b in (args, args[::-1]):
+        if not (isinstance(z, Tensor) and isinstance(b, Tensor)):
+            continue
+        producer = session.producers.get(id(z))
+        if producer is None or producer[0]() is not z:
+            continue
+        _, call, op, a = producer
+        if (op.kind == "linear" and op.bias is None and op._affine is None and b.dim() == 1
+                and not _on_path(b) and session.is_constant(b) and z.shape[-1:] == b.shape):
+            session.producers.pop(id(z))
+            fused = LinearOp("linear", op.weight, b, {})
+            out = LayerFunction.apply(a, fused, call, session, partial(torch.add, z.detach(), b))
+            session.producers[id(out)] = (weakref.ref(out), call, fused, a)
+            return out
+    return None
 
 
 def _product(session: Session, func: Callable[..., Any], name: str,
@@ -274,9 +351,11 @@ _HANDLERS: dict[str, Handler] = {
     **{n: _layer for n in ("linear", "addmm", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
                            "conv_transpose2d", "conv_transpose3d")},
     "batch_norm": _batch_norm,
+    **{n: _clamp for n in ("clamp", "clip", "clamp_min", "clamp_max")},
     **{n: _activation for n in ACTIVATIONS},
     **{n: _max_pool for n in ("max_pool1d", "max_pool2d", "max_pool3d")},
     **{n: _product for n in PRODUCTS},
+    **{n: _matmul_layer for n in _RIGHT_MATMULS},
     "lstm": _recurrent,
     "gru": _recurrent,
     **TRANSFORMER_HANDLERS,
@@ -301,31 +380,49 @@ class Interceptor(TorchFunctionMode):
         name = self._names.get(func)
         if name is None:
             name = self._names[func] = short_name(func)
+        kwargs = kwargs or {}
         if name in ADDITIVE and any(_on_path(v) for v in args):
-            args = tuple(parameter_source(session, v) for v in args)
+            args = tuple(parameter_source(session, v, args) for v in args)
         elif name in _JOINS and args and isinstance(args[0], list | tuple) \
                 and any(_on_path(v) for v in args[0]):
             args = (type(args[0])(joined_source(session, v) for v in args[0]), *args[1:])
         parameter = args[0] if name == "expand" and args else None
+        in_place = asks_in_place(name, args, kwargs)
+        if in_place and args and isinstance(args[0], Tensor) and args[0].requires_grad \
+                and args[0].grad_fn is None and not session.is_leaf_input(args[0]):
+            raise_leaf_write(session, name, args[0])
         args = tuple(_detach_leaves(v, session) for v in args)
-        kwargs = {k: _detach_leaves(v, session) for k, v in (kwargs or {}).items()}
-        if name in ("relu", "relu_"):  # the model's own in-place promise lets us reuse memory
-            inplace = name == "relu_" or kwargs.pop("inplace", False) is True or (
-                len(args) > 1 and args[1] is True)
-            out = _relu(session, func, args[:1], kwargs, inplace)
+        kwargs = {k: _detach_leaves(v, session) for k, v in kwargs.items()}
+        relu = _relu_call(name, args, kwargs)
+        if relu is not None:  # the model's own in-place promise lets us reuse memory
+            out = _relu(session, func, args[:1], {}, relu)
             self._stamp(out, "relu", True, args)
             return out
-        if name in _IN_PLACE and any(_on_path(v) for v in args):
-            name = _IN_PLACE[name]
-            func = getattr(torch, name)
-        elif args and _on_path(args[0]):
-            args, kwargs = _out_of_place(name, args, kwargs)
-        handler = _HANDLERS.get(name)
-        out = func(*args, **kwargs) if handler is None else handler(session, func, name, args,
-                                                                    kwargs)
+        if in_place:
+            out = run_in_place(session, func, name, args, kwargs, self._dispatch)
+            self._stamp(out, name, False, args)
+            return out
+        out = self._dispatch(func, name, args, kwargs)
         if parameter is not None:
             remember_expanded(session, parameter, out)
-        self._stamp(out, name, handler is not None, args)
+        return out
+
+    def _dispatch(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+        """Run one out-of-place op call: through its handler if it has one."""
+        session = self.session
+        out = None
+        if name in ("add", "__add__", "__radd__"):
+            out = fuse_bias(session, func, args, kwargs)
+        handled = out is not None or name in _HANDLERS
+        if out is None:
+            handler = _HANDLERS.get(name)
+            out = func(*args, **kwargs) if handler is None else handler(
+                session, func, name, args, kwargs)
+        if name in _KEEPS_CONSTANT and args and session.is_constant(args[0]) \
+                and isinstance(out, Tensor):
+            session.mark_constant(out)
+        self._stamp(out, name, handled, args)
         return out
 
     def _stamp(self, out: Any, name: str, handled: bool, args: tuple[Any, ...]) -> None:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ._attention import module_kind, wrap_module_output
 from ._calls import LedgerEntry, OpCall
+from ._saved import SavedTensors
 
 
 class Session:
@@ -27,6 +28,17 @@ class Session:
     def __init__(self, model: nn.Module, x: Tensor, record: bool) -> None:
         self.model = model
         self.x = x
+        #: what the model is given: a copy of the leaf ``x`` (float inputs), so that the
+        #: model may write into its input in place; ``x_node`` is the copy's graph node
+        self.x_model: Tensor = x
+        self.x_node: Any = None
+        self.saved = SavedTensors()
+        #: tensors that are model parameters or buffers, or views of them (weights of a
+        #: ``x @ W.t()`` layer): id -> weak reference
+        self.constants: dict[int, weakref.ref[Tensor]] = {}
+        self._buffer_ids: set[int] | None = None
+        #: how often each (module path, module call, op) was seen: names stay unique
+        self._op_counts: dict[tuple[str, int, str], int] = {}
         self.record = record
         self.thread = threading.get_ident()
         self.paths: dict[nn.Module, str] = {m: name for name, m in model.named_modules()}
@@ -75,6 +87,40 @@ class Session:
             return False
         return ids is x or (ids.data_ptr() == x.data_ptr() and ids.numel() == x.numel())
 
+    def model_input(self) -> Tensor:
+        """The tensor to call the model with (see ``x_model``)."""
+        if self.x.is_floating_point() or self.x.is_complex():
+            self.x_model = self.x.clone()
+            self.x_node = self.x_model.grad_fn
+        return self.x_model
+
+    def is_model_input(self, t: Tensor) -> bool:
+        """Whether ``t`` is exactly what the model was given, unmodified."""
+        return t is self.x or (t is self.x_model and t.grad_fn is self.x_node)
+
+    def mark_constant(self, t: Tensor) -> None:
+        """Remember ``t`` as a parameter or buffer of the model, or a view of one."""
+        self.constants[id(t)] = weakref.ref(t)
+
+    def written(self, t: Tensor) -> None:
+        """``t`` (or the tensor it views) was written in place: it is no longer the output of
+        the op that made it, nor a gate, attention weights or a constant."""
+        for tensor in (t, t._base):
+            if tensor is not None:
+                key = id(tensor)
+                for table in (self.producers, self.gates, self.weights, self.constants):
+                    table.pop(key, None)
+
+    def is_buffer(self, t: Tensor) -> bool:
+        """Whether ``t`` is one of the model's buffers."""
+        if self._buffer_ids is None:
+            self._buffer_ids = {id(b) for b in self.model.buffers()}
+        return id(t) in self._buffer_ids
+
+    def is_constant(self, t: Any) -> bool:
+        ref = self.constants.get(id(t))
+        return ref is not None and ref() is t
+
     def mark_weights(self, t: Tensor, call: OpCall) -> None:
         """Remember ``t`` as attention weights made by the softmax ``call``."""
         self.weights[id(t)] = (weakref.ref(t), call)
@@ -98,6 +144,7 @@ class Session:
         self.producers.clear()
         self.gates.clear()
         self.weights.clear()
+        self.constants.clear()
 
     # -- module context ------------------------------------------------------------------
     def where(self) -> tuple[str, nn.Module | None, int]:
@@ -108,7 +155,11 @@ class Session:
 
     def new_call(self, kind: str, op_name: str, reads_input: bool = False) -> OpCall:
         path, module, count = self.where()
-        call = OpCall(len(self.calls), kind, op_name, path, module, count, reads_input=reads_input)
+        key = (path, count, op_name)
+        repeat = self._op_counts.get(key, 0)
+        self._op_counts[key] = repeat + 1
+        call = OpCall(len(self.calls), kind, op_name, path, module, count,
+                      reads_input=reads_input, repeat=repeat)
         self.calls.append(call)
         return call
 
@@ -137,9 +188,12 @@ class Session:
             torch.set_grad_enabled(self._grad_modes.pop())
             kind = self._kind_of(module)
             if not self.opaque and kind is not None:
-                output = wrap_module_output(self, module, kind, args, output)
-                self._post_hook(module, args, output)
-                return output
+                wrapped = wrap_module_output(self, module, kind, args, output)
+                if wrapped is None:  # taken for one op by its name, but it is not: again,
+                    self._kinds[module] = None  # with its ops seen one by one
+                    wrapped = module.forward(*args)
+                self._post_hook(module, args, wrapped)
+                return wrapped
         path, _, count = self.stack.pop()
         if isinstance(output, Tensor) and output.grad_fn is not None:
             # ops that bypass the interception mode (custom autograd Functions) get their
@@ -168,6 +222,7 @@ class Session:
                 stack.callback(module.register_forward_pre_hook(self._pre_hook).remove)
                 handle = module.register_forward_hook(self._post_hook, always_call=True)
                 stack.callback(handle.remove)
+            stack.enter_context(self.saved.hooks())
             stack.enter_context(mode)
             yield
 
@@ -215,7 +270,7 @@ class Session:
         cannot be carried and is reported as absorbed in the ledger.
         """
         if call.reads_input:
-            if a.grad_fn is None:  # the input itself
+            if self.is_model_input(a):  # the input itself
                 on_input = relevance.reshape(self.x.shape)
             else:  # route back through the index-only ops that made ``a`` from the input
                 (on_input,) = torch.autograd.grad(a, self.x, relevance, retain_graph=True)

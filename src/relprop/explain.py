@@ -15,11 +15,18 @@ from ._checks import check_model as _check_model
 from ._checks import check_output as _check_output
 from ._checks import check_token_ids as _check_token_ids
 from ._checks import select_output as _select_output
+from ._checks import warn_if_probabilities as _warn_if_probabilities
 from ._graph import find_unsupported
 from ._intercept import Interceptor
+from ._models import eager, eager_module, usable_input
 from ._session import Session
 from .composites import Composite, default
-from .errors import InvalidInputError, UnsupportedOperationError, UnsupportedOperationWarning
+from .errors import (
+    InvalidInputError,
+    RelpropError,
+    UnsupportedOperationError,
+    UnsupportedOperationWarning,
+)
 from .targets import Target, as_target
 
 
@@ -53,7 +60,8 @@ class Explanation:
 
 def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = None,
             composite: Composite | None = None, *, record: bool = False,
-            strict: bool = True, forward_kwargs: dict[str, Any] | None = None) -> Explanation:
+            strict: bool = True, forward_kwargs: dict[str, Any] | None = None,
+            verify: bool = False) -> Explanation:
     """Explain ``model(x)`` for ``target`` with Layer-wise Relevance Propagation.
 
     Args:
@@ -73,8 +81,16 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
             linear; with ``False`` it keeps its gradient and a warning names it.
         forward_kwargs: further keyword arguments of the model call (``attention_mask``...).
             Positions where an ``attention_mask`` is 0 (padding) get no relevance.
+        verify: also run the model plainly (one more forward pass) and raise
+            :class:`~relprop.RelpropError` unless its output equals ``Explanation.output``:
+            proof that the function explained is the model's.
+
+    Works inside ``torch.inference_mode()`` and on inputs made there; a ``torch.compile``d
+    model is explained through the eager module it wraps (same function, eager speed).
     """
     _check_model(model)
+    model = eager_module(model)
+    x = usable_input(x)
     tokens = isinstance(x, Tensor) and not x.is_floating_point() and not x.is_complex()
     if tokens:
         _check_token_ids(x)
@@ -88,18 +104,24 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
     kwargs = dict(forward_kwargs or {})
     x_leaf = x if tokens else x.detach().requires_grad_(True)
     session = Session(model, x_leaf, record)
-    try:
-        with torch.enable_grad(), session.installed(Interceptor(session)):
-            output = _select_output(model(x_leaf, **kwargs))
-    except (RuntimeError, TypeError) as error:
-        if tokens and not any(isinstance(m, nn.Embedding) for m in model.modules()):
-            raise InvalidInputError(
-                f"x has dtype {x.dtype}, so it was taken for token ids, but the model failed "
-                f"before looking them up in an embedding ({error}). Features must be floating "
-                "point to carry relevance: convert them (x.float())") from error
-        raise
+    with eager(model):
+        try:
+            with session.installed(Interceptor(session)):
+                output = _select_output(model(session.model_input(), **kwargs))
+        except (RuntimeError, TypeError) as error:
+            _explain_forward_error(model, x, tokens, kwargs, error)
+            raise
+        return _explain_output(session, model, x, output, target, composite, tokens, kwargs,
+                               strict, verify)
+
+
+def _explain_output(session: Session, model: nn.Module, x: Tensor, output: Any, target: Any,
+                    composite: Composite, tokens: bool, kwargs: dict[str, Any], strict: bool,
+                    verify: bool) -> Explanation:
+    """The steps after the forward pass: checks, rules, the modified backward pass."""
     _check_output(output)
     assert isinstance(output, Tensor)
+    _warn_if_probabilities(output, stacklevel=4)
     if tokens and not any(reads for _, _, reads in session.sources):
         raise InvalidInputError(
             "the token ids were not looked up in an embedding (nn.Embedding / F.embedding) on "
@@ -112,7 +134,9 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
         if strict:
             raise UnsupportedOperationError(message + ". Pass strict=False to keep their "
                                             "gradient instead.")
-        warnings.warn(message, UnsupportedOperationWarning, stacklevel=2)
+        warnings.warn(message, UnsupportedOperationWarning, stacklevel=3)
+    if verify:
+        _verify(model, x, kwargs, output.detach())
     session.forget_forward()  # the checks are done: let the graph own what it needs
     composite.assign(session.calls)
     detached = output.detach()
@@ -129,6 +153,45 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
         rules={call.name: repr(call.rule) for call in session.calls},
         layers=session.layers, conservation=session.ledger, sources=sources,
     )
+
+
+def _explain_forward_error(model: nn.Module, x: Tensor, tokens: bool, kwargs: dict[str, Any],
+                           error: Exception) -> None:
+    """Raise a named error for the forward failures a newcomer meets (else return)."""
+    if tokens and not any(isinstance(m, nn.Embedding) for m in model.modules()):
+        raise InvalidInputError(
+            f"x has dtype {x.dtype}, so it was taken for token ids, but the model failed "
+            f"before looking them up in an embedding ({error}). Features must be floating "
+            "point to carry relevance: convert them (x.float())") from error
+    if tokens or kwargs or "inplace operation" in str(error):
+        return
+    try:  # one sample without its batch dimension?
+        with torch.no_grad():
+            model(x.unsqueeze(0).clone())
+    except Exception:  # noqa: BLE001 - the model fails either way: keep the original error
+        return
+    raise InvalidInputError(
+        f"the model fails on x of shape {tuple(x.shape)} ({error}) but runs on "
+        f"x.unsqueeze(0): x looks like one sample without its batch dimension. relprop "
+        "explains batches (first dimension = samples): pass x.unsqueeze(0)") from error
+
+
+def _verify(model: nn.Module, x: Tensor, kwargs: dict[str, Any], explained: Tensor) -> None:
+    """Compare the plain forward with the output relprop explained (``verify=True``)."""
+    with torch.no_grad():
+        plain = _select_output(model(x.clone(), **kwargs))
+    assert isinstance(plain, Tensor)
+    if plain.shape == explained.shape and torch.allclose(
+            plain, explained, rtol=1e-5 if plain.dtype != torch.float64 else 1e-10,
+            atol=1e-6 * float(plain.abs().max()) if plain.numel() else 0.0):
+        return
+    difference = ((plain - explained).abs().max().item()
+                  if plain.shape == explained.shape else "shape")
+    raise RelpropError(
+        f"verify: the output relprop explained differs from the model's plain output (max "
+        f"|difference| {difference}, shapes {tuple(explained.shape)} and "
+        f"{tuple(plain.shape)}): the explanation is of another function. Please report this "
+        "with the model.")
 
 
 def _backward(session: Session, output: Tensor, seed: Tensor, tokens: bool

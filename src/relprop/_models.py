@@ -1,0 +1,70 @@
+"""What an explanation can be run on: eager modules, unwrapped from compilers, without hooks
+that would see the relevance signals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InvalidInputError
+
+
+def eager_module(model: nn.Module) -> nn.Module:
+    """The eager module to explain: ``torch.compile(m)`` gives ``m`` back; a TorchScript
+    module, a module with backward hooks, or parameters made in inference mode are refused
+    with what to pass instead."""
+    original = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
+        model = original  # torch.compile: the module it wraps computes the same function
+    for path, module in model.named_modules():
+        where = path or "<model>"
+        if isinstance(module, torch.jit.ScriptModule):
+            raise InvalidInputError(
+                f"module '{where}' is a TorchScript module ({type(module).__name__}): relprop "
+                "follows the ops of an eager forward pass, which scripted code does not show. "
+                "Explain the eager nn.Module you scripted (before torch.jit.script/trace).")
+        hooks = {**module._backward_hooks, **module._backward_pre_hooks}
+        if hooks:
+            hook = next(iter(hooks.values()))
+            raise InvalidInputError(
+                f"module '{where}' has a backward hook ({getattr(hook, '__name__', hook)!r}, "
+                "from register_full_backward_hook / register_full_backward_pre_hook): it would "
+                "see, and could change, the relevance signals instead of gradients. Remove it "
+                "for the explanation (handle.remove()) and register it again afterwards.")
+    for kind, table in (("backward", nn.modules.module._global_backward_hooks),
+                        ("backward pre", nn.modules.module._global_backward_pre_hooks)):
+        if table:
+            raise InvalidInputError(
+                f"a global module {kind} hook is registered "
+                f"({getattr(next(iter(table.values())), '__name__', '?')!r}): it would see the "
+                "relevance signals of every module. Remove it for the explanation.")
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_inference():
+            raise InvalidInputError(
+                f"'{name}' was created inside torch.inference_mode(): inference tensors cannot "
+                "take part in a backward pass, which LRP is. Build or load the model outside "
+                "inference mode (explaining inside inference mode is fine).")
+    return model
+
+
+def usable_input(x: Tensor) -> Tensor:
+    """``x``, or a normal copy of it if it was created inside ``torch.inference_mode()``."""
+    if isinstance(x, Tensor) and x.is_inference():
+        with torch.inference_mode(False):
+            return x.clone()
+    return x
+
+
+@contextmanager
+def eager(model: nn.Module) -> Iterator[None]:
+    """Grad on and inference mode off for the block; submodules compiled with
+    ``torch.compile`` run their eager code (dynamo's ``force_eager`` stance)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        if not any(type(m).__name__ == "OptimizedModule" for m in model.modules()):
+            yield
+            return
+        with torch.compiler.set_stance("force_eager"):
+            yield
