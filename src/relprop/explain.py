@@ -70,9 +70,10 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
             ``(batch, sequence)``: relevance is then collected where the model looks the ids
             up in an embedding and summed over the embedding dimension, giving one relevance
             per token; other lookups (positions, token types) go to ``sources``.
-        target: a class index, one index per sample, a float tensor of output relevance of the
-            output's shape, or a :mod:`relprop.targets` object (``LogOdds``, ``Contrast``,
-            ``TokenLogit``); ``None`` explains each sample's top class.
+        target: a class index (Python or numpy integer), one index per sample (tensor, numpy
+            array or list), a float tensor of output relevance of the output's shape, or a
+            :mod:`relprop.targets` object (``LogOdds``, ``Contrast``, ``TokenLogit``); ``None``
+            explains each sample's top class, or, for a ``(batch,)`` output, that output.
         composite: which rule each op gets; default :func:`relprop.composites.default`
             (LRP_CMP:α2 for float inputs, AttnLRP for token ids).
         record: also keep the relevance at every module output (``layers``) and the
