@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
+import io
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,49 +14,19 @@ from relprop import viz
 
 
 def read_png(path: Path) -> torch.Tensor:
-    """A tiny PNG reader (8-bit grey/RGB/RGBA, non-interlaced, all five filters) that checks CRCs.
+    """Decode a PNG with Pillow, as ``(H, W, C)`` uint8 (C = 1 for grey, 3 RGB, 4 RGBA)."""
+    from PIL import Image
 
-    Returns ``(H, W, C)`` uint8.
-    """
-    data = path.read_bytes()
+    data = Path(path).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "bad PNG signature"
-    pos, chunks = 8, []
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + body), f"bad CRC in {kind!r}"
-        chunks.append((kind, body))
-        pos += 12 + length
-    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
-    w, h, depth, ctype, comp, filt, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
-    assert (depth, comp, filt, interlace) == (8, 0, 0, 0)
-    c = {0: 1, 2: 3, 6: 4}[ctype]
-    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
-    stride = w * c
-    assert len(raw) == h * (stride + 1)
-    out = bytearray()
-    prev = bytearray(stride)
-    for y in range(h):
-        start = y * (stride + 1)
-        f, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
-        for i in range(stride):
-            a = line[i - c] if i >= c else 0
-            b, d = prev[i], prev[i - c] if i >= c else 0
-            if f == 1:
-                line[i] = (line[i] + a) & 255
-            elif f == 2:
-                line[i] = (line[i] + b) & 255
-            elif f == 3:
-                line[i] = (line[i] + (a + b) // 2) & 255
-            elif f == 4:
-                p = a + b - d
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - d)
-                pred = a if pa <= pb and pa <= pc else b if pb <= pc else d
-                line[i] = (line[i] + pred) & 255
-        out += line
-        prev = line
-    return torch.tensor(list(out), dtype=torch.uint8).reshape(h, w, c)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG"
+        im.load()
+        if im.mode not in ("L", "RGB", "RGBA"):
+            im = im.convert("RGBA" if "A" in im.mode else "RGB")
+        channels = len(im.getbands())
+        flat = torch.tensor(list(im.tobytes()), dtype=torch.uint8)
+        return flat.reshape(im.height, im.width, channels)
 
 
 # ---------------------------------------------------------------- colour maps
@@ -228,7 +199,7 @@ def test_grid_layout() -> None:
         viz.grid([])
 
 
-# ---------------------------------------------------------------- PNG
+# ---------------------------------------------------------------- PNG, with Pillow
 
 
 @pytest.mark.parametrize("shape", [(5, 7, 3), (6, 3), (2, 9, 4), (1, 1, 3)])
@@ -242,13 +213,18 @@ def test_png_round_trip(tmp_path: Path, shape: tuple[int, ...]) -> None:
     assert back.shape == expected.shape and torch.equal(back, expected)
 
 
-def test_png_readable_by_pil_if_installed(tmp_path: Path) -> None:
-    image_mod = pytest.importorskip("PIL.Image")
+def test_png_is_written_by_pillow_with_size_and_mode(tmp_path: Path) -> None:
+    from PIL import Image
+
     img = viz.upscale(viz.heatmap(torch.randn(1, 8, 8)), 4)
     viz.save_png(tmp_path / "h.png", img)
-    with image_mod.open(tmp_path / "h.png") as im:
-        assert im.size == (32, 32) and im.mode == "RGB"
+    with Image.open(tmp_path / "h.png") as im:
+        assert im.format == "PNG" and im.size == (32, 32) and im.mode == "RGB"
         assert list(im.getpixel((0, 0))) == img[0, 0].tolist()
+    pil = viz.to_pil(img)
+    assert pil.size == (32, 32) and pil.mode == "RGB"
+    assert viz.to_pil(torch.zeros(3, 2, dtype=torch.uint8)).mode == "L"
+    assert viz.to_pil(torch.zeros(3, 2, 4, dtype=torch.uint8)).mode == "RGBA"
 
 
 def test_png_rejects_bad_input(tmp_path: Path) -> None:
@@ -258,13 +234,39 @@ def test_png_rejects_bad_input(tmp_path: Path) -> None:
         viz.save_png(tmp_path / "f.png", torch.zeros(4, 4, 2, dtype=torch.uint8))
     with pytest.raises(ValueError):
         viz.save_png(tmp_path / "f.png", torch.zeros(0, 4, 3, dtype=torch.uint8))
+    assert not (tmp_path / "f.png").exists()
 
 
 def test_heatmap_png_end_to_end(tmp_path: Path) -> None:
     r = torch.zeros(1, 8, 8)
-    r[0, 2, 3] = 1.0
+    r[0, 2, 3], r[0, 6, 1] = 1.0, -1.0
     png = viz.save_png(tmp_path / "hm.png", viz.upscale(viz.heatmap(r), 8))
     back = read_png(png)
     assert back.shape == (64, 64, 3)
-    assert back[2 * 8 + 4, 3 * 8 + 4].tolist() == [255, 0, 0]
-    assert back[0, 0].tolist() == [255, 255, 255]
+    assert back[2 * 8 + 4, 3 * 8 + 4].tolist() == [255, 0, 0]  # positive: red
+    assert back[6 * 8 + 4, 1 * 8 + 4].tolist() == [0, 0, 255]  # negative: blue
+    assert back[0, 0].tolist() == [255, 255, 255]  # zero: white
+
+
+def test_missing_pillow_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    img = viz.heatmap(torch.randn(4, 4))  # the tensor side needs no Pillow
+    with pytest.raises(viz.MissingExtraError, match=r"pip install 'relprop\[plot\]'") as err:
+        viz.save_png(tmp_path / "x.png", img)
+    assert isinstance(err.value, ImportError) and "Pillow" in str(err.value)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_encode_png_is_deprecated_and_still_works() -> None:
+    from PIL import Image
+
+    img = torch.randint(0, 256, (3, 5, 3), dtype=torch.uint8)
+    with pytest.warns(DeprecationWarning, match="save_png"):
+        data = viz.encode_png(img)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.size == (5, 3)
+        assert list(im.tobytes()) == img.reshape(-1).tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        viz.to_pil(img)  # the replacement does not warn

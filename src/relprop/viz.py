@@ -1,10 +1,15 @@
-"""Render relevance maps as heatmaps and write them as PNG files, with torch alone.
+"""Render relevance maps as heatmaps (torch alone) and write them as PNG files (with Pillow).
 
 Typical use::
 
     from relprop import viz
     rgb = viz.heatmap(expl.relevance[0])           # (C, H, W) relevance -> (H, W, 3) uint8
     viz.save_png("heatmap.png", viz.upscale(rgb, 8))
+
+Everything that works on tensors (colour maps, normalisation, :func:`heatmap`,
+:func:`overlay`, :func:`grid`) needs torch alone; writing files (:func:`save_png`,
+:func:`to_pil`) needs Pillow, which is imported only then: ``pip install 'relprop[plot]'``.
+Figures with colour bars, titles and curves are made with matplotlib by :mod:`relprop.plot`.
 
 Colour maps take values in ``[0, 1]``; :func:`normalize_symmetric` maps relevance there so
 that zero relevance lands on the map's centre (white for :data:`bwr`, black for
@@ -13,18 +18,22 @@ that zero relevance lands on the map's centre (white for :data:`bwr`, black for
 
 from __future__ import annotations
 
+import io
 import math
-import struct
-import zlib
+import warnings
 from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "CMAPS",
+    "INSTALL_PLOT",
     "ColorMap",
+    "MissingExtraError",
     "bwr",
     "channel_sum",
     "coldnhot",
@@ -39,12 +48,33 @@ __all__ = [
     "overlay",
     "save_png",
     "text_image",
+    "to_pil",
     "to_rgb",
     "upscale",
 ]
 
 ColorSpec = str | Sequence[float]
 RGB8 = tuple[int, int, int]
+
+#: What to install for the optional picture-writing dependencies (Pillow, matplotlib).
+INSTALL_PLOT = "pip install 'relprop[plot]'"
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency of ``relprop[plot]`` (Pillow or matplotlib) is not installed."""
+
+
+def _require(module: str, purpose: str) -> Any:
+    """Import ``module`` (``"PIL.Image"``, ``"matplotlib"``) or raise :class:`MissingExtraError`
+    saying what needs it and what to install."""
+    try:
+        return import_module(module)
+    except ImportError as err:
+        package = {"PIL": "Pillow"}.get(module.split(".")[0], module.split(".")[0])
+        raise MissingExtraError(
+            f"{purpose} needs {package}, which is not installed: {INSTALL_PLOT} "
+            f"(or pip install {package.lower()})"
+        ) from err
 
 
 def _parse_color(color: ColorSpec) -> tuple[float, float, float]:
@@ -283,7 +313,8 @@ def text_image(
     """Render one line of text with a built-in 5x7 font as ``(7*scale, 6*len*scale, 3)`` uint8.
 
     Knows A-Z (lower case is drawn as upper case), 0-9, ``+-.,:=()/_<>%|*``, ``ε`` and ``γ``;
-    other characters show as ``?``.
+    other characters show as ``?``. It labels :func:`grid` with torch alone; for readable
+    titles, colour bars and legends use :mod:`relprop.plot` (matplotlib).
     """
     rows = [_FONT.get(ch, _FONT.get(ch.upper(), _FONT["?"])) for ch in text]
     bits = torch.zeros(7, 6 * max(len(rows), 1), dtype=torch.bool)
@@ -356,35 +387,55 @@ def grid(
     return canvas
 
 
-def encode_png(image: Tensor) -> bytes:
-    """Encode uint8 ``(H, W)`` (grey), ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA) as PNG bytes."""
+def _check_uint8_image(image: Tensor) -> Tensor:
+    """``image`` as a CPU ``(H, W, 1|3|4)`` uint8 tensor, or a TypeError/ValueError."""
+    if not isinstance(image, Tensor):
+        raise TypeError(f"expected a uint8 tensor, got {type(image).__name__}")
     if image.dtype != torch.uint8:
         raise TypeError(f"save PNGs from uint8 tensors (see to_rgb / heatmap), got {image.dtype}")
     x = image.detach().cpu()
     x = x.unsqueeze(-1) if x.dim() == 2 else x
     if x.dim() != 3 or x.shape[-1] not in (1, 3, 4) or x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"expected non-empty (H, W), (H, W, 3) or (H, W, 4); got {tuple(x.shape)}")
+    return x.contiguous()
+
+
+def to_pil(image: Tensor) -> Any:
+    """A uint8 ``(H, W)`` (grey), ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA) tensor as a
+    ``PIL.Image.Image`` (modes ``"L"``, ``"RGB"``, ``"RGBA"``). Needs Pillow."""
+    x = _check_uint8_image(image)
+    pil_image = _require("PIL.Image", "writing images")
     h, w, c = x.shape
-    rows = torch.cat([torch.zeros(h, 1, dtype=torch.uint8), x.reshape(h, w * c)], dim=1)
-    raw = bytearray(rows.numel())  # filter type 0 ("None") before every scanline
-    torch.frombuffer(raw, dtype=torch.uint8).copy_(rows.reshape(-1))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    color_type = {1: 0, 3: 2, 4: 6}[c]
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(bytes(raw), 6))
-        + chunk(b"IEND", b"")
-    )
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[c]
+    raw = bytearray(x.numel())  # no numpy needed: copy the tensor into a bytes buffer
+    if raw:
+        torch.frombuffer(raw, dtype=torch.uint8).copy_(x.reshape(-1))
+    return pil_image.frombytes(mode, (w, h), bytes(raw))
 
 
 def save_png(path: str | Path, image: Tensor) -> Path:
-    """Write a uint8 image (see :func:`encode_png`) to ``path`` as PNG; returns the path."""
+    """Write a uint8 image (as :func:`to_pil` takes it) to ``path`` as PNG, with Pillow;
+    returns the path.
+
+    Raises :class:`MissingExtraError` (an ``ImportError``) naming ``pip install
+    'relprop[plot]'`` when Pillow is not installed.
+    """
     p = Path(path)
-    p.write_bytes(encode_png(image))
+    to_pil(image).save(p, format="PNG")
     return p
+
+
+def encode_png(image: Tensor) -> bytes:
+    """Deprecated: the PNG bytes of a uint8 image, now written by Pillow.
+
+    Use :func:`save_png` (or :func:`to_pil` and ``Image.save`` to a ``BytesIO``).
+    """
+    warnings.warn(
+        "relprop.viz.encode_png is deprecated: PNG files are written with Pillow now; use "
+        "viz.save_png(path, image), or viz.to_pil(image).save(buffer, format='PNG')",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG")
+    return buffer.getvalue()
