@@ -1,4 +1,4 @@
-"""Smoke run of the localisation benchmark (relprop.bench) and its invariants.
+"""Smoke run of the localisation benchmark (relprop_bench) and its invariants.
 
 One small model (vgg4, trained for seconds), a handful of test images, one seed: checks that
 the numbers obey what must hold whatever the model learnt (a uniform map has μ_w = 1, a
@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import relprop
-from relprop import composites, rules
-from relprop.bench.cluttered import load_digits8x8, make_cluttered_digits
-from relprop.bench.localisation import (
+from relprop_bench.cli import main
+from relprop_bench.cluttered import load_digits8x8, make_cluttered_digits
+from relprop_bench.localisation import (
     RANDOM_ORDER,
     BenchResult,
     MethodSpec,
@@ -28,7 +26,7 @@ from relprop.bench.localisation import (
     shuffled,
     smoke_config,
 )
-from relprop.bench.models import (
+from relprop_bench.models import (
     VARIANTS,
     NetConfig,
     TrainConfig,
@@ -37,8 +35,8 @@ from relprop.bench.models import (
     trained_net,
     vgg_net,
 )
-from relprop.bench.plot import Line, line_plot, nice_ticks
-from relprop.bench.report import (
+from relprop_bench.plot import Line, line_plot, nice_ticks
+from relprop_bench.report import (
     across_depth,
     load_result,
     markdown,
@@ -46,8 +44,10 @@ from relprop.bench.report import (
     summarise,
     write_report,
 )
-from relprop.bench.stats import bootstrap_mean, paired_difference
-from relprop.cli import main
+from relprop_bench.stats import bootstrap_mean, paired_difference
+
+import relprop
+from relprop import composites, rules
 from relprop.methods import METHODS
 from relprop.metrics import attribution_localisation
 from tests.test_viz import read_png
@@ -240,13 +240,13 @@ def test_every_method_is_scored(smoke: BenchResult) -> None:
 
 
 def test_report_files(smoke: BenchResult, tmp_path: Path) -> None:
-    paths = write_report(smoke, tmp_path / "out", command="relprop bench localisation --smoke")
+    paths = write_report(smoke, tmp_path / "out", command="relprop-bench localisation --smoke")
     text = paths["table"].read_text(encoding="utf-8")
     for spec in smoke.methods:
         assert f"| {spec.label} |" in text
     assert "| method | μ_w | μ | μ<0.25 | AOPC MoRF |" in text
     assert "random order" in text and "Paired differences" in text
-    assert "relprop bench localisation --smoke" in text
+    assert "relprop-bench localisation --smoke" in text
     image = read_png(paths["plot"])
     assert image.shape[2] == 3 and image.shape[0] > 100 and image.shape[1] > 300
     raw = torch.load(paths["raw"], weights_only=False)
@@ -299,13 +299,44 @@ def test_cli_bench_localisation(
     cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cli"
-    args = ["bench", "localisation", "--smoke", "--n", "4", "--cache", str(cache), "--out"]
+    args = ["localisation", "--smoke", "--n", "4", "--cache", str(cache), "--out"]
     status = main([*args, str(out)])
     assert status == 0
     captured = capsys.readouterr()
     assert "| method |" in captured.out
     assert "[vgg4 seed 0]" in captured.err  # progress goes to stderr
     assert (out / "localisation.md").is_file() and (out / "aopc_curves.png").is_file()
+    assert "relprop-bench localisation --smoke" in (out / "localisation.md").read_text("utf-8")
+
+
+def test_deprecated_relprop_bench_alias(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``relprop bench ...`` still works: a deprecation note, then ``relprop-bench ...``."""
+    import relprop_bench.cli
+
+    from relprop.cli import main as relprop_main
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(relprop_bench.cli, "main", lambda argv: seen.append(list(argv)) or 7)
+    assert relprop_main(["bench", "localisation", "--smoke", "--out", "x"]) == 7
+    assert seen == [["localisation", "--smoke", "--out", "x"]]
+    err = capsys.readouterr().err
+    assert "DeprecationWarning" in err and "relprop-bench localisation --smoke --out x" in err
+
+
+def test_deprecated_relprop_bench_module() -> None:
+    """``import relprop.bench`` still works, warns, and is the package relprop_bench."""
+    import sys
+
+    import relprop_bench.localisation
+
+    for name in [name for name in sys.modules if name.startswith("relprop.bench")]:
+        del sys.modules[name]  # import it afresh, as a first import would
+    with pytest.warns(DeprecationWarning, match="relprop_bench"):
+        import relprop.bench.localisation
+    assert relprop.bench.localisation is relprop_bench.localisation
+    assert relprop.bench.stats is relprop_bench.stats  # type: ignore[attr-defined]
 
 
 # --- helpers -------------------------------------------------------------------------------

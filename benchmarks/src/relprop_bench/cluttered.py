@@ -49,7 +49,7 @@ def load_digits8x8(split: str = "all") -> tuple[Tensor, Tensor]:
     """
     if split not in ("all", "train", "test"):
         raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
-    with (resources.files("relprop") / "data" / "digits8x8.pt").open("rb") as f:
+    with (resources.files("relprop_bench") / "data" / "digits8x8.pt").open("rb") as f:
         blob = torch.load(f, weights_only=True)
     images = blob["images"].to(torch.float32) / 16.0
     labels = blob["labels"].to(torch.int64)

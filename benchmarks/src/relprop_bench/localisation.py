@@ -1,7 +1,7 @@
 """The localisation benchmark: do explanations fall on the object the model classifies?
 
-For each depth variant (:data:`relprop.bench.models.VARIANTS`) and training seed, a VGG-style
-net is trained on cluttered digits (:mod:`relprop.bench.cluttered`; cached after the first
+For each depth variant (:data:`relprop_bench.models.VARIANTS`) and training seed, a VGG-style
+net is trained on cluttered digits (:mod:`relprop_bench.cluttered`; cached after the first
 run) and a fixed set of test images is explained for the true class by every LRP preset and
 every other method of :data:`relprop.methods.METHODS`. Each map is scored per image with
 
@@ -17,8 +17,8 @@ every other method of :data:`relprop.methods.METHODS`. Each map is scored per im
   absolute value per image, also counts a sign-flipped copy of the pattern as the same.
 
 :func:`run_benchmark` aggregates over seeds with hierarchical bootstrap confidence intervals
-(:mod:`relprop.bench.stats`) and :mod:`relprop.bench.report` writes the markdown table and the
-PNG of the perturbation curves. Command line: ``relprop bench localisation``.
+(:mod:`relprop_bench.stats`) and :mod:`relprop_bench.report` writes the markdown table and the
+PNG of the perturbation curves. Command line: ``relprop-bench localisation``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from relprop.metrics import (
+    attribution_localisation,
+    map_correlation,
+    region_perturbation,
+    runner_up,
+)
 from torch import Tensor, nn
 
-from ..metrics import attribution_localisation, map_correlation, region_perturbation, runner_up
 from .models import VARIANTS, TrainConfig, accuracy, benchmark_images, trained_net
 from .presets import (
     MethodSpec,

@@ -1,14 +1,14 @@
 """Token deletion on a sentiment probe over the pretrained all-MiniLM-L6-v2.
 
 A logistic regression is trained on MiniLM sentence embeddings (masked mean of the last
-hidden states, L2-normalised) of generated reviews (:mod:`relprop.bench.sentiment`: neutral
+hidden states, L2-normalised) of generated reviews (:mod:`relprop_bench.sentiment`: neutral
 phrases around VADER lexicon words, labelled by the sign of their summed ratings). The model
 explained is MiniLM + pooling + normalisation + the linear layer, for its predicted class;
 its two logits are ``±z`` (``z`` = the regression's log-odds), so the tracked score is the
 log-odds of the explained class.
 
 Each method ranks the word pieces of a sentence, which are then deleted most / least
-relevant first (:mod:`relprop.bench.token_deletion`), never [CLS] or [SEP]. Deleting takes
+relevant first (:mod:`relprop_bench.token_deletion`), never [CLS] or [SEP]. Deleting takes
 the token out of the attention mask (``"remove"``, the main setting): the encoder never sees
 it and the mean pooling skips it, as if the word had not been written, while the other
 tokens keep their positions. Replacing it by [MASK] (``"mask_token"``) leaves a token the
@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from relprop.composites import attnlrp, cp_lrp
+from relprop.errors import InvalidInputError, RelpropError
+from relprop.explain import Explanation, explain
+from relprop.methods import gradient, gradient_x_input, random_baseline
+from relprop.pairwise_tokens import MiniLMEmbedder
 from torch import Tensor, nn
 
-from ..composites import attnlrp, cp_lrp
-from ..errors import InvalidInputError, RelpropError
-from ..explain import Explanation, explain
-from ..methods import gradient, gradient_x_input, random_baseline
-from ..pairwise_tokens import MiniLMEmbedder
 from . import sentiment
 from .stats import Estimate, bootstrap_mean, paired_difference
 from .token_deletion import DELETIONS, Batch, abpc, aopc, deletion_curves, encode
@@ -112,7 +112,7 @@ class MiniLMClassifier(nn.Module):
 
 
 def review_texts(n: int, seed: int) -> tuple[list[str], Tensor]:
-    """``n`` generated reviews (:func:`relprop.bench.sentiment.make_sentences`) and labels."""
+    """``n`` generated reviews (:func:`relprop_bench.sentiment.make_sentences`) and labels."""
     lexicon = sentiment.load_lexicon()
     vocab = sentiment.Vocabulary(sorted(lexicon))
     made = sentiment.make_sentences(n, seed, lexicon, vocab)

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from relprop import composites, rules
+from relprop.composites import Composite
+from relprop.methods import METHODS
 from torch import Tensor, nn
-
-from .. import composites, rules
-from ..composites import Composite
-from ..methods import METHODS
 
 __all__ = [
     "Explainer",

@@ -11,9 +11,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from relprop import viz
 from torch import nn
 
-from .. import viz
 from .localisation import (
     RANDOM_ORDER,
     SMALL_BOX,
@@ -334,7 +334,7 @@ def markdown(result: BenchResult, summary: Summary, command: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-#: the options of the rows, as the report states them (see relprop.bench.presets)
+#: the options of the rows, as the report states them (see relprop_bench.presets)
 OPTIONS = (
     "SmoothGrad 16 samples, noise 0.15 of each image's range; Integrated Gradients 32\n"
     "  steps from a black image (trapezoid rule); Occlusion 8x8 windows, stride 4, fill 0;\n"

@@ -11,7 +11,7 @@ sentiment words whose rating has the label's sign.
 - data: :func:`lexicon_file`, :func:`load_lexicon`, :class:`Vocabulary`,
   :func:`make_sentences` (a :class:`Sentences` batch);
 - model: :class:`SentimentCNN` (``embed`` → ``head``), :func:`train_model`,
-  :func:`trained_model` (weights cached like the digit nets of :mod:`~relprop.bench.models`);
+  :func:`trained_model` (weights cached like the digit nets of :mod:`~relprop_bench.models`);
 - scoring: :func:`token_localisation` (token μ and rank accuracy), :func:`localisation_table`.
 
 The lexicon comes from the ``vadersentiment`` package, read from its files (nothing of it is
@@ -34,14 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from relprop.composites import Composite, epsilon_alpha2_beta1, epsilon_plus, uniform
+from relprop.errors import InvalidInputError
+from relprop.explain import Explanation, explain
+from relprop.methods import gradient, gradient_x_input, random_baseline
+from relprop.rules import Epsilon
+from relprop.targets import Contrast
 from torch import Tensor, nn
 
-from ..composites import Composite, epsilon_alpha2_beta1, epsilon_plus, uniform
-from ..errors import InvalidInputError
-from ..explain import Explanation, explain
-from ..methods import gradient, gradient_x_input, random_baseline
-from ..rules import Epsilon
-from ..targets import Contrast
 from .models import Progress, _stderr, default_cache_dir
 from .stats import Estimate, bootstrap_mean
 
@@ -339,7 +339,7 @@ def trained_model(config: SentimentConfig = SentimentConfig(),
                   ) -> tuple[SentimentCNN, Vocabulary, dict[str, Any]]:
     """The trained model for ``config``: from ``cache`` if there, else trained and saved.
 
-    ``cache``: a folder (default :func:`~relprop.bench.models.default_cache_dir`); weights go
+    ``cache``: a folder (default :func:`~relprop_bench.models.default_cache_dir`); weights go
     to ``cache/sentiment-<hash of the configuration and the lexicon>.pt``. The metadata says
     where (``cached``) and whether they were loaded from there (``loaded``).
     """
