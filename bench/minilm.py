@@ -4,7 +4,7 @@
 Trains a logistic regression on MiniLM sentence embeddings of generated reviews, explains
 ``--n`` test reviews with relprop (AttnLRP, CP-LRP), gradient × input, the gradient and
 random orders, deletes their word pieces most / least relevant first, and prints AOPC and
-ABPC with 95 % bootstrap CIs (the code is :mod:`relprop.bench.minilm`). A full run writes
+ABPC with 95 % bootstrap CIs (the code is :mod:`relprop_bench.minilm`). A full run writes
 ``bench/MINILM.md``; ``--quick`` only prints, unless ``--out`` is given::
 
     python bench/minilm.py --quick                 # a minute or two
@@ -21,13 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-# replace this folder on the path by src/: bench/transformers.py would shadow the package
-sys.path[0] = str(Path(__file__).resolve().parents[1] / "src")
+# replace this folder on the path by src/ and benchmarks/src/: bench/transformers.py would
+# shadow the package
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0:1] = [str(ROOT / "src"), str(ROOT / "benchmarks" / "src")]
 
 import torch  # noqa: E402
-
-from relprop.bench import minilm  # noqa: E402
-from relprop.bench.stats import paired_difference  # noqa: E402
+from relprop_bench import minilm  # noqa: E402
+from relprop_bench.stats import paired_difference  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = "relprop attnlrp"
@@ -66,7 +67,7 @@ def report(results: dict[str, minilm.DeletionResult], command: str, seconds: flo
         f"    {command}", "",
         f"all-MiniLM-L6-v2 (pretrained, float32) + masked mean pooling + L2 normalisation + a "
         f"logistic regression (C = 10) trained on {first['n_train']} generated reviews "
-        f"(`relprop.bench.sentiment`): train accuracy {first['train_accuracy']:.3f}, accuracy "
+        f"(`relprop_bench.sentiment`): train accuracy {first['train_accuracy']:.3f}, accuracy "
         f"on the {first['n']} test reviews {first['test_accuracy']:.3f}. Each test review is "
         f"explained for the probe's predicted class; the score tracked is that class's logit "
         f"(its log-odds). {first['tokens']:.1f} deletable word pieces per review on average "

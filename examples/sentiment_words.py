@@ -15,6 +15,7 @@ sign; rank accuracy: are the K most relevant words those K words?) for LRP and o
 methods. It writes the coloured sentences to ``<out>/sentiment_words.html``.
 
     pip install vadersentiment        # the lexicon (read from the package's files)
+    pip install -e benchmarks/        # relprop_bench, which generates the reviews
     python examples/sentiment_words.py --out sentiment-out
 """
 
@@ -26,9 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-
-import relprop
-from relprop.bench.sentiment import (
+from relprop_bench.sentiment import (
     LABELS,
     PAD,
     TEST_SEED,
@@ -41,6 +40,8 @@ from relprop.bench.sentiment import (
     make_sentences,
     trained_model,
 )
+
+import relprop
 from relprop.text import to_html, to_terminal, top_tokens
 
 

@@ -1,8 +1,8 @@
-"""Ship scikit-learn's 1797 8x8 digits inside the package, so relprop never imports sklearn.
+"""Ship scikit-learn's 1797 8x8 digits inside relprop_bench, so it never imports sklearn.
 
-Writes ``src/relprop/data/digits8x8.pt``: ``images`` (1797, 8, 8) uint8 in 0..16, ``labels``
-(1797,) uint8 and ``meta``. :mod:`relprop.bench.cluttered` builds its data sets from it. Run
-once (the file is committed)::
+Writes ``benchmarks/src/relprop_bench/data/digits8x8.pt``: ``images`` (1797, 8, 8) uint8 in
+0..16, ``labels`` (1797,) uint8 and ``meta``. :mod:`relprop_bench.cluttered` builds its data
+sets from it. Run once (the file is committed)::
 
     .venv/bin/python scripts/make_digits_data.py
 """
@@ -17,7 +17,7 @@ import torch
 from sklearn.datasets import load_digits
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "src" / "relprop" / "data"
+DATA = ROOT / "benchmarks" / "src" / "relprop_bench" / "data"
 
 
 def main(argv: list[str] | None = None) -> int:

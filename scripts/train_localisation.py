@@ -1,7 +1,7 @@
 """Train the VGG-style nets of the localisation benchmark on cluttered digits, into the cache.
 
-Every ``(variant, seed)`` model is trained by :func:`relprop.bench.models.trained_net` (the
-same code ``relprop bench localisation`` calls, so the benchmark then finds them cached) and
+Every ``(variant, seed)`` model is trained by :func:`relprop_bench.models.trained_net` (the
+same code ``relprop-bench localisation`` calls, so the benchmark then finds them cached) and
 its test accuracy on 1000 held-out images is printed. A model already in the cache with the
 same configuration is loaded, not retrained (``--retrain`` forces it). About a minute or two
 per model on two idle CPU cores::
@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks" / "src")]
 
-from relprop.bench.localisation import BenchConfig  # noqa: E402
-from relprop.bench.models import VARIANTS, TrainConfig, trained_net  # noqa: E402
+from relprop_bench.localisation import BenchConfig  # noqa: E402
+from relprop_bench.models import VARIANTS, TrainConfig, trained_net  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
