@@ -6,12 +6,14 @@ OUT ?= demo-out
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml benchmarks/pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned, so that nothing below can pull another (CUDA) build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# the benchmarks (relprop_bench, the relprop-bench command): a package of their own
+	$(PY) -m pip install -q --no-deps -e benchmarks/
 	# test-only oracles, never runtime dependencies; a failed install fails the setup (their
 	# tests fail, not skip, without them). --no-deps where a package depends on torch.
 	$(PY) -m pip install -q --no-deps zennit==0.5.1
@@ -28,8 +30,8 @@ demo: $(STAMP)
 	$(VENV)/bin/relprop demo --out $(OUT)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench scripts examples
-	$(VENV)/bin/mypy src/relprop
+	$(VENV)/bin/ruff check src tests bench scripts examples benchmarks
+	$(VENV)/bin/mypy src/relprop benchmarks/src/relprop_bench
 
 test: lint
 	$(PY) -m pytest -q
