@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.relprop-installed
 OUT ?= demo-out
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint docs bench clean
 
 $(STAMP): pyproject.toml benchmarks/pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,7 +33,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench scripts examples benchmarks
 	$(VENV)/bin/mypy src/relprop benchmarks/src/relprop_bench
 
-test: lint
+# the documentation site, offline and strict (any warning fails); open site/index.html
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
+test: lint docs
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
