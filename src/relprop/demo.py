@@ -1,7 +1,7 @@
 """A self-contained demo: a small CNN trained on 8x8 digits, explained with LRP.
 
 The weights and a few test digits ship with the package (``relprop/data``; made by
-``scripts/train_digits.py``), so the demo runs offline and needs nothing beyond torch::
+``scripts/train_digits.py``), so the demo runs offline::
 
     from relprop.demo import run_demo
     png = run_demo(Path("demo-out"))      # or, from a shell: relprop demo --out demo-out
@@ -13,19 +13,28 @@ Montavon et al. (2019), "Layer-wise relevance propagation: an overview": LRP-0, 
 and their composite ``montavon2019``. Under every map: the sum of its relevance and the
 largest ``|R|``, which sets its colour scale; a colour bar says what the colours mean, and a
 footer why the sums are not the logits (what biases, the ε stabiliser and αβ absorbed).
+
+The figure is drawn with matplotlib (:func:`plot_figure`) when it is installed
+(``pip install 'relprop[plot]'``; ``make demo`` installs it); without it, with torch alone
+(:func:`render_figure`, a 5x7 pixel font) and written with Pillow.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from . import composites, viz
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "DEFAULT",
@@ -36,6 +45,7 @@ __all__ = [
     "format_conservation",
     "load_digit_samples",
     "load_digits_cnn",
+    "plot_figure",
     "render_figure",
     "run_demo",
 ]
@@ -207,7 +217,7 @@ def format_conservation(result: dict[str, Any]) -> str:
     return "\n".join(lines + _why_not_conserved(result))
 
 
-# -- the figure -------------------------------------------------------------------------------
+# -- the figure, with torch alone ----------------------------------------------------------
 
 _WHITE: viz.RGB8 = (255, 255, 255)
 _INK: viz.RGB8 = (0, 0, 0)
@@ -295,7 +305,8 @@ def _frame(block: Tensor, color: viz.RGB8, thickness: int, margin: int) -> Tenso
 
 
 def render_figure(result: dict[str, Any], scale: int = 12) -> Tensor:
-    """The demo figure of :func:`explain_digits`'s ``result`` as ``(H, W, 3)`` uint8."""
+    """The demo figure of :func:`explain_digits`'s ``result`` as ``(H, W, 3)`` uint8, drawn
+    with torch alone (5x7 pixel font); :func:`plot_figure` draws it with matplotlib."""
     ts = 2 if scale >= 10 else 1  # text scale
     pad = max(2, scale // 2)
     gap = 2 * ts
@@ -377,7 +388,152 @@ def render_figure(result: dict[str, Any], scale: int = 12) -> Tensor:
     return _pad(figure, figure.shape[0] + 2 * pad, figure.shape[1] + 2 * pad)
 
 
-def run_demo(out_dir: Path, n: int = 6, *, target: str = "predicted", scale: int = 12) -> Path:
+# -- the figure, with matplotlib --------------------------------------------------------------
+
+_TITLE = "LRP: which pixels of each digit speak for the explained class"
+_COLOURS_NOTE = ("colours: each map is scaled to its own max = largest |R| (printed under it), "
+                 "white = no relevance. sum R = total relevance over the pixels, to compare with "
+                 "the logit (left). framed: the default composite, what relprop.explain(model, x) "
+                 "uses.")
+_RED, _BLUE, _GREY_MPL = "#c80000", "#0000c8", "#6e6e6e"
+
+
+def plot_figure(result: dict[str, Any], *, cell: float = 1.25) -> Figure:
+    """The demo figure of :func:`explain_digits`'s ``result`` as a matplotlib figure.
+
+    The same content as :func:`render_figure`: a row per digit (true, predicted, explained
+    class and logit), the input, the default composite framed as the main column, the
+    comparison rules, ``sum R`` and ``max |R|`` under each map, a colour bar, and the share of
+    the logit each method absorbed. ``cell`` is the side of a map in inches. Needs matplotlib
+    (``pip install 'relprop[plot]'``).
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
+
+    from . import plot
+
+    methods, default = list(result["methods"]), result.get("default")
+    n = len(result["labels"])
+    main = default if default in methods else None
+    others = [m for m in methods if m != main]
+    # the layout, in inches from the top left
+    margin, label_w, gap, group_gap = 0.3, 1.35, 0.22, 0.55
+    title_h, head_h, under_h = 0.45, 0.62, 0.46
+    row_h = cell + under_h
+    columns: list[tuple[str, float]] = []  # (method or "" for the input, left edge)
+    x = margin + label_w
+    for name in ["", *([main] if main else [])]:
+        columns.append((name, x))
+        x += cell + gap
+    x += group_gap - gap if others else 0.0
+    for name in others:
+        columns.append((name, x))
+        x += cell + gap
+    width = x - gap + margin
+    wrap = max(40, int((width - 2 * margin) / 0.072))  # characters per line at 9 pt
+    footer = textwrap.wrap(" ".join(_why_not_conserved(result)), wrap)
+    note = textwrap.wrap(_COLOURS_NOTE, max(30, int((width - 2 * margin - 3.9) / 0.072)))
+    top = margin + title_h + head_h
+    legend_top = top + n * row_h + 0.25
+    legend_h = max(0.95, 0.19 * len(note) + 0.1)
+    height = legend_top + legend_h + 0.2 + 0.19 * len(footer) + margin
+    fig = plot.figure(width, height, constrained=False)
+
+    def rect(left: float, upper: float, w: float, h: float
+             ) -> tuple[float, float, float, float]:
+        return (left / width, 1 - (upper + h) / height, w / width, h / height)
+
+    def text(left: float, upper: float, line: str, **kw: Any) -> None:
+        fig.text(left / width, 1 - upper / height, line, va="top", **kw)
+
+    text(margin, margin, _TITLE, fontsize=13, weight="bold")
+    cmap = plot.colormap("bwr")
+    for k in range(n):
+        upper = top + k * row_h
+        true, pred = int(result["labels"][k]), int(result["predictions"][k])
+        target = int(result["targets"][k])
+        lines = [(f"true {true}", "black"),
+                 (f"pred {pred}" + (" wrong" if pred != true else ""),
+                  _RED if pred != true else "black"),
+                 (f"explains {target}", "black"),
+                 (f"logit {float(result['logits'][k, target]):.2f}", "black")]
+        for j, (line, colour) in enumerate(lines):
+            text(margin, upper + cell / 2 - 0.4 + 0.2 * j, line, fontsize=10, color=colour)
+        for name, left in columns:
+            ax = fig.add_axes(rect(left, upper, cell, cell))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if not name:
+                ax.imshow(1.0 - result["images"][k, 0].numpy(), cmap="gray", vmin=0.0,
+                          vmax=1.0, interpolation="nearest")
+                if k == 0:
+                    ax.set_title("input", fontsize=10)
+                continue
+            r = viz.channel_sum(result["relevance"][name][k])
+            shown = viz.normalize_symmetric(r) * 2.0 - 1.0
+            ax.imshow(shown.numpy(), cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
+            ax.text(0.5, -0.04, f"sum R {float(r.sum()):.2f}", transform=ax.transAxes,
+                    ha="center", va="top", fontsize=9)
+            ax.text(0.5, -0.04 - 0.17 / cell, f"max |R| {float(r.abs().max()):.2f}",
+                    transform=ax.transAxes, ha="center", va="top", fontsize=9,
+                    color=_GREY_MPL)
+            if k == 0:
+                head = name
+                if name == main:  # "epsilon_alpha2_beta1" on two lines, after an underscore
+                    cut = name.find("_") + 1 if len(name) > 14 and "_" in name else len(name)
+                    head = "\n".join(["default", name[:cut], name[cut:]]).strip()
+                ax.set_title(head, fontsize=10, weight="bold" if name == main else "normal")
+    if main:  # frame the main column, titles to sums
+        left = dict(columns)[main]
+        fig.add_artist(Rectangle(
+            ((left - 0.1) / width, 1 - (top + n * row_h - 0.02) / height),
+            (cell + 0.2) / width, (n * row_h + head_h - 0.02) / height,
+            transform=fig.transFigure, fill=False, linewidth=2, edgecolor="black"))
+    if others:
+        first = dict(columns)[others[0]]
+        span = columns[-1][1] + cell - first
+        upper = top - head_h + 0.02
+        text(first, upper, "other rules, for comparison", fontsize=10, color=_GREY_MPL)
+        fig.add_artist(Rectangle((first / width, 1 - (upper + 0.24) / height), span / width,
+                                 0.012 / height, transform=fig.transFigure,
+                                 color=_GREY_MPL, linewidth=0))
+    # the colour bar with what its ends mean, and what the colours and sums mean
+    bar_w = 3.3
+    cax = fig.add_axes(rect(margin, legend_top + 0.25, bar_w, 0.2))
+    bar = fig.colorbar(ScalarMappable(Normalize(-1.0, 1.0), cmap), cax=cax,
+                       orientation="horizontal")
+    bar.set_ticks([-1.0, 0.0, 1.0], labels=["−max |R|", "0", "+max |R|"])
+    bar.ax.tick_params(labelsize=9)
+    text(margin, legend_top, "against the class", fontsize=9, color=_BLUE)
+    text(margin + bar_w, legend_top, "for the class", fontsize=9, color=_RED, ha="right")
+    for j, line in enumerate(note):
+        text(margin + bar_w + 0.6, legend_top + 0.19 * j, line, fontsize=9)
+    for j, line in enumerate(footer):
+        text(margin, legend_top + legend_h + 0.2 + 0.19 * j, line, fontsize=9)
+    return fig
+
+
+Backend = Literal["auto", "matplotlib", "torch"]
+
+
+def _backend(backend: str) -> str:
+    """``"matplotlib"`` or ``"torch"`` (with Pillow), or an error that says what to install."""
+    if backend not in ("auto", "matplotlib", "torch"):
+        raise ValueError(f"backend must be 'auto', 'matplotlib' or 'torch', not {backend!r}")
+    if backend == "torch":
+        viz._require("PIL.Image", "writing the demo picture")
+        return "torch"
+    if find_spec("matplotlib") is not None and find_spec("PIL") is not None:
+        return "matplotlib"
+    if backend == "matplotlib":
+        viz._require("matplotlib", "the demo figure with matplotlib")
+    viz._require("PIL.Image", "writing the demo picture (with matplotlib, or else with Pillow)")
+    return "torch"
+
+
+def run_demo(out_dir: Path, n: int = 6, *, target: str = "predicted", scale: int = 12,
+             backend: Backend = "auto") -> Path:
     """Explain ``n`` test digits and write the figure; returns the PNG's path.
 
     Writes to ``out_dir`` (created if needed): ``lrp_digits.png`` (rows = digits with their
@@ -385,11 +541,22 @@ def run_demo(out_dir: Path, n: int = 6, *, target: str = "predicted", scale: int
     :func:`relprop.explain`; comparison columns LRP-0, LRP-ε, LRP-γ, montavon2019; a colour
     bar, blue-white-red, red = evidence for the class; a footer on conservation),
     ``explanations.pt`` (the tensors of :func:`explain_digits`) and ``README.txt``.
+
+    ``backend="auto"`` draws with matplotlib (:func:`plot_figure`, at ``12.5 * scale`` dpi)
+    when it is installed, else with torch alone (:func:`render_figure`, maps ``scale``
+    pixels a cell); either way the PNG is written with Pillow. Without Pillow a
+    :class:`relprop.viz.MissingExtraError` says ``pip install 'relprop[plot]'``.
     """
+    how = _backend(backend)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = explain_digits(n, target)
-    png = viz.save_png(out / "lrp_digits.png", render_figure(result, scale))
+    if how == "matplotlib":
+        from . import plot
+
+        png = plot.save(plot_figure(result), out / "lrp_digits.png", dpi=max(60, 12.5 * scale))
+    else:
+        png = viz.save_png(out / "lrp_digits.png", render_figure(result, scale))
     torch.save(result, out / "explanations.pt")
     (out / "README.txt").write_text(
         "lrp_digits.png: LRP heatmaps of a small CNN on 8x8 test digits\n"
