@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import relprop
-from relprop._checks import check_input, check_token_ids, warn_if_probabilities
+from relprop._engine import check_input, check_token_ids, warn_if_probabilities
 from relprop.targets import Logit, OutputRelevance, as_target
 
 

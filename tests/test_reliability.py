@@ -402,3 +402,56 @@ def test_softmax_output_warns_at_the_callers_line() -> None:
     with pytest.warns(relprop.ProbabilityOutputWarning, match="LogOdds") as caught:
         relprop.explain(model, torch.randn(2, 1, 6, 6), target=0)
     assert caught[0].filename == __file__
+
+
+class _Pool1dInplaceRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(8)
+        self.conv = nn.Conv1d(2, 3, 3, padding=1)
+        self.pool = nn.MaxPool1d(2)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(3 * 4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.pool(self.conv(x))).flatten(1))
+
+
+def test_in_place_relu_after_max_pool1d() -> None:
+    model = _Pool1dInplaceRelu().double().eval()
+    x = torch.randn(2, 2, 8, dtype=torch.float64)
+    expl = relprop.explain(model, x, target=1, composite=ZERO, verify=True)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xg)[:, 1].sum(), xg)
+    torch.testing.assert_close(expl.relevance, x * grad)
+
+
+class _CopyBeforeNorm(nn.Module):
+    """A copy (``clone``, ``contiguous(channels_last)``) between a conv and its BatchNorm."""
+
+    def __init__(self, copy: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        super().__init__()
+        torch.manual_seed(9)
+        self.conv, self.bn, self.fc = nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Linear(3, 2)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+        self.copy = copy
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        if self.copy is not None:
+            h = self.copy(h)
+        return self.fc(torch.relu(self.bn(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("copy", [torch.clone,
+                                  lambda t: t.contiguous(memory_format=torch.channels_last)],
+                         ids=["clone", "channels_last"])
+def test_a_copy_between_conv_and_batchnorm_keeps_them_one_layer(copy: Forward) -> None:
+    x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
+    composite = C.epsilon_alpha2_beta1()
+    expected = relprop.explain(_CopyBeforeNorm(None).double().eval(), x, 0, composite)
+    expl = relprop.explain(_CopyBeforeNorm(copy).double().eval(), x, 0, composite)
+    assert list(expl.rules) == list(expected.rules) == ["conv:conv2d+batch_norm", "fc:linear"]
+    torch.testing.assert_close(expl.relevance, expected.relevance)

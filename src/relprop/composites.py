@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from ._calls import OpCall
+from ._engine import OpCall
 from .errors import RuleAssignmentError
 from .rules import (
     AlphaBeta,
@@ -159,7 +159,19 @@ class Composite:
         for selector, rule in self.rules:
             if call.kind in rule.kinds and selector(call, layout):
                 return rule
-        return DEFAULTS[call.kind]
+        default = DEFAULTS.get(call.kind)
+        if default is None:
+            raise RuleAssignmentError(
+                f"no rule of {self.name!r} selects {call.name} (op kind {call.kind!r}), and "
+                "that kind has no default rule: add a (selector, rule) pair for it")
+        return default
+
+    def elementwise_ops(self) -> frozenset[str]:
+        """The op names the composite's rules declared in ``Rule.elementwise_ops``."""
+        names: set[str] = set()
+        for _, rule in self.rules:
+            names |= rule.elementwise_ops
+        return frozenset(names)
 
     def assign(self, calls: Sequence[OpCall]) -> None:
         """Give every call its rule (after the forward pass, before the backward pass)."""

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._calls import LedgerEntry
-from ._checks import check_input as _check_input
-from ._checks import check_model as _check_model
-from ._checks import check_output as _check_output
-from ._checks import check_token_ids as _check_token_ids
-from ._checks import select_output as _select_output
-from ._checks import warn_if_probabilities as _warn_if_probabilities
-from ._graph import find_unsupported
-from ._intercept import Interceptor
-from ._models import eager, eager_module, usable_input
-from ._session import Session
+from ._engine import (
+    MODULES,
+    Interceptor,
+    Session,
+    eager,
+    eager_module,
+    find_unsupported,
+    usable_input,
+)
+from ._engine import check_input as _check_input
+from ._engine import check_model as _check_model
+from ._engine import check_output as _check_output
+from ._engine import check_token_ids as _check_token_ids
+from ._engine import select_output as _select_output
+from ._engine import warn_if_probabilities as _warn_if_probabilities
 from .composites import Composite, default
 from .errors import (
     InvalidInputError,
@@ -27,35 +30,10 @@ from .errors import (
     UnsupportedOperationError,
     UnsupportedOperationWarning,
 )
+from .explanation import Explanation
 from .targets import Target, as_target
 
-
-@dataclass
-class Explanation:
-    """The result of an attribution method: the same object for every method.
-
-    ``relevance`` has the input's shape; ``explained`` is, per sample, the output quantity
-    whose relevance was propagated (the logit for a class target), so that with a
-    conservative composite ``relevance.sum(dims) ≈ explained``.
-    """
-
-    relevance: Tensor
-    output: Tensor
-    explained: Tensor
-    target: Target
-    method: str
-    rules: dict[str, str] = field(default_factory=dict)
-    layers: dict[str, Tensor] = field(default_factory=dict)
-    conservation: list[LedgerEntry] = field(default_factory=list)
-    #: for token inputs: the token strings per sample (set by :mod:`relprop.text` helpers)
-    tokens: list[list[str]] | None = None
-    #: relevance that reached other embedding lookups (positions, token types), per sample
-    #: and position, keyed by the module path of the lookup
-    sources: dict[str, Tensor] = field(default_factory=dict)
-
-    def relevance_sum(self) -> Tensor:
-        """Total input relevance per sample."""
-        return self.relevance.reshape(self.relevance.shape[0], -1).sum(dim=1)
+__all__ = ["explain", "Explanation"]
 
 
 def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = None,
@@ -104,10 +82,10 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
         )
     kwargs = dict(forward_kwargs or {})
     x_leaf = x if tokens else x.detach().requires_grad_(True)
-    session = Session(model, x_leaf, record)
+    session = Session(model, x_leaf, record, MODULES)
     with eager(model):
         try:
-            with session.installed(Interceptor(session)):
+            with session.installed(Interceptor(session, composite.elementwise_ops())):
                 output = _select_output(model(session.model_input(), **kwargs))
         except (RuntimeError, TypeError) as error:
             _explain_forward_error(model, x, tokens, kwargs, error)

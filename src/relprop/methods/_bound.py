@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_model, check_token_ids, select_output
+from .._engine import check_model, check_token_ids, select_output
 from ..errors import InvalidInputError
 from ..explain import Explanation
 

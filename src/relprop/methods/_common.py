@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_input as _check_input
-from .._checks import check_model as _check_model
-from .._checks import check_output as _check_output
+from .._engine import check_input as _check_input
+from .._engine import check_model as _check_model
+from .._engine import check_output as _check_output
 from ..errors import InvalidInputError
 from ..explain import Explanation
 from ..targets import Target, as_target

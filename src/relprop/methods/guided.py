@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .._checks import check_output as _check_output
-from .._intercept import short_name
+from .._engine import check_output as _check_output
+from .._engine import short_name
 from ..explain import Explanation
 from ._bound import bound_method
 from ._common import TargetLike, check_call, differentiable, resolve

@@ -21,7 +21,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_model
+from .._engine import check_model
 from ..errors import InvalidInputError
 from ..targets import _classes
 from ._summary import describe

@@ -1,153 +1,38 @@
-"""LRP rules for layers, activations, pooling and products of activations.
+"""LRP rules for linear layers: LRP-0, ε, γ, αβ, z⁺, flat, w² and z^B.
 
-Notation (Montavon et al. 2019, "Layer-wise relevance propagation: an overview", §10.2):
-``a_j`` are the op's inputs, ``w_jk`` its weights, ``z_k = sum_j a_j w_jk + b_k`` its outputs
-and ``R_k`` the relevance of output ``k``. The engine carries ``G = R / a`` backwards, so a
-layer rule returns ``c_j`` with ``R_j = a_j c_j`` (the four-step recipe of §10.2.2: forward with
-``rho(W)``, divide, vjp, multiply). Rules that do not factor through ``a`` (flat, w², z^B)
-return ``R_j`` itself and say so with ``factorizes = False``.
-
-Every rule is pure configuration; the maths are functions of ``(op, a, z, grad)`` where
-``grad = R / z`` is the signal arriving at the op's output.
+Each returns, from the signal ``grad = R / z`` at the layer's output, the signal ``c`` at its
+input with ``R_j = a_j c_j`` (or ``R_j`` itself where ``factorizes = False``); see
+:mod:`relprop.rules.base` for the notation and the pieces they are made of.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .._ops import LAYER_KINDS, LinearOp
+from .base import (
+    LayerRule,
+    Rule,
+    is_nonnegative,
+    positive_contributions,
+    signed_vjp,
+    stabilize,
+    stabilize_nonnegative_,
+)
+from .elementwise import Gradient, Pass
+from .ops import LinearOp
+from .pooling import SumPooling, WinnerTakeAll
+from .products import Product
 
 __all__ = [
-    "Rule", "LayerRule", "Zero", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "Flat", "WSquare",
-    "ZBox", "Pass", "Gradient", "WinnerTakeAll", "SumPooling", "Product",
+    "Zero", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "Flat", "WSquare", "ZBox",
+    # moved to their own modules; importable from here as before
+    "Rule", "LayerRule", "Pass", "Gradient", "WinnerTakeAll", "SumPooling", "Product",
+    "stabilize",
 ]
-
-
-def stabilize(denominator: Tensor, epsilon: float | Tensor) -> Tensor:
-    """``z + ε·sign(z)`` with ``sign(0) = +1``: moves the denominator away from 0, keeping its
-    sign (``torch.sign(0) = 0`` would leave 0/0 = NaN). A denominator that stays exactly 0
-    (ε = 0) becomes ``inf``: every contribution to it is 0, so the share is 0, not NaN."""
-    out = torch.where(denominator >= 0, denominator + epsilon, denominator - epsilon)
-    if isinstance(epsilon, Tensor) or epsilon == 0:
-        return out.masked_fill_(out == 0, float("inf"))
-    return out
-
-
-def _stabilize_nonneg_(denominator: Tensor, epsilon: float) -> Tensor:
-    """``stabilize`` in place, for a temporary of the caller known to be ``>= 0``."""
-    if epsilon == 0:
-        return denominator.masked_fill_(denominator == 0, float("inf"))
-    return denominator.add_(epsilon)
-
-
-def _nonnegative(t: Tensor) -> bool:
-    return bool(t.min() >= 0) if t.numel() else True
-
-
-def _positive_contributions(op: LinearOp, a: Tensor, nonneg: bool) -> Tensor:
-    """``P_k = sum_j (a_j w_jk)^+`` (bias excluded)."""
-    if nonneg:
-        return op.forward(a, op.positive_weight)
-    return (op.forward(a.clamp(min=0), op.positive_weight)
-            + op.forward(a.clamp(max=0), op.negative_weight))
-
-
-def _signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,
-                s_pos: Tensor | None, s_neg: Tensor | None) -> Tensor:
-    """``c_j`` with ``a_j c_j = sum_k (a_j w_jk)^+ s_pos_k + (a_j w_jk)^- s_neg_k``.
-
-    For ``a_j > 0`` the positive contributions are ``a_j w^+``, for ``a_j < 0`` they are
-    ``a_j w^-``: this is what makes γ, αβ and z⁺ correct on inputs of both signs.
-    """
-    def pull(weight_for_pos: Tensor, weight_for_neg: Tensor) -> Tensor:
-        terms = [op.input_vjp(a, w, s) for w, s in ((weight_for_pos, s_pos),
-                                                    (weight_for_neg, s_neg)) if s is not None]
-        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
-
-    w_pos, w_neg = op.positive_weight, op.negative_weight
-    if nonneg:
-        return pull(w_pos, w_neg)
-    # where a_j = 0 the relevance a_j c_j is 0 whichever branch c_j comes from
-    return torch.where(a > 0, pull(w_pos, w_neg), pull(w_neg, w_pos))
-
-
-def _short_repr(value: Any) -> str:
-    """A parameter's repr, short whatever its size: a tensor of more than a few values shows
-    as ``tensor(shape=(3, 224, 224))``, a long sequence as ``list(len=50)``."""
-    if isinstance(value, Tensor):
-        if value.numel() <= 4:
-            return f"tensor({[round(v, 6) for v in value.detach().reshape(-1).tolist()]})"
-        return f"tensor(shape={tuple(value.shape)})"
-    if isinstance(value, list | tuple) and len(value) > 4:
-        return f"{type(value).__name__}(len={len(value)})"
-    return repr(value)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Parameter equality; tensors by shape and value (whatever their device and dtype)."""
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape:
-            return False
-        return torch.equal(a.detach().cpu().double(), b.detach().cpu().double())
-    return bool(a == b)
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, Tensor):  # equal tensors have one shape; values are left to __eq__
-        return ("tensor", tuple(value.shape))
-    if isinstance(value, list):
-        return tuple(_hashable(v) for v in value)
-    return value
-
-
-class Rule:
-    """A propagation rule; ``kinds`` names the op kinds it can be given to.
-
-    A rule is pure configuration: its declared parameters (the instance attributes) make its
-    repr (short: a tensor parameter shows its shape), equality and hash; tensor parameters
-    compare by value.
-    """
-
-    kinds: ClassVar[frozenset[str]] = frozenset()
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={_short_repr(v)}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({fields})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(self) is not type(other):
-            return False
-        mine, theirs = vars(self), vars(other)
-        return mine.keys() == theirs.keys() and all(_same(v, theirs[k]) for k, v in mine.items())
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__,
-                     tuple((k, _hashable(v)) for k, v in sorted(vars(self).items()))))
-
-
-class LayerRule(Rule):
-    """A rule for linear layers ``z = W a + b`` (linear, conv, transposed conv, BatchNorm)."""
-
-    kinds = LAYER_KINDS
-    #: True: :meth:`propagate` returns ``c`` with ``R_in = a * c``; False: it returns ``R_in``.
-    factorizes: ClassVar[bool] = True
-    #: False when :meth:`propagate` reads ``grad`` only through ``R = z * grad`` (so relevance
-    #: is 0 wherever ``z`` is); a ReLU merged into the layer then needs no mask.
-    reads_grad: ClassVar[bool] = True
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        if stabilizer < 0:
-            raise ValueError(f"stabilizer must be >= 0, got {stabilizer!r}")
-        self.stabilizer = float(stabilizer)
-
-    def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        """Map the signal ``grad = R_out / z`` at the output to ``c`` (or ``R_in``)."""
-        raise NotImplementedError
 
 
 class Zero(LayerRule):
@@ -253,16 +138,16 @@ class Gamma(LayerRule):
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         gamma, w = self.gamma, op.weight
-        nonneg = _nonnegative(a)
+        nonneg = is_nonnegative(a)
         relevance = z * grad
-        p = _positive_contributions(op, a, nonneg)
-        if _nonnegative(z) or not bool(z.clamp(max=0).mul_(grad).any()):
+        p = positive_contributions(op, a, nonneg)
+        if is_nonnegative(z) or not bool(z.clamp(max=0).mul_(grad).any()):
             # positive outputs only (a ReLU follows): one vjp with rho(W) = W + γW⁺
             denom = op.add_bias_(p, op.positive_bias).mul_(gamma).add_(z)
-            s_pos = relevance.div_(_stabilize_nonneg_(denom, self.stabilizer))
+            s_pos = relevance.div_(stabilize_nonnegative_(denom, self.stabilizer))
             if nonneg:
                 return op.input_vjp(a, torch.add(w, op.positive_weight, alpha=gamma), s_pos)
-            return op.input_vjp(a, w, s_pos) + gamma * _signed_vjp(op, a, False, s_pos, None)
+            return op.input_vjp(a, w, s_pos) + gamma * signed_vjp(op, a, False, s_pos, None)
         positive_out = z >= 0
         denom_pos = torch.add(z, op.add_bias(p, op.positive_bias), alpha=gamma)
         n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
@@ -273,7 +158,7 @@ class Gamma(LayerRule):
         if nonneg:  # rho(W) = W + γW⁺ for positive outputs, W + γW⁻ for negative ones
             return (op.input_vjp(a, torch.add(w, op.positive_weight, alpha=gamma), s_pos)
                     + op.input_vjp(a, torch.add(w, op.negative_weight, alpha=gamma), s_neg))
-        return op.input_vjp(a, w, s) + gamma * _signed_vjp(op, a, nonneg, s_pos, s_neg)
+        return op.input_vjp(a, w, s) + gamma * signed_vjp(op, a, nonneg, s_pos, s_neg)
 
 
 class AlphaBeta(LayerRule):
@@ -297,19 +182,19 @@ class AlphaBeta(LayerRule):
         self.beta = float(beta)
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        nonneg = _nonnegative(a)
+        nonneg = is_nonnegative(a)
         relevance = z * grad
-        p = _positive_contributions(op, a, nonneg)
+        p = positive_contributions(op, a, nonneg)
         s_neg = None
         if self.beta != 0:
             n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
             z_neg = op.add_bias_(n, op.negative_bias)
             s_neg = relevance / stabilize(z_neg, self.stabilizer) * -self.beta
         z_pos = op.add_bias_(p, op.positive_bias)
-        s_pos = relevance.div_(_stabilize_nonneg_(z_pos, self.stabilizer))
+        s_pos = relevance.div_(stabilize_nonnegative_(z_pos, self.stabilizer))
         if self.alpha != 1:
             s_pos.mul_(self.alpha)
-        return _signed_vjp(op, a, nonneg, s_pos, s_neg)
+        return signed_vjp(op, a, nonneg, s_pos, s_neg)
 
 
 class ZPlus(AlphaBeta):
@@ -427,89 +312,3 @@ def _as_bound(value: Bound, which: str) -> float | Tensor:
     if not bool(torch.isfinite(bound).all()):
         raise ValueError(f"ZBox bound {which!r} must be finite")
     return bound
-
-
-class Pass(LayerRule):
-    """Identity rule: ``R_in = R_out`` elementwise (activations, normalisation).
-
-    For an elementwise op ``z = f(a)`` this is ``c = grad · z / a``; for ReLU it equals the
-    gradient. The default for SiLU, GELU, tanh, sigmoid and other activations.
-    """
-
-    reads_grad = False
-
-    kinds = frozenset({"activation", "norm"})
-
-    def __init__(self) -> None:
-        super().__init__(0.0)
-
-    def propagate(self, op: LinearOp | None, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        if a.shape != z.shape:
-            raise ValueError(
-                f"Pass needs input and output of one shape, got {a.shape} -> {z.shape}"
-            )
-        ratio = z / a  # z / 0 is masked: an input of exactly 0 takes no relevance
-        return ratio.masked_fill_(a == 0, 0.0).mul_(grad)
-
-
-class Gradient(Rule):
-    """The op's own derivative: ``c = f'(a) · grad`` (e.g. to reproduce Gradient × Input).
-
-    On softmax this is also AttnLRP's rule (see :class:`~relprop.rules.SoftmaxTaylor`); on
-    LayerNorm it is the plain gradient through the normalisation, which is what gradient-based
-    LRP implementations without a LayerNorm rule compute.
-    """
-
-    kinds = frozenset({"activation", "softmax", "layer_norm"})
-
-
-class WinnerTakeAll(Rule):
-    """Max pooling, winner-take-all (Bach et al. 2015): all of ``R_k`` goes to the arg-max."""
-
-    kinds = frozenset({"max_pool"})
-
-
-class SumPooling(Rule):
-    """Max pooling treated as sum pooling (Montavon et al. 2019, §10.3.2).
-
-    ``R_j = sum_k a_j / (sum_{j in window k} a_j) R_k``.
-    """
-
-    kinds = frozenset({"max_pool"})
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
-
-
-class Product(Rule):
-    """Product of two or more activations ``z = a · b`` (elementwise or matmul).
-
-    Uniform split (Achtibat et al. 2024): each of the n factors receives ``R / n``; this is
-    exact because a product is homogeneous of degree n in its factors. When exactly one
-    factor is a gate (the output of a sigmoid, as in squeeze-and-excitation or LSTM), the
-    signal takes all (Arras et al. 2017): the gate receives no relevance. Set
-    ``gates_take_none=False`` to split uniformly always.
-    """
-
-    kinds = frozenset({"product"})
-
-    def __init__(self, gates_take_none: bool = True) -> None:
-        self.gates_take_none = bool(gates_take_none)
-
-    def shares(self, is_gate: list[bool], constant: list[bool] | None = None) -> list[float]:
-        """The fraction of the product's relevance that goes to each factor.
-
-        ``constant`` marks factors whose own rule makes them constants (attention weights
-        under CP-LRP, :class:`~relprop.rules.Constant`): they take nothing, like weights.
-        """
-        if constant is not None and any(constant):
-            rest = [i for i, c in enumerate(constant) if not c]
-            inner = self.shares([is_gate[i] for i in rest]) if rest else []
-            out = [0.0] * len(is_gate)
-            for i, share in zip(rest, inner):
-                out[i] = share
-            return out
-        if self.gates_take_none and 0 < sum(is_gate) < len(is_gate):
-            signals = len(is_gate) - sum(is_gate)
-            return [0.0 if g else 1.0 / signals for g in is_gate]
-        return [1.0 / len(is_gate)] * len(is_gate)

@@ -17,7 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .layers import Rule
+from .base import Rule
+from .elementwise import Pass
+from .ops import NormOp, ShareOp, SoftmaxOp
+from .products import _scaled
 
 __all__ = ["SoftmaxTaylor", "Constant", "NormIdentity", "Attention", "layer_norm_signal"]
 
@@ -35,6 +38,9 @@ class SoftmaxTaylor(Rule):
 
     kinds = frozenset({"softmax"})
 
+    def propagate(self, op: SoftmaxOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        return op.gradient(a, z, grad)
+
 
 class Constant(Rule):
     """The op's output is held constant (CP-LRP for attention weights, Ali et al. 2022).
@@ -45,6 +51,10 @@ class Constant(Rule):
     """
 
     kinds = frozenset({"softmax"})
+    constant_output = True
+
+    def propagate(self, op: object, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        return torch.zeros_like(a)
 
 
 class NormIdentity(Rule):
@@ -63,6 +73,12 @@ class NormIdentity(Rule):
         if not epsilon >= 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
         self.epsilon = float(epsilon)
+
+    def propagate(self, op: NormOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        if op.norm == "module":  # an RMSNorm-like module as one op: R_a = R_z
+            return Pass().propagate(op, a, z, grad)
+        return layer_norm_signal(a, z, grad, op.weight, op.dims, op.eps, op.norm == "layer",
+                                 self.epsilon, op.scale)
 
 
 class Attention(Rule):
@@ -85,6 +101,10 @@ class Attention(Rule):
     def shares(self) -> tuple[float, float, float]:
         """Scale of the query, key and value vector-Jacobian products."""
         return (0.25, 0.25, 0.5) if self.through_scores else (0.0, 0.0, 1.0)
+
+    def propagate(self, op: ShareOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor | None:
+        """The signal of input ``op.position`` (query, key, value)."""
+        return _scaled(grad, self.shares()[op.position])
 
 
 def layer_norm_signal(a: Tensor, z: Tensor, grad: Tensor, weight: Tensor | None,

@@ -1,10 +1,11 @@
-"""The torch-function mode that routes rule-bearing op calls through relprop's functions.
+"""Handlers of the layer family: linear and convolution layers (also ``x @ W.t() + b``),
+BatchNorm (merged into the layer that feeds it), ReLU (merged into the layer before it),
+other activations, max pooling and products of activations.
 
-Layers (linear, conv, transposed conv), BatchNorm, activations other than ReLU, max pooling
-and products of two activations are replaced by autograd functions that compute the same
-output and apply a rule on the way back. Every other op runs unchanged: if it is linear its
-gradient already is LRP-0, and :mod:`relprop._graph` checks the rest after the forward pass.
-Parameters are detached at the call, so the graph holds only what depends on the input.
+A handler gets ``(session, func, name, args, kwargs)`` for one op call of the forward pass and
+returns what the model's call returns; where the op takes a rule it runs through one of the
+autograd functions of :mod:`relprop._engine.apply`, with its op view from
+:mod:`relprop.rules.ops`.
 """
 
 from __future__ import annotations
@@ -12,99 +13,37 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode, resolve_name
+from torch import Tensor
 
-from ._attention import ADDITIVE, joined_source, parameter_source, remember_expanded
-from ._attention import HANDLERS as TRANSFORMER_HANDLERS
-from ._functions import ElementwiseFunction, LayerFunction, MaxPoolFunction, ShareFunction
-from ._graph import INDEX_ONLY
-from ._inplace import asks_in_place, raise_leaf_write, run_in_place
-from ._ops import LinearOp, linear_op_from_call
-from ._recurrent import replay
-from ._session import Session
-from .errors import InvalidInputError, UnsupportedOperationError
+from ...errors import InvalidInputError, UnsupportedOperationError
+from ...rules.ops import ElementwiseOp, LinearOp, PoolOp, linear_op_from_call
+from ..apply import LayerFunction, MaxPoolFunction, ShareFunction, UnaryFunction
+from ..paths import on_path as _on_path
+from ..paths import reads_input as _reads_input
 
-Handler = Callable[[Session, Callable[..., Any], str, tuple[Any, ...], dict[str, Any]], Any]
+if TYPE_CHECKING:
+    from ..session import Session
 
-_PREFIXES = ("torch.nn.functional.", "torch.Tensor.", "torch.functional.", "torch.")
+Handler = Callable[..., Any]
 
+#: activations other than ReLU: an elementwise op each, under the activation rule
 ACTIVATIONS = frozenset({
     "silu", "gelu", "elu", "selu", "celu", "softplus", "mish", "hardswish", "hardsigmoid",
     "sigmoid", "tanh", "relu6", "hardtanh", "logsigmoid", "softsign", "tanhshrink",
 })
+#: activations whose outputs are gates (signal-take-all in products)
 GATES = frozenset({"sigmoid", "hardsigmoid"})
 PRODUCTS = frozenset({"mul", "__mul__", "__rmul__", "matmul", "__matmul__", "__rmatmul__",
                       "bmm", "einsum"})
-SHAPE_OPS = frozenset({
-    "view", "reshape", "expand", "expand_as", "view_as", "unsqueeze", "squeeze", "flatten",
-    "permute", "transpose", "contiguous", "__getitem__", "repeat", "clone",
-})
-#: ops that join a list of tensors (a class token concatenated to the patches)
-_JOINS = frozenset({"cat", "concat", "concatenate"})
-#: ops after which attention weights are still the same weights (casts, eval-mode dropout)
-_KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "float", "half", "bfloat16", "double", "dropout"}
-#: shape ops that keep a parameter a parameter (``W.t()`` in ``x @ W.t() + b``)
-_KEEPS_CONSTANT = SHAPE_OPS | {"t", "T.__get__", "mT.__get__", "to", "type", "float", "double",
-                               "half", "bfloat16", "detach"}
 #: ``a @ W`` spellings whose right operand may be a layer's weight
-_RIGHT_MATMULS = frozenset({"matmul", "__matmul__", "mm"})
+RIGHT_MATMULS = frozenset({"matmul", "__matmul__", "mm"})
 #: ops that are a ReLU when their lower bound is 0 and they have no upper bound
-_CLAMPS = frozenset({"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"})
-
-
-def short_name(func: Callable[..., Any]) -> str:
-    name = resolve_name(func) or getattr(func, "__name__", repr(func))
-    for prefix in _PREFIXES:
-        if name.startswith(prefix):
-            return name[len(prefix):]
-    return name
-
-
-def _on_path(value: Any) -> bool:
-    return isinstance(value, Tensor) and value.requires_grad
-
-
-def _detach_leaves(value: Any, session: Session) -> Any:
-    """Parameters (and other leaves that are not the input) become constants."""
-    if isinstance(value, Tensor):
-        if value.requires_grad and value.grad_fn is None and not session.is_leaf_input(value):
-            detached = value.detach()
-            session.mark_constant(detached)
-            return detached
-        if isinstance(value, nn.Parameter) or session.is_buffer(value):
-            session.mark_constant(value)
-        return value
-    if isinstance(value, list | tuple) and any(isinstance(v, Tensor) for v in value):
-        return type(value)(_detach_leaves(v, session) for v in value)
-    return value
-
-
-def _reads_input(session: Session, a: Tensor) -> bool:
-    """Whether ``a`` is the explained input, or made from it by ops that only move values
-    (views, permutes, slices, padding, concatenation): rules that do not factor through
-    ``a`` then hand their relevance straight back to the input pixels."""
-    x = session.x
-    if session.is_model_input(a):
-        return True
-    stack, seen = [a.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        kind = type(node).__name__
-        if kind == "AccumulateGrad":
-            if getattr(node, "variable", None) is not x:
-                return False
-            continue
-        if kind not in INDEX_ONLY and "Pad" not in kind:  # CircularPad*, future pads
-            return False
-        stack.extend(parent for parent, _ in node.next_functions)
-    return bool(seen)
+CLAMPS = frozenset({"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"})
+#: a sum that may add a bias parameter to a bias-free dense layer's output
+SUMS = frozenset({"add", "__add__", "__radd__"})
 
 
 def _layer(session: Session, func: Callable[..., Any], name: str,
@@ -206,7 +145,7 @@ def _relu_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool
     if name in ("relu", "relu_"):
         return name == "relu_" or kwargs.get("inplace") is True or (
             len(args) > 1 and args[1] is True)
-    if name in _CLAMPS and args and not kwargs.keys() - {"min", "max"}:
+    if name in CLAMPS and args and not kwargs.keys() - {"min", "max"}:
         bounds = dict(zip(("min", "max"), args[1:]))
         bounds.update(kwargs)
         low = bounds.get("min")
@@ -232,11 +171,22 @@ def _activation(session: Session, func: Callable[..., Any], name: str,
     if not _on_path(a):
         return func(*args, **kwargs)
     kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
-    rest = args[1:]
-    call = session.new_call("activation", name)
-    out = ElementwiseFunction.apply(a, lambda t: func(t, *rest, **kwargs), call, session)
+    out = elementwise(session, "activation", name, partial(_call_with, func, args[1:], kwargs), a)
     if name in GATES:
         session.mark_gate(out)
+    return out
+
+
+def _call_with(func: Callable[..., Any], rest: tuple[Any, ...], kwargs: dict[str, Any],
+               t: Tensor) -> Any:
+    return func(t, *rest, **kwargs)
+
+
+def elementwise(session: Session, kind: str, name: str, fn: Callable[[Tensor], Tensor],
+                a: Tensor) -> Tensor:
+    """One elementwise op ``z = fn(a)`` of ``kind``, under its rule."""
+    call = session.new_call(kind, name)
+    out: Tensor = UnaryFunction.apply(a, ElementwiseOp(kind, fn), call, session, fn)
     return out
 
 
@@ -254,7 +204,7 @@ def _max_pool(session: Session, func: Callable[..., Any], name: str,
                "padding": bound.get("padding", 0), "dilation": bound.get("dilation", 1),
                "ceil_mode": bound.get("ceil_mode", False)}
     call = session.new_call("max_pool", name)
-    out, indices = MaxPoolFunction.apply(a, options, call, session, int(name[-2]))
+    out, indices = MaxPoolFunction.apply(a, PoolOp(options, int(name[-2])), call, session)
     return (out, indices) if return_indices else out
 
 
@@ -262,7 +212,7 @@ def _matmul_layer(session: Session, func: Callable[..., Any], name: str,
                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``a @ W`` with ``W`` a 2-D parameter (or a view of one, ``W.t()``): a dense layer with
     weight ``Wᵀ``, which takes its rule like ``nn.Linear``; anything else is a product."""
-    if len(args) == 2 and not kwargs and name in _RIGHT_MATMULS:
+    if len(args) == 2 and not kwargs and name in RIGHT_MATMULS:
         a, w = args
         if (_on_path(a) and isinstance(w, Tensor) and not _on_path(w) and w.dim() == 2
                 and a.dim() >= 1 and session.is_constant(w)):
@@ -336,18 +286,40 @@ def _approve_down_to_shares(session: Session, node: Any) -> None:
             stack.extend(parent for parent, _ in node.next_functions)
 
 
-def _recurrent(session: Session, func: Callable[..., Any], name: str,
-               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``torch.lstm``/``torch.gru``: replayed step by step under this mode (``_recurrent``)."""
-    tensors = [a for a in args if isinstance(a, Tensor)]
-    tensors += [t for a in args if isinstance(a, list | tuple) for t in a if isinstance(t, Tensor)]
-    if kwargs or not any(_on_path(t) for t in tensors):
-        return func(*args, **kwargs)
-    with session.interceptor:
-        return replay(name, args, session.mark_gate)
+def add(session: Session, func: Callable[..., Any], name: str,
+        args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A sum: a bias joining a bias-free dense layer (``fuse_bias``), else a plain add."""
+    fused = fuse_bias(session, func, args, kwargs)
+    return func(*args, **kwargs) if fused is None else fused
 
 
-_HANDLERS: dict[str, Handler] = {
+def claim(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Handler | None:
+    """The handler for a ReLU (``relu``, ``relu_``, ``F.relu(inplace=True)``, ``clamp(min=0)``),
+    in place or not: it is merged into the layer before it, which the in-place machinery of
+    the interceptor must leave to it."""
+    inplace = _relu_call(name, args, kwargs)
+    if inplace is None:
+        return None
+    return lambda session, func, _name, args, _kwargs: _relu(session, func, args[:1], {},
+                                                              inplace)
+
+
+def copy(session: Session, func: Callable[..., Any], name: str,
+         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``clone``, ``contiguous``, ``to(memory_format=...)``: the same values, so a layer's
+    output stays that layer's output (a BatchNorm or ReLU after the copy still merges)."""
+    out = func(*args, **kwargs)
+    x = args[0] if args else None
+    if isinstance(x, Tensor) and isinstance(out, Tensor) and out is not x \
+            and out.dtype == x.dtype and out.shape == x.shape and out.device == x.device:
+        producer = session.producers.get(id(x))
+        if producer is not None and producer[0]() is x:
+            session.producers[id(out)] = (weakref.ref(out), *producer[1:])
+    return out
+
+
+HANDLERS: dict[str, Handler] = {
+    **{n: copy for n in ("clone", "contiguous", "to")},
     **{n: _layer for n in ("linear", "addmm", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
                            "conv_transpose2d", "conv_transpose3d")},
     "batch_norm": _batch_norm,
@@ -355,91 +327,6 @@ _HANDLERS: dict[str, Handler] = {
     **{n: _activation for n in ACTIVATIONS},
     **{n: _max_pool for n in ("max_pool1d", "max_pool2d", "max_pool3d")},
     **{n: _product for n in PRODUCTS},
-    **{n: _matmul_layer for n in _RIGHT_MATMULS},
-    "lstm": _recurrent,
-    "gru": _recurrent,
-    **TRANSFORMER_HANDLERS,
+    **{n: _matmul_layer for n in RIGHT_MATMULS},
+    **{n: add for n in SUMS},
 }
-
-
-class Interceptor(TorchFunctionMode):
-    """Routes each op call of the forward pass to its handler (see module docstring)."""
-
-    def __init__(self, session: Session) -> None:
-        super().__init__()
-        self.session = session
-        session.interceptor = self
-        self._names: dict[Any, str] = {}
-
-    def __torch_function__(self, func: Callable[..., Any], types: Any,
-                           args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
-                           ) -> Any:
-        session = self.session
-        if session.opaque:  # inside a module relprop treats as one op
-            return func(*args, **(kwargs or {}))
-        name = self._names.get(func)
-        if name is None:
-            name = self._names[func] = short_name(func)
-        kwargs = kwargs or {}
-        if name in ADDITIVE and any(_on_path(v) for v in args):
-            args = tuple(parameter_source(session, v, args) for v in args)
-        elif name in _JOINS and args and isinstance(args[0], list | tuple) \
-                and any(_on_path(v) for v in args[0]):
-            args = (type(args[0])(joined_source(session, v) for v in args[0]), *args[1:])
-        parameter = args[0] if name == "expand" and args else None
-        in_place = asks_in_place(name, args, kwargs)
-        if in_place and args and isinstance(args[0], Tensor) and args[0].requires_grad \
-                and args[0].grad_fn is None and not session.is_leaf_input(args[0]):
-            raise_leaf_write(session, name, args[0])
-        args = tuple(_detach_leaves(v, session) for v in args)
-        kwargs = {k: _detach_leaves(v, session) for k, v in kwargs.items()}
-        relu = _relu_call(name, args, kwargs)
-        if relu is not None:  # the model's own in-place promise lets us reuse memory
-            out = _relu(session, func, args[:1], {}, relu)
-            self._stamp(out, "relu", True, args)
-            return out
-        if in_place:
-            out = run_in_place(session, func, name, args, kwargs, self._dispatch)
-            self._stamp(out, name, False, args)
-            return out
-        out = self._dispatch(func, name, args, kwargs)
-        if parameter is not None:
-            remember_expanded(session, parameter, out)
-        return out
-
-    def _dispatch(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
-                  kwargs: dict[str, Any]) -> Any:
-        """Run one out-of-place op call: through its handler if it has one."""
-        session = self.session
-        out = None
-        if name in ("add", "__add__", "__radd__"):
-            out = fuse_bias(session, func, args, kwargs)
-        handled = out is not None or name in _HANDLERS
-        if out is None:
-            handler = _HANDLERS.get(name)
-            out = func(*args, **kwargs) if handler is None else handler(
-                session, func, name, args, kwargs)
-        if name in _KEEPS_CONSTANT and args and session.is_constant(args[0]) \
-                and isinstance(out, Tensor):
-            session.mark_constant(out)
-        self._stamp(out, name, handled, args)
-        return out
-
-    def _stamp(self, out: Any, name: str, handled: bool, args: tuple[Any, ...]) -> None:
-        session = self.session
-        outs = out if isinstance(out, tuple | list) else (out,)
-        path = session.where()[0] or "<model>"
-        for t in outs:
-            if not isinstance(t, Tensor) or t.grad_fn is None:
-                continue
-            node = t.grad_fn
-            if node not in session.node_info:
-                session.node_info[node] = (path, name)
-            if handled:
-                session.approved.add(node)
-            elif name in SHAPE_OPS and args and session.is_gate(args[0]):
-                session.mark_gate(t)
-            if name in _KEEPS_WEIGHTS and args:
-                source = session.weights_call(args[0])
-                if source is not None:
-                    session.mark_weights(t, source)

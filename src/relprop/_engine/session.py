@@ -17,16 +17,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._attention import module_kind, wrap_module_output
-from ._calls import LedgerEntry, OpCall
-from ._saved import SavedTensors
+from .records import LedgerEntry, OpCall
+from .saved import SavedTensors
 
 
 class Session:
     """Everything one explanation records while the model runs forward and backward."""
 
-    def __init__(self, model: nn.Module, x: Tensor, record: bool) -> None:
+    def __init__(self, model: nn.Module, x: Tensor, record: bool, modules: Any = None) -> None:
+        """``modules``: the op families' module kinds (``kind(module)``, ``wrap(...)``; see
+        :class:`relprop._engine.handlers.ModuleOps`), or ``None`` for no module taken as one
+        op. The session knows no op family itself."""
         self.model = model
+        self.modules = modules
         self.x = x
         #: what the model is given: a copy of the leaf ``x`` (float inputs), so that the
         #: model may write into its input in place; ``x_node`` is the copy's graph node
@@ -165,7 +168,7 @@ class Session:
 
     def _kind_of(self, module: nn.Module) -> str | None:
         if module not in self._kinds:
-            self._kinds[module] = module_kind(module)
+            self._kinds[module] = None if self.modules is None else self.modules.kind(module)
         return self._kinds[module]
 
     def _pre_hook(self, module: nn.Module, args: Any) -> None:
@@ -188,7 +191,7 @@ class Session:
             torch.set_grad_enabled(self._grad_modes.pop())
             kind = self._kind_of(module)
             if not self.opaque and kind is not None:
-                wrapped = wrap_module_output(self, module, kind, args, output)
+                wrapped = self.modules.wrap(self, module, kind, args, output)
                 if wrapped is None:  # taken for one op by its name, but it is not: again,
                     self._kinds[module] = None  # with its ops seen one by one
                     wrapped = module.forward(*args)

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._functions import InPlaceWrite
+from ..errors import UnsupportedOperationError
+from .apply import InPlaceWrite
 
 if TYPE_CHECKING:
-    from ._session import Session
+    from .session import Session
 
 Dispatch = Callable[[Callable[..., Any], str, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -139,8 +140,6 @@ def _approve_write(session: Session, target: Tensor) -> None:
 
 
 def raise_leaf_write(session: Session, name: str, target: Tensor) -> None:
-    from .errors import UnsupportedOperationError
-
     path = session.where()[0] or "<model>"
     raise UnsupportedOperationError(
         f"'{path}': in-place op '{name}' writes into a tensor of shape {tuple(target.shape)} "

@@ -16,16 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ._functions import ElementwiseFunction, NormFunction, ShareFunction, SoftmaxFunction
-from .errors import UnsupportedOperationError
+from ...errors import UnsupportedOperationError
+from ...rules.ops import ElementwiseOp, NormOp, SoftmaxOp
+from ..apply import ShareFunction, UnaryFunction
+from ..paths import on_path
 
 if TYPE_CHECKING:
-    from ._session import Session
-
-
-def on_path(value: Any) -> bool:
-    """Whether ``value`` is a tensor that depends on the explained input."""
-    return isinstance(value, Tensor) and value.requires_grad
+    from ..session import Session
 
 
 def _bind(names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -72,8 +69,8 @@ def softmax(session: Session, func: Callable[..., Any], name: str,
             f"{name} at '{session.where()[0] or '<model>'}' has no explicit dim; pass dim=")
     rest = {k: v for k, v in kwargs.items() if k not in ("input",)}
     call = session.new_call("softmax", name)
-    out = SoftmaxFunction.apply(
-        a, lambda t: func(t, *args[1:], **rest), dim, call, session)
+    out = UnaryFunction.apply(a, SoftmaxOp(dim), call, session,
+                              lambda t: func(t, *args[1:], **rest))
     session.mark_weights(out, call)
     return out
 
@@ -93,14 +90,18 @@ def layer_norm(session: Session, func: Callable[..., Any], name: str,
     dims = len(bound["normalized_shape"])
     call = session.new_call("layer_norm", name)
     norm = "layer" if name == "layer_norm" else "rms"
-    forward: Callable[[Tensor], Any] = lambda t: func(t, *args[1:], **kwargs)  # noqa: E731
+    plain: Callable[[Tensor], Tensor] = lambda t: func(t, *args[1:], **kwargs)  # noqa: E731
+    op = NormOp(norm, plain, bound["weight"], dims, float(eps))
+    compute = plain
     if name == "layer_norm" and a.dtype in (torch.float32, torch.float64):
         # the kernel F.layer_norm runs, also returning 1/σ for the backward step
         shape, weight, bias = list(a.shape[a.dim() - dims:]), bound["weight"], bound["bias"]
-        forward = lambda t: torch.native_layer_norm(  # noqa: E731
-            t, shape, weight, bias, float(eps))[::2]
-    return NormFunction.apply(a, forward, call, session, norm, bound["weight"], dims,
-                              float(eps))
+
+        def compute(t: Tensor) -> Tensor:
+            z, _, scale = torch.native_layer_norm(t, shape, weight, bias, float(eps))
+            op.scale = scale
+            return z
+    return UnaryFunction.apply(a, op, call, session, compute)
 
 
 def normalize(session: Session, func: Callable[..., Any], name: str,
@@ -112,8 +113,8 @@ def normalize(session: Session, func: Callable[..., Any], name: str,
         return func(*args, **kwargs)
     rest = {k: v for k, v in kwargs.items() if k != "input"}
     call = session.new_call("layer_norm", name)
-    return NormFunction.apply(a, lambda t: func(t, *args[1:], **rest), call, session,
-                              "module", None, 1, 0.0)
+    plain: Callable[[Tensor], Tensor] = lambda t: func(t, *args[1:], **rest)  # noqa: E731
+    return UnaryFunction.apply(a, NormOp("module", plain), call, session, plain)
 
 
 def attention(session: Session, func: Callable[..., Any], name: str,
@@ -238,10 +239,29 @@ def wrap_module_output(session: Session, module: nn.Module, kind: str, args: Any
     value = output.detach()
     call = session.new_call(kind, type(module).__name__)
     forward = module.forward
-    if kind == "activation":
-        out = ElementwiseFunction.apply(a, forward, call, session, value)
-    else:
-        out = NormFunction.apply(a, forward, call, session, "module", None, 1, 0.0, value)
+    op = ElementwiseOp(kind, forward) if kind == "activation" else NormOp("module", forward)
+    out = UnaryFunction.apply(a, op, call, session, lambda _: value)
     session.approved.add(out.grad_fn)
     session.node_info[out.grad_fn] = (path, type(module).__name__)
     return out
+
+
+#: ops that join a list of tensors (a class token concatenated to the patches)
+JOINS = frozenset({"cat", "concat", "concatenate"})
+
+
+def prepare(session: Session, name: str, args: tuple[Any, ...]
+            ) -> tuple[tuple[Any, ...], Callable[[Any], None] | None]:
+    """Before an op call (its arguments as the model gave them): parameters that are
+    sources (learned positions, a class token) become source leaves; an ``expand`` of a
+    one-sample parameter is remembered for when it is concatenated. Returns the arguments
+    and what to do with the call's output (or ``None``)."""
+    if name in ADDITIVE and any(on_path(v) for v in args):
+        return tuple(parameter_source(session, v, args) for v in args), None
+    if name in JOINS and args and isinstance(args[0], list | tuple) \
+            and any(on_path(v) for v in args[0]):
+        return (type(args[0])(joined_source(session, v) for v in args[0]), *args[1:]), None
+    if name == "expand" and args:
+        parameter = args[0]
+        return args, lambda out: remember_expanded(session, parameter, out)
+    return args, None

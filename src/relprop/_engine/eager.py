@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 
 def eager_module(model: nn.Module) -> nn.Module:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .rules import Rule
+from ..rules import Rule
 
 
 @dataclass(eq=False)

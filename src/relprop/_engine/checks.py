@@ -7,7 +7,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .errors import InvalidInputError, ProbabilityOutputWarning
+from ..errors import InvalidInputError, ProbabilityOutputWarning
 
 
 def check_model(model: nn.Module, purpose: str = "the explanation") -> None:

@@ -14,13 +14,17 @@ batch-first and packed sequences.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import InvalidInputError, UnsupportedOperationError
+from ...errors import InvalidInputError, UnsupportedOperationError
+from ..paths import on_path
+
+if TYPE_CHECKING:
+    from ..session import Session
 
 Step = Callable[[Tensor, tuple[Tensor, ...], Sequence[Tensor]], tuple[Tensor, ...]]
 
@@ -119,3 +123,17 @@ def replay(kind: str, args: tuple[Any, ...], mark_gate: Callable[[Tensor], None]
     else:
         output = torch.stack(inputs, dim=1 if batch_first else 0)
     return (output, *(torch.stack(f, dim=0) for f in finals))
+
+
+def recurrent(session: Session, func: Callable[..., Any], name: str,
+              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``torch.lstm``/``torch.gru``: replayed step by step under the interception mode."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    tensors += [t for a in args if isinstance(a, list | tuple) for t in a if isinstance(t, Tensor)]
+    if kwargs or not any(on_path(t) for t in tensors):
+        return func(*args, **kwargs)
+    with session.interceptor:
+        return replay(name, args, session.mark_gate)
+
+
+HANDLERS = {"lstm": recurrent, "gru": recurrent}

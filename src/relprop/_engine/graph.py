@@ -14,9 +14,10 @@ inside PyTorch's own composite ops (``pad_packed_sequence``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._session import Session
+if TYPE_CHECKING:
+    from .session import Session
 
 #: nodes of ops that only move values around (each output is a copy of one input or 0)
 INDEX_ONLY = frozenset({

@@ -1,14 +1,20 @@
-"""Linear maps as the model called them: forward with any weights, and the input-vjp.
+"""Views of one op call, as a rule sees them: what the op computes and its own gradient.
 
 A :class:`LinearOp` is ``z = W a + b`` for one call of a linear, convolution, transposed
 convolution or elementwise-affine (stand-alone BatchNorm) op. Rules evaluate the op with
 modified weights ``rho(W)`` (``forward``) and pull a signal back through it (``input_vjp``)
 without ever touching the model's parameters.
+
+The other kinds: :class:`ElementwiseOp` (activations, ``z = f(a)``), :class:`PoolOp` (max
+pooling), :class:`SoftmaxOp`, :class:`NormOp` (LayerNorm, RMSNorm) and :class:`ShareOp` (one
+factor of a product, one input of a fused attention). Every view has ``gradient(a, z, grad)``,
+the op's own vector-Jacobian product, which is what :class:`~relprop.rules.Gradient` uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -16,8 +22,114 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = ["LinearOp", "ElementwiseOp", "PoolOp", "SoftmaxOp", "NormOp", "ShareOp",
+           "LAYER_KINDS"]
+
 #: op kinds that are linear layers with weights (rules with rho(W) apply to them)
 LAYER_KINDS = frozenset({"linear", "conv", "conv_transpose", "norm"})
+
+
+def _own_vjp(fn: Callable[[Tensor], Tensor], a: Tensor, grad: Tensor) -> Tensor:
+    with torch.enable_grad():
+        a_ = a.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(a_), a_, grad)
+    return g
+
+
+@dataclass
+class ElementwiseOp:
+    """``z = fn(a)`` elementwise (an activation, or an op a rule named in ``elementwise_ops``)."""
+
+    kind: str
+    fn: Callable[[Tensor], Tensor]
+
+    def gradient(self, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        """``f'(a) · grad``."""
+        return _own_vjp(self.fn, a, grad)
+
+
+@dataclass
+class PoolOp:
+    """Max pooling over the last ``nd`` dims with ``options`` (kernel_size, stride, ...);
+    ``indices`` are the arg-max positions within each plane (set by the forward pass)."""
+
+    options: dict[str, Any]
+    nd: int
+    indices: Tensor | None = None
+    kind: str = "max_pool"
+
+    def gradient(self, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        """All of each output's signal to its arg-max (the gradient of max pooling)."""
+        assert self.indices is not None
+        spatial = a.dim() - self.nd  # indices count within each (batch, channel) plane
+        g = torch.zeros_like(a).flatten(spatial)
+        g.scatter_add_(-1, self.indices.flatten(spatial), grad.flatten(spatial))
+        return g.view_as(a)
+
+    def average_vjp(self, a: Tensor, grad: Tensor) -> Tensor:
+        """The vjp of average pooling over the same windows (``sum_k 1/n_k grad_k``)."""
+        if self.options.get("dilation", 1) not in (1, (1,), (1, 1), (1, 1, 1)):
+            raise ValueError("a dilated max pooling cannot be read as sum pooling")
+        avg = getattr(F, f"avg_pool{self.nd}d")
+        kwargs = {k: self.options[k] for k in ("kernel_size", "stride", "padding", "ceil_mode")}
+        return _own_vjp(lambda t: avg(t, **kwargs), a, grad)
+
+    def average(self, a: Tensor) -> Tensor:
+        """Average pooling of ``a`` over the same windows."""
+        avg = getattr(F, f"avg_pool{self.nd}d")
+        return avg(a, **{k: self.options[k] for k in ("kernel_size", "stride", "padding",
+                                                        "ceil_mode")})
+
+
+@dataclass
+class SoftmaxOp:
+    """``z = softmax(a)`` along ``dim``."""
+
+    dim: int
+    kind: str = "softmax"
+
+    def gradient(self, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        """``c_i = s_i (G_i − Σ_j s_j G_j)``, in the output's precision: PyTorch's fused
+        softmax backward where input and output share a dtype, else spelled out."""
+        if a.dtype == z.dtype:
+            return torch.ops.aten._softmax_backward_data(grad.to(z.dtype), z, self.dim, a.dtype)
+        weighted = z * grad.to(z.dtype)
+        return (weighted - z * weighted.sum(dim=self.dim, keepdim=True)).to(a.dtype)
+
+
+@dataclass
+class NormOp:
+    """LayerNorm (``norm="layer"``) or RMSNorm (``"rms"``) over the last ``dims`` dims, with
+    ``weight`` and ``eps``; ``"module"``: a whole RMSNorm-like module (or ``F.normalize``).
+    ``scale`` is ``1/σ`` per group when the forward pass kept it; ``fn`` recomputes ``z``."""
+
+    norm: str
+    fn: Callable[[Tensor], Tensor]
+    weight: Tensor | None = None
+    dims: int = 1
+    eps: float = 0.0
+    scale: Tensor | None = field(default=None, repr=False)
+    kind: str = "layer_norm"
+
+    def gradient(self, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        """The plain gradient through the normalisation."""
+        return _own_vjp(self.fn, a, grad)
+
+
+@dataclass
+class ShareOp:
+    """One input (``position``) of a product of activations or of a fused attention; the
+    op's output passes back to it scaled by the rule's share. ``gates`` marks sigmoid
+    outputs, ``constant`` factors whose own rule holds them constant (CP-LRP weights)."""
+
+    kind: str
+    position: int
+    gates: list[bool] = field(default_factory=list)
+    constant: list[bool] | None = None
+
+    def gradient(self, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        """The factor's own gradient is the product's, which autograd applies next."""
+        return grad
 
 
 def _tuple(value: Any, n: int) -> list[int]:
@@ -28,6 +140,10 @@ def _tuple(value: Any, n: int) -> list[int]:
 
 class LinearOp:
     """One call of a linear op, with detached weights; ``kind`` selects the maths.
+
+    What a layer rule needs: ``weight``, ``bias`` (BatchNorm merged in), their parts
+    ``positive_weight``/``negative_weight``/``positive_bias``/``negative_bias``,
+    :meth:`forward` with any weights, :meth:`input_vjp` with any weights, :meth:`add_bias`.
 
     Weights merged with a following BatchNorm, and their positive and negative parts, are
     computed on first use (in the backward pass) and kept for the rest of it.
@@ -120,6 +236,10 @@ class LinearOp:
         base, scale, _ = self._affine
         view = self._channel_view(scale, grad)
         return base.vjp(a, grad.mul_(view) if owned else grad * view, owned=True)
+
+    def gradient(self, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        """The op's own vjp (LRP-0)."""
+        return self.vjp(a, grad)
 
     def release(self) -> None:
         """Drop the weights computed for this op's backward step (they can be large)."""

@@ -1,0 +1,175 @@
+"""Rule application: autograd functions that compute the model's own forward and, on the way
+back, ask the rule the composite assigned to the call.
+
+Each returns exactly what the model computed, so the explained output is the model's output
+to the bit; the backward reads the rule after the forward pass (rules by position, such as
+"the first layer", need the whole pass first) and calls ``rule.propagate(op, a, z, grad)``
+with the call's op view (:mod:`relprop.rules.ops`). Nothing here knows a rule's class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..rules.ops import LinearOp, PoolOp, ShareOp
+from .records import OpCall
+
+if TYPE_CHECKING:
+    from .session import Session
+
+
+def _run_rule(call: OpCall, session: Session, op: Any, a: Tensor, z: Tensor,
+              grad: Tensor) -> Tensor | None:
+    """The signal at the input: the rule's answer, turned into ``R / a`` where the rule gave
+    relevance (``factorizes = False``); logged for the ledger."""
+    rule = call.rule
+    assert rule is not None, f"no rule was assigned to {call.name}"
+    out = rule.propagate(op, a, z, grad)
+    if out is None:
+        if session.record:
+            session.log(call, z * grad, torch.zeros_like(a))
+        return None
+    if not rule.factorizes:
+        return session.relevance_to_grad(call, out, a, z * grad)
+    if session.record:
+        session.log(call, z * grad, a * out)
+    return out
+
+
+class LayerFunction(torch.autograd.Function):
+    """A linear layer call (possibly with a BatchNorm merged in) under a layer rule.
+
+    With ``relu=True`` the ReLU that follows is part of the node: its output ``max(0, z)``
+    stands in for ``z`` in the rule, which is exact because relevance is 0 wherever the
+    ReLU is closed, and it saves keeping ``z`` as well as the ReLU's output.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, op: LinearOp, call: OpCall, session: Session,
+                compute: Callable[[], Tensor] | None, relu: bool = False,
+                dirty: Tensor | None = None) -> Tensor:
+        if dirty is None:
+            assert compute is not None
+            z = compute()
+        else:  # the model's in-place ReLU on this layer's output: overwrite it, as asked
+            session.saved.protect(dirty, overwritten_by=call)
+            z = dirty.relu_()
+            ctx.mark_dirty(dirty)
+        # kept by the session, not save_for_backward: an in-place write by the model later
+        # gets the rule a copy of what it needs (see relprop._saved)
+        ctx.a = session.saved.hold(a, detach=False)
+        ctx.z = session.saved.hold(z, owner=call)
+        ctx.op, ctx.call, ctx.session, ctx.relu = op, call, session, relu
+        ctx.set_materialize_grads(False)
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor | None) -> tuple[Tensor | None, ...]:
+        nothing = (None,) * 7
+        if grad is None:  # only the model's overwrite of this output reaches here
+            return nothing
+        a, z = ctx.a.take(), ctx.z.take()
+        if ctx.z.stale:  # overwritten in place, yet read before: compute z again
+            z = ctx.op.forward(a, ctx.op.weight, ctx.op.bias)
+            z = z.relu() if ctx.relu else z
+        if ctx.relu and ctx.call.rule.reads_grad:
+            grad = grad * (z > 0)
+        out = _run_rule(ctx.call, ctx.session, ctx.op, a, z, grad)
+        ctx.op.release()
+        return (out, *nothing[1:])
+
+
+class InPlaceWrite(torch.autograd.Function):
+    """``target.copy_(result)`` as the last step of an in-place op the model wrote
+    (``h.mul_(g)``, ``h[:, :4].tanh_()``): ``result`` was computed out of place, with its rule;
+    the overwritten values of ``target`` get no signal (a view's other elements keep theirs)."""
+
+    @staticmethod
+    def forward(ctx: Any, target: Tensor, result: Tensor) -> Tensor:
+        ctx.view, ctx.dtype = target._base is not None, result.dtype
+        target.copy_(result)
+        ctx.mark_dirty(target)
+        return target
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        # a view needs an explicit zero: CopySlices puts it in place of the overwritten slice
+        return torch.zeros_like(grad) if ctx.view else None, grad.to(ctx.dtype)
+
+
+def _own(z: Tensor, a: Tensor) -> Tensor:
+    """``z`` as a tensor of its own: a custom function's output that is a view (max_pool1d's
+    squeezed result) or its input cannot be written in place by the model afterwards."""
+    return z.clone() if z is a or z._base is not None else z
+
+
+class UnaryFunction(torch.autograd.Function):
+    """A one-input op ``z = op(a)`` (activation, softmax, LayerNorm, an elementwise op a rule
+    declared) under its rule. ``compute(a)`` gives ``z`` (for a module taken as one op, the
+    output the model already computed)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, op: Any, call: OpCall, session: Session,
+                compute: Callable[[Tensor], Tensor]) -> Tensor:
+        z = _own(compute(a), a)
+        ctx.save_for_backward(a, z)
+        ctx.op, ctx.call, ctx.session = op, call, session
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        a, z = ctx.saved_tensors
+        return _run_rule(ctx.call, ctx.session, ctx.op, a, z, grad), None, None, None, None
+
+
+class MaxPoolFunction(torch.autograd.Function):
+    """Max pooling under its rule (winner-take-all, or as if it were sum pooling)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, op: PoolOp, call: OpCall,
+                session: Session) -> tuple[Tensor, Tensor]:
+        # ``op.nd`` from the op the model called: max_pool2d also takes an unbatched (C, H, W)
+        pool = getattr(torch.nn.functional, f"max_pool{op.nd}d")
+        z, indices = pool(a, return_indices=True, **op.options)
+        z = _own(z, a)
+        ctx.save_for_backward(a, z, indices)
+        ctx.op, ctx.call, ctx.session = op, call, session
+        ctx.mark_non_differentiable(indices)
+        return z, indices
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
+        a, z, indices = ctx.saved_tensors
+        ctx.op.indices = indices
+        out = _run_rule(ctx.call, ctx.session, ctx.op, a, z, grad)
+        ctx.op.indices = None
+        return out, None, None, None
+
+
+class ShareFunction(torch.autograd.Function):
+    """Identity on one factor of a product (or one input of a fused attention); its rule
+    scales the product's gradient by the factor's share of the relevance."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor, call: OpCall, position: int, session: Session) -> Tensor:
+        ctx.call, ctx.position, ctx.session = call, position, session
+        if session.record:
+            ctx.save_for_backward(t)
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        call: OpCall = ctx.call
+        rule = call.rule
+        assert rule is not None
+        constant = [source is not None and source.rule is not None
+                    and source.rule.constant_output for source in call.sources]
+        op = ShareOp(call.kind, ctx.position, call.gates, constant if call.sources else None)
+        out = rule.propagate(op, grad, grad, grad)
+        if ctx.session.record:
+            ctx.session.log_share(call, ctx.saved_tensors[0], out)
+        return out, None, None, None

@@ -1,0 +1,155 @@
+"""Step 2 of the pipeline: catch the op calls of the forward pass.
+
+A ``TorchFunctionMode`` installed for one call of :func:`relprop.explain` sees every torch
+function and tensor method the model calls. Each call goes, by op name, to the handler of
+an op family (:mod:`relprop._engine.handlers`: layers, transformer ops, recurrent ops), which
+runs ops that take a rule through the autograd functions of :mod:`relprop._engine.apply`;
+in-place calls go through :mod:`relprop._engine.inplace`; every other op runs unchanged —
+if it is linear its gradient already is LRP-0, and :mod:`relprop._engine.graph` checks the
+rest after the forward pass. Parameters are detached at the call, so the graph holds only
+what depends on the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode, resolve_name
+
+from . import handlers
+from .inplace import asks_in_place, raise_leaf_write, run_in_place
+from .session import Session
+
+Handler = Callable[..., Any]
+
+_PREFIXES = ("torch.nn.functional.", "torch.Tensor.", "torch.functional.", "torch.")
+SHAPE_OPS = frozenset({
+    "view", "reshape", "expand", "expand_as", "view_as", "unsqueeze", "squeeze", "flatten",
+    "permute", "transpose", "contiguous", "__getitem__", "repeat", "clone",
+})
+#: ops after which attention weights are still the same weights (casts, eval-mode dropout)
+_KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "float", "half", "bfloat16", "double", "dropout"}
+#: shape ops that keep a parameter a parameter (``W.t()`` in ``x @ W.t() + b``)
+_KEEPS_CONSTANT = SHAPE_OPS | {"t", "T.__get__", "mT.__get__", "to", "type", "float", "double",
+                               "half", "bfloat16", "detach"}
+
+
+def short_name(func: Callable[..., Any]) -> str:
+    """``F.conv2d`` -> ``"conv2d"``, ``Tensor.add_`` -> ``"add_"``: the name handlers use."""
+    name = resolve_name(func) or getattr(func, "__name__", repr(func))
+    for prefix in _PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def _detach_leaves(value: Any, session: Session) -> Any:
+    """Parameters (and other leaves that are not the input) become constants."""
+    if isinstance(value, Tensor):
+        if value.requires_grad and value.grad_fn is None and not session.is_leaf_input(value):
+            detached = value.detach()
+            session.mark_constant(detached)
+            return detached
+        if isinstance(value, nn.Parameter) or session.is_buffer(value):
+            session.mark_constant(value)
+        return value
+    if isinstance(value, list | tuple) and any(isinstance(v, Tensor) for v in value):
+        return type(value)(_detach_leaves(v, session) for v in value)
+    return value
+
+
+def _declared_elementwise(session: Session, func: Callable[..., Any], name: str,
+                          args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """An op a rule of the composite named in ``elementwise_ops``: elementwise, of kind
+    ``name``."""
+    a = args[0] if args else None
+    if not (isinstance(a, Tensor) and a.requires_grad):
+        return func(*args, **kwargs)
+    return handlers.elementwise(session, name, name,
+                                partial(handlers.call_with, func, args[1:], kwargs), a)
+
+
+class Interceptor(TorchFunctionMode):
+    """Routes each op call of the forward pass to its handler (see module docstring).
+
+    ``elementwise_ops`` are op names the composite's rules declared (``Rule.elementwise_ops``)
+    that no family handles: they become elementwise ops of their own kind for this call."""
+
+    def __init__(self, session: Session, elementwise_ops: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.session = session
+        session.interceptor = self
+        self._names: dict[Any, str] = {}
+        extra = {n: _declared_elementwise for n in elementwise_ops if n not in handlers.HANDLERS}
+        self._handlers: Mapping[str, Handler] = {**handlers.HANDLERS, **extra}
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any,
+                           args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+                           ) -> Any:
+        session = self.session
+        if session.opaque:  # inside a module relprop treats as one op
+            return func(*args, **(kwargs or {}))
+        name = self._names.get(func)
+        if name is None:
+            name = self._names[func] = short_name(func)
+        kwargs = kwargs or {}
+        after = None
+        for prepare in handlers.PREPARES:
+            args, after = prepare(session, name, args)
+            if after is not None:
+                break
+        in_place = asks_in_place(name, args, kwargs)
+        if in_place and args and isinstance(args[0], Tensor) and args[0].requires_grad \
+                and args[0].grad_fn is None and not session.is_leaf_input(args[0]):
+            raise_leaf_write(session, name, args[0])
+        args = tuple(_detach_leaves(v, session) for v in args)
+        kwargs = {k: _detach_leaves(v, session) for k, v in kwargs.items()}
+        for claim in handlers.CLAIMS:
+            handler = claim(name, args, kwargs)
+            if handler is not None:
+                out = handler(session, func, name, args, kwargs)
+                self._stamp(out, name, True, args)
+                return out
+        if in_place:
+            out = run_in_place(session, func, name, args, kwargs, self._dispatch)
+            self._stamp(out, name, False, args)
+            return out
+        out = self._dispatch(func, name, args, kwargs)
+        if after is not None:
+            after(out)
+        return out
+
+    def _dispatch(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+        """Run one out-of-place op call: through its handler if it has one."""
+        session = self.session
+        handler = self._handlers.get(name)
+        out = func(*args, **kwargs) if handler is None else handler(session, func, name, args,
+                                                                    kwargs)
+        if name in _KEEPS_CONSTANT and args and session.is_constant(args[0]) \
+                and isinstance(out, Tensor):
+            session.mark_constant(out)
+        self._stamp(out, name, handler is not None, args)
+        return out
+
+    def _stamp(self, out: Any, name: str, handled: bool, args: tuple[Any, ...]) -> None:
+        session = self.session
+        outs = out if isinstance(out, tuple | list) else (out,)
+        path = session.where()[0] or "<model>"
+        for t in outs:
+            if not isinstance(t, Tensor) or t.grad_fn is None:
+                continue
+            node = t.grad_fn
+            if node not in session.node_info:
+                session.node_info[node] = (path, name)
+            if handled:
+                session.approved.add(node)
+            elif name in SHAPE_OPS and args and session.is_gate(args[0]):
+                session.mark_gate(t)
+            if name in _KEEPS_WEIGHTS and args:
+                source = session.weights_call(args[0])
+                if source is not None:
+                    session.mark_weights(t, source)

@@ -1,0 +1,176 @@
+"""What every rule is, and the public pieces rules are made of.
+
+Notation (Montavon et al. 2019, "Layer-wise relevance propagation: an overview", §10.2):
+``a_j`` are an op's inputs, ``w_jk`` its weights, ``z_k = sum_j a_j w_jk + b_k`` its outputs
+and ``R_k`` the relevance of output ``k``. The engine carries the signal ``G = R / a``
+backwards, so a rule maps the signal ``grad = R_k / z_k`` at its op's output to ``c_j`` with
+``R_j = a_j c_j`` (the four-step recipe of §10.2.2: forward with ``rho(W)``, divide, vjp,
+multiply). Rules that do not factor through ``a`` (flat, w², z^B) return ``R_j`` itself and
+say so with ``factorizes = False``.
+
+A rule is a value: its declared parameters make its repr, equality and hash. It owns its
+maths in :meth:`Rule.propagate`, which receives a view of the op call (:mod:`relprop.rules.ops`:
+a :class:`~relprop.rules.ops.LinearOp` for layers, an ``ElementwiseOp``, ``PoolOp``,
+``SoftmaxOp``, ``NormOp`` or ``ShareOp`` for the other kinds). The engine dispatches by op
+kind and never looks at a rule's class.
+
+A new layer rule needs only the public pieces below and a :class:`LayerRule` subclass; a
+rule for an elementwise op the engine does not know names it in ``elementwise_ops``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .ops import LAYER_KINDS, LinearOp
+
+__all__ = [
+    "Rule", "LayerRule", "stabilize", "stabilize_nonnegative_", "is_nonnegative",
+    "positive_contributions", "signed_vjp",
+]
+
+
+def stabilize(denominator: Tensor, epsilon: float | Tensor) -> Tensor:
+    """``z + ε·sign(z)`` with ``sign(0) = +1``: moves the denominator away from 0, keeping its
+    sign (``torch.sign(0) = 0`` would leave 0/0 = NaN). A denominator that stays exactly 0
+    (ε = 0) becomes ``inf``: every contribution to it is 0, so the share is 0, not NaN."""
+    out = torch.where(denominator >= 0, denominator + epsilon, denominator - epsilon)
+    if isinstance(epsilon, Tensor) or epsilon == 0:
+        return out.masked_fill_(out == 0, float("inf"))
+    return out
+
+
+def stabilize_nonnegative_(denominator: Tensor, epsilon: float) -> Tensor:
+    """``stabilize`` in place, for a temporary of the caller known to be ``>= 0``."""
+    if epsilon == 0:
+        return denominator.masked_fill_(denominator == 0, float("inf"))
+    return denominator.add_(epsilon)
+
+
+def is_nonnegative(t: Tensor) -> bool:
+    """Whether every value of ``t`` is ``>= 0`` (one reduction; rules pick cheaper maths then)."""
+    return bool(t.min() >= 0) if t.numel() else True
+
+
+def positive_contributions(op: LinearOp, a: Tensor, nonneg: bool) -> Tensor:
+    """``P_k = sum_j (a_j w_jk)^+`` (bias excluded)."""
+    if nonneg:
+        return op.forward(a, op.positive_weight)
+    return (op.forward(a.clamp(min=0), op.positive_weight)
+            + op.forward(a.clamp(max=0), op.negative_weight))
+
+
+def signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,
+                s_pos: Tensor | None, s_neg: Tensor | None) -> Tensor:
+    """``c_j`` with ``a_j c_j = sum_k (a_j w_jk)^+ s_pos_k + (a_j w_jk)^- s_neg_k``.
+
+    For ``a_j > 0`` the positive contributions are ``a_j w^+``, for ``a_j < 0`` they are
+    ``a_j w^-``: this is what makes γ, αβ and z⁺ correct on inputs of both signs.
+    """
+    def pull(weight_for_pos: Tensor, weight_for_neg: Tensor) -> Tensor:
+        terms = [op.input_vjp(a, w, s) for w, s in ((weight_for_pos, s_pos),
+                                                    (weight_for_neg, s_neg)) if s is not None]
+        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+    w_pos, w_neg = op.positive_weight, op.negative_weight
+    if nonneg:
+        return pull(w_pos, w_neg)
+    # where a_j = 0 the relevance a_j c_j is 0 whichever branch c_j comes from
+    return torch.where(a > 0, pull(w_pos, w_neg), pull(w_neg, w_pos))
+
+
+def _short_repr(value: Any) -> str:
+    """A parameter's repr, short whatever its size: a tensor of more than a few values shows
+    as ``tensor(shape=(3, 224, 224))``, a long sequence as ``list(len=50)``."""
+    if isinstance(value, Tensor):
+        if value.numel() <= 4:
+            return f"tensor({[round(v, 6) for v in value.detach().reshape(-1).tolist()]})"
+        return f"tensor(shape={tuple(value.shape)})"
+    if isinstance(value, list | tuple) and len(value) > 4:
+        return f"{type(value).__name__}(len={len(value)})"
+    return repr(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Parameter equality; tensors by shape and value (whatever their device and dtype)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape:
+            return False
+        return torch.equal(a.detach().cpu().double(), b.detach().cpu().double())
+    return bool(a == b)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, Tensor):  # equal tensors have one shape; values are left to __eq__
+        return ("tensor", tuple(value.shape))
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+class Rule:
+    """A propagation rule; ``kinds`` names the op kinds it can be given to.
+
+    A rule is pure configuration: its declared parameters (the instance attributes) make its
+    repr (short: a tensor parameter shows its shape), equality and hash; tensor parameters
+    compare by value.
+
+    The contract: :meth:`propagate` maps the signal ``grad = R_out / z`` at one op call's
+    output to the signal ``c`` at its input (``R_in = a · c``), or to ``R_in`` itself when
+    ``factorizes`` is False, or to ``None`` when no relevance reaches the input.
+    """
+
+    #: the op kinds this rule can be given to ("linear", "conv", "activation", "max_pool", ...)
+    kinds: ClassVar[frozenset[str]] = frozenset()
+    #: torch functions (short names, e.g. ``"exp"``) the engine has no handler for and should
+    #: intercept, as elementwise ops of the kind of that name, when a composite holds this
+    #: rule: how a rule for a new elementwise op kind plugs in without an engine change
+    elementwise_ops: ClassVar[frozenset[str]] = frozenset()
+    #: True: :meth:`propagate` returns ``c`` with ``R_in = a * c``; False: it returns ``R_in``
+    factorizes: ClassVar[bool] = True
+    #: False when :meth:`propagate` reads ``grad`` only through ``R = z * grad`` (so relevance
+    #: is 0 wherever ``z`` is); a ReLU merged into a layer then needs no mask
+    reads_grad: ClassVar[bool] = True
+    #: True when the rule holds its op's output constant: no relevance flows through it, and
+    #: a product that uses the output treats it as a weight (CP-LRP's attention weights)
+    constant_output: ClassVar[bool] = False
+
+    def propagate(self, op: Any, a: Tensor, z: Tensor, grad: Tensor) -> Tensor | None:
+        """The signal at the input of one op call ``z = op(a)`` from ``grad`` at its output.
+
+        ``op`` is the call's view from :mod:`relprop.rules.ops` (its kind's class)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement propagate")
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={_short_repr(v)}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(self) is not type(other):
+            return False
+        mine, theirs = vars(self), vars(other)
+        return mine.keys() == theirs.keys() and all(_same(v, theirs[k]) for k, v in mine.items())
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__,
+                     tuple((k, _hashable(v)) for k, v in sorted(vars(self).items()))))
+
+
+class LayerRule(Rule):
+    """A rule for linear layers ``z = W a + b`` (linear, conv, transposed conv, BatchNorm)."""
+
+    kinds = LAYER_KINDS
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        if stabilizer < 0:
+            raise ValueError(f"stabilizer must be >= 0, got {stabilizer!r}")
+        self.stabilizer = float(stabilizer)
+
+    def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        """Map the signal ``grad = R_out / z`` at the output to ``c`` (or ``R_in``)."""
+        raise NotImplementedError
+
+
