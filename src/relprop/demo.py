@@ -499,16 +499,16 @@ def plot_figure(result: dict[str, Any], *, cell: float = 1.25) -> Figure:
                                  0.012 / height, transform=fig.transFigure,
                                  color=_GREY_MPL, linewidth=0))
     # the colour bar with what its ends mean, and what the colours and sums mean
-    bar_w = 3.3
-    cax = fig.add_axes(rect(margin, legend_top + 0.25, bar_w, 0.2))
+    bar_left, bar_w = margin + 0.3, 3.0  # room for the "−max |R|" under the bar's left end
+    cax = fig.add_axes(rect(bar_left, legend_top + 0.25, bar_w, 0.2))
     bar = fig.colorbar(ScalarMappable(Normalize(-1.0, 1.0), cmap), cax=cax,
                        orientation="horizontal")
     bar.set_ticks([-1.0, 0.0, 1.0], labels=["−max |R|", "0", "+max |R|"])
     bar.ax.tick_params(labelsize=9)
-    text(margin, legend_top, "against the class", fontsize=9, color=_BLUE)
-    text(margin + bar_w, legend_top, "for the class", fontsize=9, color=_RED, ha="right")
+    text(bar_left, legend_top, "against the class", fontsize=9, color=_BLUE)
+    text(bar_left + bar_w, legend_top, "for the class", fontsize=9, color=_RED, ha="right")
     for j, line in enumerate(note):
-        text(margin + bar_w + 0.6, legend_top + 0.19 * j, line, fontsize=9)
+        text(bar_left + bar_w + 0.6, legend_top + 0.19 * j, line, fontsize=9)
     for j, line in enumerate(footer):
         text(margin, legend_top + legend_h + 0.2 + 0.19 * j, line, fontsize=9)
     return fig
