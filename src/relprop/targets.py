@@ -26,7 +26,9 @@ class Target:
         raise NotImplementedError
 
 
-def _classes(classes: int | Tensor, output: Tensor, what: str) -> Tensor:
+def class_indices(classes: int | Tensor, output: Tensor, what: str) -> Tensor:
+    """``classes`` (one class, or one per sample) as a ``(batch,)`` long tensor, checked against
+    an output of shape ``(batch, classes)``; ``what`` names the argument in errors."""
     if output.dim() != 2:
         raise InvalidInputError(
             f"a class {what} needs a model output of shape (batch, classes), got "
@@ -61,7 +63,7 @@ class Logit(Target):
     classes: int | Tensor
 
     def seed(self, output: Tensor) -> tuple[Tensor, Tensor]:
-        index = _classes(self.classes, output, "target")
+        index = class_indices(self.classes, output, "target")
         grad = torch.zeros_like(output).scatter_(1, index[:, None], 1.0)
         return grad, output.gather(1, index[:, None])[:, 0]
 
@@ -74,8 +76,8 @@ class Contrast(Target):
     against: int | Tensor
 
     def seed(self, output: Tensor) -> tuple[Tensor, Tensor]:
-        c = _classes(self.classes, output, "target")
-        other = _classes(self.against, output, "against")
+        c = class_indices(self.classes, output, "target")
+        other = class_indices(self.against, output, "against")
         if bool((c == other).any()):
             raise InvalidInputError("Contrast needs two different classes per sample")
         grad = torch.zeros_like(output)
@@ -95,7 +97,7 @@ class LogOdds(Target):
     classes: int | Tensor
 
     def seed(self, output: Tensor) -> tuple[Tensor, Tensor]:
-        c = _classes(self.classes, output, "target")
+        c = class_indices(self.classes, output, "target")
         if output.shape[1] < 2:
             raise InvalidInputError("LogOdds needs at least two classes")
         diff = output.gather(1, c[:, None]) - output  # y_c - y_c'

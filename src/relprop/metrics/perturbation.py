@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .._engine import check_model
 from ..errors import InvalidInputError
-from ..targets import _classes
+from ..targets import class_indices
 from ._summary import describe
 from .maps import Pool, check_map, check_pool, pool_channels
 
@@ -218,7 +218,7 @@ def _perturb(model: nn.Module, x: Tensor, relevance: Tensor | None,
     with torch.no_grad():
         clean = _forward(model, x, batch_size)
         _check_output(clean, n, score)
-        classes = clean.argmax(dim=1) if target is None else _classes(target, clean, "target")
+        classes = clean.argmax(dim=1) if target is None else class_indices(target, clean, "target")
         curves = _curves(model, x, noise, pixel_rank, counts, classes, score, batch_size,
                          _score(clean, classes, score))
     per_sample = (curves[:, :1] - curves).mean(dim=1)

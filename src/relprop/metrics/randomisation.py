@@ -68,8 +68,8 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     Returns float64 ``(N,)``.
     """
     check_map_pair(a, b)
-    ranks_a = _average_ranks(_flat_finite(a, "a"))
-    ranks_b = _average_ranks(_flat_finite(b, "b"))
+    ranks_a = _average_ranks(flat_finite(a, "a"))
+    ranks_b = _average_ranks(flat_finite(b, "b"))
     ranks_a = ranks_a - ranks_a.mean(dim=1, keepdim=True)
     ranks_b = ranks_b - ranks_b.mean(dim=1, keepdim=True)
     spread = (ranks_a.square().sum(dim=1) * ranks_b.square().sum(dim=1)).sqrt()
@@ -89,7 +89,8 @@ def check_map_pair(a: Tensor, b: Tensor) -> None:
         raise InvalidInputError(f"maps of different shapes: {tuple(a.shape)} and {tuple(b.shape)}")
 
 
-def _flat_finite(values: Tensor, name: str) -> Tensor:
+def flat_finite(values: Tensor, name: str) -> Tensor:
+    """``values`` as ``(batch, -1)`` float64, refusing NaN or inf (``name`` in the error)."""
     flat = values.reshape(values.shape[0], -1).to(torch.float64)
     finite = torch.isfinite(flat).all(dim=1)
     if not bool(finite.all()):
@@ -252,7 +253,7 @@ def _explain(attribute: Attribute, model: nn.Module, x: Tensor, target: Any,
 def _maps(relevance: Tensor, pool: Pool | None, where: str) -> Tensor:
     try:
         if pool is None:
-            return _flat_finite(relevance, "the map")
+            return flat_finite(relevance, "the map")
         return pool_channels(check_map(relevance, "the map").to(torch.float64), pool)
     except InvalidInputError as error:
         raise InvalidInputError(f"{error} (of {where})") from None

@@ -19,11 +19,10 @@ from torch import Tensor, nn
 
 from ..errors import InvalidInputError
 from ..explain import Explanation, explain
-from ..targets import Target
-from ..targets import _classes as class_indices
+from ..targets import Target, class_indices
 from .localisation import Scores
 from .maps import Pool, check_pool, pool_channels
-from .randomisation import _flat_finite, check_map_pair, spearman
+from .randomisation import check_map_pair, flat_finite, spearman
 
 Correlation = Literal["pearson", "spearman"]
 Attribute = Callable[[nn.Module, Tensor, Any], Explanation]
@@ -54,7 +53,7 @@ def map_correlation(a: Tensor, b: Tensor, pool: Pool | None = "sum",
         a, b = pool_channels(a, pool), pool_channels(b, pool)
     if correlation == "spearman":
         return spearman(a, b)
-    x, y = (_flat_finite(v, n) for v, n in ((a, "a"), (b, "b")))
+    x, y = (flat_finite(v, n) for v, n in ((a, "a"), (b, "b")))
     x = x - x.mean(dim=1, keepdim=True)
     y = y - y.mean(dim=1, keepdim=True)
     spread = x.norm(dim=1) * y.norm(dim=1)

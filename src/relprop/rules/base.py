@@ -29,7 +29,7 @@ from .ops import LAYER_KINDS, LinearOp
 
 __all__ = [
     "Rule", "LayerRule", "stabilize", "stabilize_nonnegative_", "is_nonnegative",
-    "positive_contributions", "signed_vjp",
+    "positive_contributions", "signed_vjp", "scaled_signal",
 ]
 
 
@@ -48,6 +48,11 @@ def stabilize_nonnegative_(denominator: Tensor, epsilon: float) -> Tensor:
     if epsilon == 0:
         return denominator.masked_fill_(denominator == 0, float("inf"))
     return denominator.add_(epsilon)
+
+
+def scaled_signal(grad: Tensor, share: float) -> Tensor | None:
+    """``grad · share`` for a share of a product's relevance; ``None`` (no signal) for 0."""
+    return None if share == 0 else grad if share == 1 else grad * share
 
 
 def is_nonnegative(t: Tensor) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Rule
+from .base import Rule, scaled_signal
 from .ops import ShareOp
 
 __all__ = ["Product"]
@@ -45,8 +45,4 @@ class Product(Rule):
 
     def propagate(self, op: ShareOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor | None:
         """The signal of factor ``op.position``: the product's, scaled by its share."""
-        return _scaled(grad, self.shares(op.gates, op.constant)[op.position])
-
-
-def _scaled(grad: Tensor, share: float) -> Tensor | None:
-    return None if share == 0 else grad if share == 1 else grad * share
+        return scaled_signal(grad, self.shares(op.gates, op.constant)[op.position])

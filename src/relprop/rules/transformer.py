@@ -17,10 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Rule
+from .base import Rule, scaled_signal
 from .elementwise import Pass
 from .ops import NormOp, ShareOp, SoftmaxOp
-from .products import _scaled
 
 __all__ = ["SoftmaxTaylor", "Constant", "NormIdentity", "Attention", "layer_norm_signal"]
 
@@ -104,7 +103,7 @@ class Attention(Rule):
 
     def propagate(self, op: ShareOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor | None:
         """The signal of input ``op.position`` (query, key, value)."""
-        return _scaled(grad, self.shares()[op.position])
+        return scaled_signal(grad, self.shares()[op.position])
 
 
 def layer_norm_signal(a: Tensor, z: Tensor, grad: Tensor, weight: Tensor | None,
