@@ -177,13 +177,12 @@ def make_method(method: str, model: Any, x: Any, target: Any,
 
     if lib == "zennit":
         _stub_torchvision()
+        from tests.helpers import models as M
         from zennit import composites as zc
         from zennit.attribution import Gradient
         from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm
         from zennit.layer import Sum
         from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
-
-        from tests.helpers import models as M
 
         def block_map(name: str, module: Any) -> dict[str, Any] | None:
             for cls, canon in ((M.BasicBlock, ResNetBasicBlockCanonizer),
@@ -210,7 +209,6 @@ def make_method(method: str, model: Any, x: Any, target: Any,
 
     if lib == "captum":
         from captum.attr import LRP
-
         from tests.helpers import models as M
 
         lrp = LRP(model)

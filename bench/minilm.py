@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0:1] = [str(ROOT / "src"), str(ROOT / "benchmarks" / "src")]
 
 import torch  # noqa: E402
+
 from relprop_bench import minilm  # noqa: E402
 from relprop_bench.stats import paired_difference  # noqa: E402
 

@@ -19,11 +19,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from relprop_bench.minilm import load_minilm
 from torch import Tensor
 
 from relprop import composites, viz
 from relprop.pairwise_tokens import bilrp_tokens, top_interactions
+from relprop_bench.minilm import load_minilm
 
 SENTENCES = ("A man is playing a guitar on stage.", "Someone performs music with a guitar.")
 CELL = 20  # pixels per matrix entry

@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 import torch
+
+import relprop
+from relprop.text import to_html, to_terminal, top_tokens
 from relprop_bench.sentiment import (
     LABELS,
     PAD,
@@ -40,9 +43,6 @@ from relprop_bench.sentiment import (
     make_sentences,
     trained_model,
 )
-
-import relprop
-from relprop.text import to_html, to_terminal, top_tokens
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -14,6 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import relprop
+from relprop import composites, rules
+from relprop.methods import METHODS
+from relprop.metrics import attribution_localisation
 from relprop_bench.cli import main
 from relprop_bench.cluttered import load_digits8x8, make_cluttered_digits
 from relprop_bench.localisation import (
@@ -45,11 +50,6 @@ from relprop_bench.report import (
     write_report,
 )
 from relprop_bench.stats import bootstrap_mean, paired_difference
-
-import relprop
-from relprop import composites, rules
-from relprop.methods import METHODS
-from relprop.metrics import attribution_localisation
 from tests.test_viz import read_png
 
 SMOKE_TRAIN = smoke_config().train  # ~10 s on one core: above chance, far from good
@@ -314,7 +314,6 @@ def test_deprecated_relprop_bench_alias(
 ) -> None:
     """``relprop bench ...`` still works: a deprecation note, then ``relprop-bench ...``."""
     import relprop_bench.cli
-
     from relprop.cli import main as relprop_main
 
     seen: list[list[str]] = []

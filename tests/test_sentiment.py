@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from relprop_bench import sentiment as S
 
 import relprop
 from relprop import composites
+from relprop_bench import sentiment as S
 
 if S.lexicon_file() is None:
     pytest.skip("vadersentiment (the VADER lexicon) is not installed", allow_module_level=True)

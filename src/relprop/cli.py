@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         status: int = args._run(args)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:  # ImportError: an extra not installed
         print(f"relprop {args.command}: error: {err}", file=sys.stderr)
         return 1
     return status

@@ -310,7 +310,7 @@ def default(tokens: bool = False) -> Composite:
     matters more, :func:`montavon2019` where class specificity does.
 
     For token ids (``tokens=True``): :func:`attnlrp`, ε on every layer, convolutions included.
-    On relprop's sentiment benchmark (a CNN over word embeddings, bench/sentiment.py) ε
+    On relprop's sentiment benchmark (a CNN over word embeddings, relprop_bench.sentiment) ε
     localised the lexicon's evidence words better than α2β1 on the convolution (token μ 0.78
     vs 0.73); αβ was made for ReLU features, not signed embeddings. On transformers (no
     convolutions) both choices give ε on the linear layers anyway.

@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from relprop.metrics import (
     attribution_localisation,
     map_correlation,
     region_perturbation,
     runner_up,
 )
-from torch import Tensor, nn
 
 from .models import VARIANTS, TrainConfig, accuracy, benchmark_images, trained_net
 from .presets import (

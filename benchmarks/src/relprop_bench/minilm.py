@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from relprop.composites import attnlrp, cp_lrp
 from relprop.errors import InvalidInputError, RelpropError
 from relprop.explain import Explanation, explain
 from relprop.methods import gradient, gradient_x_input, random_baseline
 from relprop.pairwise_tokens import MiniLMEmbedder
-from torch import Tensor, nn
 
 from . import sentiment
 from .stats import Estimate, bootstrap_mean, paired_difference

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from relprop import viz
 from torch import Tensor
+
+from relprop import viz
 
 __all__ = ["PALETTE", "Line", "line_plot", "nice_ticks"]
 

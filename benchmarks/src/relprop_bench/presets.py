@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from relprop import composites, rules
 from relprop.composites import Composite
 from relprop.methods import METHODS
-from torch import Tensor, nn
 
 __all__ = [
     "Explainer",

@@ -11,8 +11,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from relprop import viz
 from torch import nn
+
+from relprop import viz
 
 from .localisation import (
     RANDOM_ORDER,

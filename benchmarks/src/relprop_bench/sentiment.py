@@ -34,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from relprop.composites import Composite, epsilon_alpha2_beta1, epsilon_plus, uniform
 from relprop.errors import InvalidInputError
 from relprop.explain import Explanation, explain
 from relprop.methods import gradient, gradient_x_input, random_baseline
 from relprop.rules import Epsilon
 from relprop.targets import Contrast
-from torch import Tensor, nn
 
 from .models import Progress, _stderr, default_cache_dir
 from .stats import Estimate, bootstrap_mean

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from relprop.errors import InvalidInputError
 from torch import Tensor, nn
+
+from relprop.errors import InvalidInputError
 
 __all__ = ["DELETIONS", "Batch", "encode", "deletion_curves", "aopc", "abpc"]
 
