@@ -10,6 +10,7 @@ from torch import nn
 import relprop
 from relprop import composites as C
 from relprop import rules as R
+from relprop.rules import stabilize
 from relprop.targets import Contrast, LogOdds
 from tests.helpers import models as M
 
@@ -176,15 +177,36 @@ def test_batchnorm_is_merged_into_the_conv_before_gamma() -> None:
                        "4:linear": repr(R.Gamma(0.5))}
 
 
-def test_flat_and_zbox_give_zero_pixels_relevance() -> None:
+def _conv_vjp(weight: torch.Tensor, x: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+    """``sum_k w_jk s_k`` of the model's first conv (3x3, padding 1) with any weights."""
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.conv2d(x, weight, padding=1), x, signal)
+    return g
+
+
+def test_flat_and_zbox_give_zero_pixels_their_relevance() -> None:
+    """Black pixels cannot carry ``R / a``; the engine keeps flat's and z^B's relevance on
+    the input as is, so the map equals the rule written out from the conv's relevance."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 16, 2)).eval()
-    x = torch.rand(1, 1, 4, 4)
+                          nn.Linear(4 * 16, 2)).double().eval()
+    x = torch.rand(1, 1, 4, 4, dtype=torch.float64)
     x[..., :2, :] = 0.0  # black pixels
-    for comp in (C.epsilon_plus_flat(), C.epsilon_gamma_box(0.0, 1.0)):
-        expl = relprop.explain(model, x, target=0, composite=comp)
-        assert expl.relevance[..., :2, :].abs().sum() > 0
+    w = model[0].weight.detach()
+    for comp in (C.epsilon_plus_flat(stabilizer=0.0), C.epsilon_gamma_box(0.0, 1.0)):
+        expl = relprop.explain(model, x, target=0, composite=comp, record=True)
+        r_conv = expl.layers["1"]  # at the ReLU merged into the conv: its relevance
+        if comp.name.startswith("epsilon_plus_flat"):
+            ones = torch.ones_like(w)
+            count = F.conv2d(torch.ones_like(x), ones, padding=1)
+            expected = _conv_vjp(ones, x, r_conv / count)
+        else:  # z^B with l = 0, h = 1
+            w_neg = w.clamp(max=0)
+            z_box = (F.conv2d(x, w, padding=1) - F.conv2d(torch.ones_like(x), w_neg, padding=1))
+            s = r_conv / stabilize(z_box, 1e-6)
+            expected = x * _conv_vjp(w, x, s) - _conv_vjp(w_neg, x, s)
+        torch.testing.assert_close(expl.relevance, expected, rtol=1e-9, atol=1e-12)
+        assert expl.relevance[..., :2, :].abs().sum() > 0.05 * expl.relevance.abs().sum()
 
 
 def test_cuda_matches_cpu() -> None:

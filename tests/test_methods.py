@@ -547,4 +547,12 @@ def test_quantus_metric_runs_on_relprop() -> None:
     explain: Callable[..., Any] = quantus_explain_func
     scores = metric(model=model, x_batch=x, y_batch=y, a_batch=None, explain_func=explain,
                     explain_func_kwargs={"method": "gradient_x_input"}, device="cpu")
-    assert len(scores) == 4
+    # Sparseness is the Gini index of |R| (Chalasani et al. 2020), written out here on
+    # relprop's own Gradient x Input: Quantus must have received exactly these maps
+    maps = quantus_explain_func(model, x, y, method="gradient_x_input")
+    for score, a in zip(scores, maps):
+        a = np.sort(np.abs(a.reshape(-1)).astype(np.float64) + 1e-7)
+        n = a.shape[0]
+        gini = float(np.sum((2 * np.arange(1, n + 1) - n - 1) * a) / (n * np.sum(a)))
+        assert abs(score - gini) < 1e-5, (score, gini)
+    assert len(set(np.round(scores, 6))) > 1  # four different maps, four different scores

@@ -699,14 +699,6 @@ def test_negative_parameters_raise(make: Callable[[], rules.Rule]) -> None:
         make()
 
 
-def test_valid_parameters_construct() -> None:
-    assert rules.AlphaBeta(2.0, 1.0).alpha == 2.0
-    assert rules.Gamma(0.0).gamma == 0.0
-    assert rules.Epsilon(0.0).epsilon == 0.0
-    zplus = rules.ZPlus()
-    assert isinstance(zplus, rules.AlphaBeta) and (zplus.alpha, zplus.beta) == (1.0, 0.0)
-
-
 # ----------------------------------------------------------------------- max pooling
 POOLS = {
     "2d-k2": (lambda: nn.MaxPool2d(2), (2, 2, 6, 6)),

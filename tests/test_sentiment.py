@@ -39,7 +39,7 @@ def trained(lexicon: dict[str, float], cache: Path
 
 
 @pytest.fixture(scope="module")
-def test_set(lexicon: dict[str, float], trained: tuple[S.SentimentCNN, S.Vocabulary, dict]
+def held_out(lexicon: dict[str, float], trained: tuple[S.SentimentCNN, S.Vocabulary, dict]
              ) -> S.Sentences:
     return S.make_sentences(300, S.TEST_SEED, lexicon, trained[1], SMALL.pool(lexicon))
 
@@ -105,10 +105,10 @@ def test_token_localisation_scores_a_known_map(lexicon: dict[str, float]) -> Non
 
 
 def test_model_trains_above_90_percent(trained: tuple[S.SentimentCNN, S.Vocabulary, dict],
-                                       test_set: S.Sentences, cache: Path) -> None:
+                                       held_out: S.Sentences, cache: Path) -> None:
     model, _, meta = trained
     assert meta["test_accuracy"] > 0.9
-    assert S.accuracy(model, test_set.ids, test_set.labels) > 0.9
+    assert S.accuracy(model, held_out.ids, held_out.labels) > 0.9
     again, _, meta_again = S.trained_model(SMALL, cache=cache, progress=None)
     assert meta_again["loaded"] and meta_again["cached"] == meta["cached"]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
@@ -130,15 +130,15 @@ def test_training_is_deterministic_whatever_the_thread_count(lexicon: dict[str, 
 
 
 def test_padding_does_not_change_the_output(trained: tuple[S.SentimentCNN, S.Vocabulary, dict],
-                                            test_set: S.Sentences) -> None:
+                                            held_out: S.Sentences) -> None:
     model = trained[0]
-    more = torch.cat([test_set.ids, torch.zeros(len(test_set), 5, dtype=torch.long)], dim=1)
+    more = torch.cat([held_out.ids, torch.zeros(len(held_out), 5, dtype=torch.long)], dim=1)
     with torch.no_grad():
-        batched = model(test_set.ids)
+        batched = model(held_out.ids)
         # float32 through other sequence lengths and batch shapes: float32 tolerances (an
         # absolute 1e-5 alone is a few ulps of a logit of 30), far below what leaked padding does
         torch.testing.assert_close(model(more), batched, rtol=1e-5, atol=1e-5)
-        alone = torch.cat([model(test_set.ids[i:i + 1, :int(test_set.lengths[i])])
+        alone = torch.cat([model(held_out.ids[i:i + 1, :int(held_out.lengths[i])])
                            for i in range(20)])
     torch.testing.assert_close(alone, batched[:20], rtol=1e-5, atol=1e-5)
 
@@ -147,38 +147,38 @@ def test_padding_does_not_change_the_output(trained: tuple[S.SentimentCNN, S.Voc
                                        composites.epsilon_plus()],
                          ids=["attnlrp", "epsilon_alpha2_beta1", "epsilon_plus"])
 def test_token_ids_and_embeddings_give_the_same_relevance(
-        trained: tuple[S.SentimentCNN, S.Vocabulary, dict], test_set: S.Sentences,
+        trained: tuple[S.SentimentCNN, S.Vocabulary, dict], held_out: S.Sentences,
         composite: composites.Composite | None) -> None:
     model = trained[0]
-    by_ids = S.via_ids(composite)(model, test_set)
-    by_embeddings = S.via_embeddings(relprop.explain, composite=composite)(model, test_set)
-    assert by_ids.relevance.shape == test_set.ids.shape
+    by_ids = S.via_ids(composite)(model, held_out)
+    by_embeddings = S.via_embeddings(relprop.explain, composite=composite)(model, held_out)
+    assert by_ids.relevance.shape == held_out.ids.shape
     torch.testing.assert_close(by_ids.relevance, by_embeddings.relevance)
-    assert not bool(by_ids.relevance[~test_set.real].any())  # padding embeddings are 0
+    assert not bool(by_ids.relevance[~held_out.real].any())  # padding embeddings are 0
 
 
 @pytest.mark.parametrize("composite", [None, composites.epsilon_plus()],
                          ids=["default", "epsilon_plus"])
 def test_lrp_conserves_the_log_odds_but_the_output_bias(
-        trained: tuple[S.SentimentCNN, S.Vocabulary, dict], test_set: S.Sentences,
+        trained: tuple[S.SentimentCNN, S.Vocabulary, dict], held_out: S.Sentences,
         composite: composites.Composite | None) -> None:
     """ε (1e-6) on the dense layer keeps the bias's share of each logit; the max over time,
     ReLU and the bias-free convolution (αβ or z⁺, with contributions of both signs) pass all
     relevance down. So the words' relevance sums to the log-odds minus ``b_c − b_other``, up
     to float32 rounding and ε / |z| (z: the logits' inputs, of order 1)."""
     model = trained[0]
-    explanation = S.via_ids(composite)(model, test_set)
+    explanation = S.via_ids(composite)(model, held_out)
     bias = model.head.fc.bias.detach()
-    labels = test_set.labels
+    labels = held_out.labels
     expected = explanation.explained - (bias[labels] - bias[1 - labels])
     torch.testing.assert_close(explanation.relevance.sum(dim=1), expected, rtol=1e-4,
                                atol=1e-4)
 
 
 def test_lrp_localises_far_better_than_random(
-        trained: tuple[S.SentimentCNN, S.Vocabulary, dict], test_set: S.Sentences) -> None:
+        trained: tuple[S.SentimentCNN, S.Vocabulary, dict], held_out: S.Sentences) -> None:
     model = trained[0]
-    rows = {row["method"]: row for row in S.localisation_table(model, test_set, {
+    rows = {row["method"]: row for row in S.localisation_table(model, held_out, {
         "lrp": S.via_ids(), "random": S.via_embeddings(relprop.methods.random_baseline)})}
     lrp, random = rows["lrp"], rows["random"]
     assert lrp["undefined"] == 0
