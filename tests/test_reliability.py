@@ -455,3 +455,24 @@ def test_a_copy_between_conv_and_batchnorm_keeps_them_one_layer(copy: Forward) -
     expl = relprop.explain(_CopyBeforeNorm(copy).double().eval(), x, 0, composite)
     assert list(expl.rules) == list(expected.rules) == ["conv:conv2d+batch_norm", "fc:linear"]
     torch.testing.assert_close(expl.relevance, expected.relevance)
+
+
+class _AbsThenNoOpCopy(nn.Module):
+    """An op with no rule, then a copy that returns its input unchanged (the tensor already
+    is channels-last): the copy's handler must not vouch for the node it did not make."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(10)
+        self.conv, self.fc = nn.Conv2d(2, 2, 3), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.abs(self.conv(x)).contiguous(memory_format=torch.channels_last)
+        return self.fc(h.clone().mean((2, 3)))
+
+
+def test_an_unsupported_op_is_named_behind_a_copy_that_returns_its_input() -> None:
+    model = _AbsThenNoOpCopy().eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 2, 5, 5).to(memory_format=torch.channels_last)
+    with pytest.raises(relprop.UnsupportedOperationError, match="'abs'"):
+        relprop.explain(model, x, target=0)

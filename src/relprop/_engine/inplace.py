@@ -113,9 +113,10 @@ def run_in_place(session: Session, func: Callable[..., Any], name: str,
     linear = name in LINEAR or (name in ONE_SIDED and not any(on_path(v) for v in args[1:]))
     if not involved or (linear and out_arg is None):
         session.saved.protect(target)
+        before = _nodes(target)
         out = func(*args, **kwargs)
         if involved:
-            _approve_write(session, target)
+            _approve_write(session, target, before)
         return out
     plain, plain_name, plain_args, plain_kwargs = _out_of_place(name, args, kwargs)
     if plain is None:  # unknown op: run as written; the graph check will name it
@@ -127,15 +128,22 @@ def run_in_place(session: Session, func: Callable[..., Any], name: str,
     if target.requires_grad and target.grad_fn is None:
         raise_leaf_write(session, name, target)
     session.saved.protect(target)  # also what the out-of-place op just saved of it
+    before = _nodes(target)
     out = InPlaceWrite.apply(target, result)
-    _approve_write(session, out)
+    _approve_write(session, out, before)
     return out if out_arg is None else out_arg
 
 
-def _approve_write(session: Session, target: Tensor) -> None:
-    """The nodes an in-place write made: the target's, and its base's ``CopySlices``."""
+def _nodes(target: Tensor) -> set[int]:
+    return {id(t.grad_fn) for t in (target, target._base)
+            if isinstance(t, Tensor) and t.grad_fn is not None}
+
+
+def _approve_write(session: Session, target: Tensor, before: set[int]) -> None:
+    """The nodes an in-place write made: the target's, and its base's ``CopySlices`` (not
+    nodes the tensors had before the write, which other ops made)."""
     for t in (target, target._base):
-        if isinstance(t, Tensor) and t.grad_fn is not None:
+        if isinstance(t, Tensor) and t.grad_fn is not None and id(t.grad_fn) not in before:
             session.approved.add(t.grad_fn)
 
 

@@ -61,6 +61,11 @@ def _detach_leaves(value: Any, session: Session) -> Any:
     return value
 
 
+def _nodes(args: tuple[Any, ...]) -> set[int]:
+    """The graph nodes of a call's tensor arguments (ids)."""
+    return {id(a.grad_fn) for a in args if isinstance(a, Tensor) and a.grad_fn is not None}
+
+
 def _declared_elementwise(session: Session, func: Callable[..., Any], name: str,
                           args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """An op a rule of the composite named in ``elementwise_ops``: elementwise, of kind
@@ -110,12 +115,14 @@ class Interceptor(TorchFunctionMode):
         for claim in handlers.CLAIMS:
             handler = claim(name, args, kwargs)
             if handler is not None:
+                before = _nodes(args)
                 out = handler(session, func, name, args, kwargs)
-                self._stamp(out, name, True, args)
+                self._stamp(out, name, True, args, before)
                 return out
         if in_place:
+            before = _nodes(args)
             out = run_in_place(session, func, name, args, kwargs, self._dispatch)
-            self._stamp(out, name, False, args)
+            self._stamp(out, name, False, args, before)
             return out
         out = self._dispatch(func, name, args, kwargs)
         if after is not None:
@@ -127,15 +134,19 @@ class Interceptor(TorchFunctionMode):
         """Run one out-of-place op call: through its handler if it has one."""
         session = self.session
         handler = self._handlers.get(name)
+        before = _nodes(args)
         out = func(*args, **kwargs) if handler is None else handler(session, func, name, args,
                                                                     kwargs)
         if name in _KEEPS_CONSTANT and args and session.is_constant(args[0]) \
                 and isinstance(out, Tensor):
             session.mark_constant(out)
-        self._stamp(out, name, handler is not None, args)
+        self._stamp(out, name, handler is not None, args, before)
         return out
 
-    def _stamp(self, out: Any, name: str, handled: bool, args: tuple[Any, ...]) -> None:
+    def _stamp(self, out: Any, name: str, handled: bool, args: tuple[Any, ...],
+               before: set[int]) -> None:
+        """Name the graph nodes the call made; approve them if a handler made them.
+        ``before``: the nodes of the arguments before the call, which other ops made."""
         session = self.session
         outs = out if isinstance(out, tuple | list) else (out,)
         path = session.where()[0] or "<model>"
@@ -143,6 +154,8 @@ class Interceptor(TorchFunctionMode):
             if not isinstance(t, Tensor) or t.grad_fn is None:
                 continue
             node = t.grad_fn
+            if id(node) in before:  # the call returned its input unchanged (``contiguous``
+                continue  # of a contiguous tensor): that node is its producer's
             if node not in session.node_info:
                 session.node_info[node] = (path, name)
             if handled:
