@@ -16,11 +16,12 @@ Every net of :mod:`tests.helpers.netgen` is explained with five presets and chec
    ``relu`` for ``clamp(min=0)`` and ``ReLU(inplace=True)``, out-of-place ops for in-place
    statements, contiguous memory for ``channels_last``) gets the same maps under every preset.
 
-The default grammar runs by default; the cases relprop's engine is being fixed for (in-place
-statements, ``clamp`` as ReLU, ``x @ W.t() + b``, ``channels_last``, adaptive pooling of a
-permuted activation) each have their own test so that each goes green with its fix. Thousands
-of nets run with ``-m slow``. ``python -m tests.test_fuzz --nets 300`` prints how many nets
-were checked for each property and how many passed (``--new OPTION`` adds grammar options).
+The default test draws from the whole grammar, including the cases relprop once explained
+wrongly or refused (in-place statements, ``clamp`` as ReLU, ``x @ W.t() + b``,
+``channels_last``, adaptive pooling of a permuted activation: ``NEW_OPTIONS``), each of which
+also has a test of its own. Thousands of nets run with ``-m slow``.
+``python -m tests.test_fuzz --nets 300`` prints how many nets were checked for each property
+and how many passed (``--new`` takes the options to mix in; all of them by default).
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=False
 
 
 @settings(FUZZ, max_examples=300)
-@given(net=nets())
+@given(net=nets(new=NEW_OPTIONS))
 def test_fuzz_default_grammar(net: GeneratedNet) -> None:
     assert_properties(net)
 
@@ -250,7 +251,7 @@ def test_fuzz_small_supported_nets(net: GeneratedNet) -> None:
 
 @pytest.mark.parametrize("option", NEW_OPTIONS)
 def test_fuzz_new_case(option: str) -> None:
-    """One of the cases the engine is being fixed for, mixed into the default grammar."""
+    """One of the cases relprop once got wrong, mixed into the grammar."""
 
     @settings(FUZZ, max_examples=60)
     @given(net=nets(new=[option], unsupported=False))
@@ -300,7 +301,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nets", type=int, default=300)
     parser.add_argument("--start", type=int, default=0)
-    parser.add_argument("--new", nargs="*", default=[], choices=NEW_OPTIONS)
+    parser.add_argument("--new", nargs="*", default=list(NEW_OPTIONS), choices=NEW_OPTIONS)
     parser.add_argument("--verbose", action="store_true", help="print every failing net")
     args = parser.parse_args()
     torch.set_num_threads(1)
