@@ -101,11 +101,11 @@ class Interceptor(TorchFunctionMode):
         if name is None:
             name = self._names[func] = short_name(func)
         kwargs = kwargs or {}
-        after = None
+        afters = []
         for prepare in handlers.PREPARES:
             args, after = prepare(session, name, args)
             if after is not None:
-                break
+                afters.append(after)
         in_place = asks_in_place(name, args, kwargs)
         if in_place and args and isinstance(args[0], Tensor) and args[0].requires_grad \
                 and args[0].grad_fn is None and not session.is_leaf_input(args[0]):
@@ -125,7 +125,7 @@ class Interceptor(TorchFunctionMode):
             self._stamp(out, name, False, args, before)
             return out
         out = self._dispatch(func, name, args, kwargs)
-        if after is not None:
+        for after in afters:
             after(out)
         return out
 

@@ -14,28 +14,52 @@ a call, and module kinds (whole modules taken as one op).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from . import layers, recurrent, transformer
 
+#: the op families, in order of precedence (a later family's handler of the same op name
+#: wins). A family module may define ``HANDLERS`` (op name -> handler), ``claim(name, args,
+#: kwargs)``, ``prepare(session, name, args)`` and, for whole modules taken as one op,
+#: ``module_kind(module)`` with ``wrap_module_output(session, module, kind, args, output)``.
+#: A new family is a new module here and one line in this tuple.
+FAMILIES: tuple[ModuleType, ...] = (
+    layers,
+    recurrent,
+    transformer,
+)
 
-@dataclass(frozen=True)
+
 class ModuleOps:
-    """Whole modules taken as one op: ``kind(module)`` names the op kind or ``None``;
-    ``wrap(session, module, kind, args, output)`` gives the output as that op (``None`` if
-    the module turns out not to be one)."""
+    """Whole modules taken as one op, over every family: ``kind(module)`` is ``None`` or an
+    opaque claim, which ``wrap(session, module, claim, args, output)`` hands back to the
+    family that made it (``None`` if the module turns out not to be one op)."""
 
-    kind: Any
-    wrap: Any
+    def __init__(self, families: tuple[ModuleType, ...]) -> None:
+        self._families = [f for f in families if hasattr(f, "module_kind")]
+
+    def kind(self, module: Any) -> tuple[ModuleType, str] | None:
+        for family in self._families:
+            found = family.module_kind(module)
+            if found is not None:
+                return family, found
+        return None
+
+    def wrap(self, session: Any, module: Any, claim: tuple[ModuleType, str], args: Any,
+             output: Any) -> Any:
+        family, kind = claim
+        return family.wrap_module_output(session, module, kind, args, output)
 
 
-HANDLERS = {**layers.HANDLERS, **recurrent.HANDLERS, **transformer.HANDLERS}
-CLAIMS = (layers.claim,)
-PREPARES = (transformer.prepare,)
-MODULES = ModuleOps(transformer.module_kind, transformer.wrap_module_output)
+HANDLERS: dict[str, Any] = {}
+for _family in FAMILIES:
+    HANDLERS.update(getattr(_family, "HANDLERS", {}))
+CLAIMS = tuple(f.claim for f in FAMILIES if hasattr(f, "claim"))
+PREPARES = tuple(f.prepare for f in FAMILIES if hasattr(f, "prepare"))
+MODULES = ModuleOps(FAMILIES)
 elementwise = layers.elementwise
 call_with = layers._call_with
 
-__all__ = ["HANDLERS", "CLAIMS", "PREPARES", "MODULES", "ModuleOps", "elementwise",
-           "call_with"]
+__all__ = ["FAMILIES", "HANDLERS", "CLAIMS", "PREPARES", "MODULES", "ModuleOps",
+           "elementwise", "call_with"]
