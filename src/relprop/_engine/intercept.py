@@ -17,9 +17,10 @@ from functools import partial
 from typing import Any
 
 from torch import Tensor, nn
+from torch._ops import OpOverload
 from torch.overrides import TorchFunctionMode, resolve_name
 
-from . import handlers
+from . import aten, handlers
 from .inplace import asks_in_place, raise_leaf_write, run_in_place
 from .session import Session
 
@@ -38,7 +39,13 @@ _KEEPS_CONSTANT = SHAPE_OPS | {"t", "T.__get__", "mT.__get__", "to", "type", "fl
 
 
 def short_name(func: Callable[..., Any]) -> str:
-    """``F.conv2d`` -> ``"conv2d"``, ``Tensor.add_`` -> ``"add_"``: the name handlers use."""
+    """``F.conv2d`` -> ``"conv2d"``, ``Tensor.add_`` -> ``"add_"``: the name handlers use.
+
+    Aten overloads (exported programs) by :func:`relprop._engine.aten.op_name`:
+    ``aten.conv2d.default`` -> ``"conv2d"``, ``aten.batch_norm.default`` ->
+    ``"aten::batch_norm"`` (an adapter to the handler of ``F.batch_norm``)."""
+    if isinstance(func, OpOverload):
+        return aten.op_name(func)
     name = resolve_name(func) or getattr(func, "__name__", repr(func))
     for prefix in _PREFIXES:
         if name.startswith(prefix):
@@ -89,7 +96,8 @@ class Interceptor(TorchFunctionMode):
         session.interceptor = self
         self._names: dict[Any, str] = {}
         extra = {n: _declared_elementwise for n in elementwise_ops if n not in handlers.HANDLERS}
-        self._handlers: Mapping[str, Handler] = {**handlers.HANDLERS, **extra}
+        self._handlers: Mapping[str, Handler] = {**handlers.HANDLERS, **extra,
+                                                 **aten.ADAPTERS}
 
     def __torch_function__(self, func: Callable[..., Any], types: Any,
                            args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
