@@ -2,24 +2,61 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError, ProbabilityOutputWarning
+from .aten import is_exported, is_program, training_ops
 
 
 def check_model(model: nn.Module, purpose: str = "the explanation") -> None:
-    """Refuse anything but an ``nn.Module`` in eval mode."""
+    """Refuse anything but an ``nn.Module`` in eval mode, or a ``torch.export`` program
+    (``ExportedProgram`` or its ``.module()``) exported in eval mode.
+
+    An exported graph has no train/eval switch (its ``eval()`` raises): the mode it was
+    exported in is in its ops, so those are checked instead (``batch_norm(training=True)``,
+    ``dropout(train=True)``)."""
+    if is_program(model):
+        model = model.module()
+    if _is_onnx(model):
+        raise InvalidInputError(
+            "model is an ONNX model: relprop follows the ops of a PyTorch forward pass. "
+            "Explain the PyTorch module the ONNX file was exported from (or its "
+            "torch.export program), or convert the ONNX model to an nn.Module with "
+            "onnx2torch (onnx2torch.convert(path)) where torchvision is installed")
+    if isinstance(model, str | os.PathLike):
+        raise InvalidInputError(
+            f"model is a path ({os.fspath(model)!r}), not a module: load it first "
+            "(torch.export.load(path) for a .pt2 program, torch.load or from_pretrained for "
+            "weights into the model's class)")
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if is_exported(model):
+        ops = training_ops(model)
+        if ops:
+            raise InvalidInputError(
+                f"the program was exported in training mode ({len(ops)} ops, e.g. {ops[:3]}): "
+                f"dropout and batch statistics would make {purpose} random, and the graph "
+                "updates its BatchNorm statistics. Call model.eval() before "
+                "torch.export.export(model, ...) and export again.")
+        return
     training = [name or "<model>" for name, m in model.named_modules() if m.training]
     if training:
         raise InvalidInputError(
             f"model is in training mode ({len(training)} modules, e.g. {training[:3]}): dropout "
             f"and batch statistics would make {purpose} random. Call model.eval() first."
         )
+
+
+def _is_onnx(model: object) -> bool:
+    """An ONNX file path or an ``onnx.ModelProto`` (found by type name: onnx need not be
+    installed)."""
+    if isinstance(model, str | os.PathLike):
+        return os.fspath(model).lower().endswith(".onnx")
+    return type(model).__name__ == "ModelProto" and "onnx" in type(model).__module__
 
 
 def check_input(x: Tensor) -> None:

@@ -1,5 +1,6 @@
-"""What an explanation can be run on: eager modules, unwrapped from compilers, without hooks
-that would see the relevance signals."""
+"""What an explanation can be run on: eager modules, unwrapped from compilers, exported
+programs (their aten graph, :mod:`relprop._engine.aten`), without hooks that would see the
+relevance signals."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
+from .aten import as_module
 
 
 def eager_module(model: nn.Module) -> nn.Module:
-    """The eager module to explain: ``torch.compile(m)`` gives ``m`` back; a TorchScript
-    module, a module with backward hooks, or parameters made in inference mode are refused
-    with what to pass instead."""
+    """The eager module to explain: ``torch.compile(m)`` gives ``m`` back; a
+    ``torch.export`` program (or its ``.module()``) runs its aten graph node by node (see
+    :class:`relprop._engine.aten.ExportedModule`); a TorchScript module, a module with
+    backward hooks, or parameters made in inference mode are refused with what to pass
+    instead."""
+    model = as_module(model)
     original = getattr(model, "_orig_mod", None)
     if type(model).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
         model = original  # torch.compile: the module it wraps computes the same function
