@@ -11,6 +11,7 @@ from .errors import (
     ProbabilityOutputWarning,
     RelpropError,
     RuleAssignmentError,
+    RuleAssumptionWarning,
     UnsupportedOperationError,
     UnsupportedOperationWarning,
 )
@@ -22,5 +23,5 @@ __all__ = [
     "explain", "Explanation", "composites", "methods", "metrics", "neon", "pairwise", "rules",
     "targets", "text", "RelpropError",
     "UnsupportedOperationError", "UnsupportedOperationWarning", "InvalidInputError",
-    "RuleAssignmentError", "ProbabilityOutputWarning",
+    "RuleAssignmentError", "ProbabilityOutputWarning", "RuleAssumptionWarning",
 ]

@@ -123,6 +123,12 @@ def top_dense() -> Selector:
     return Selector(lambda c, lay: c.kind == "linear" and c.index > lay.last_conv, "top_dense()")
 
 
+def grouped_convs() -> Selector:
+    """Grouped and depthwise convolutions (``groups > 1``): each output sees few inputs, so
+    often only contributions of one sign, where αβ with β > 0 returns α·R instead of R."""
+    return Selector(lambda c, _: c.kind in CONVS and c.groups > 1, "grouped_convs()")
+
+
 def lower_convs(fraction: float) -> Selector:
     """The first ``fraction`` of the convolution calls in execution order."""
     def pick(c: OpCall, lay: Layout) -> bool:
@@ -216,15 +222,28 @@ def epsilon_plus_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Compos
 
 
 def epsilon_alpha2_beta1(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
-    """ε on dense layers, α2β1 on convolutions (Zennit's ``EpsilonAlpha2Beta1``)."""
-    return _dense_conv(Epsilon(epsilon), AlphaBeta(2.0, 1.0, stabilizer), None,
-                       "epsilon_alpha2_beta1")
+    """ε on dense layers, α2β1 on convolutions (Zennit's ``EpsilonAlpha2Beta1``), γ = 0.25 on
+    grouped and depthwise convolutions.
+
+    αβ assumes each output has contributions of both signs; a depthwise 3×3 output has nine,
+    often all of one sign, and then returns α·R: on an EfficientNet-style net the relevance
+    came to −21× the logit, with γ there (sign-aware, conservative) within 0.8–1.6×. On nets
+    without grouped convolutions this is exactly Zennit's composite."""
+    return _with_grouped(_dense_conv(Epsilon(epsilon), AlphaBeta(2.0, 1.0, stabilizer), None,
+                                     "epsilon_alpha2_beta1"), stabilizer)
+
+
+def _with_grouped(composite: Composite, stabilizer: float) -> Composite:
+    """``composite`` with γ = 0.25 on grouped convolutions, before its αβ entry."""
+    composite.rules.insert(len(composite.rules) - 1, (grouped_convs(),
+                                                      Gamma(0.25, stabilizer)))
+    return composite
 
 
 def epsilon_alpha2_beta1_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """``epsilon_alpha2_beta1`` with the flat rule on the first layer."""
-    return _dense_conv(Epsilon(epsilon), AlphaBeta(2.0, 1.0, stabilizer), Flat(stabilizer),
-                       "epsilon_alpha2_beta1_flat")
+    return _with_grouped(_dense_conv(Epsilon(epsilon), AlphaBeta(2.0, 1.0, stabilizer),
+                                     Flat(stabilizer), "epsilon_alpha2_beta1_flat"), stabilizer)
 
 
 def epsilon_gamma_box(low: Bound, high: Bound, epsilon: float = 1e-6, gamma: float = 0.25,
@@ -262,7 +281,9 @@ def lrp_cmp(alpha: float = 2.0, flat_layers: int = 0, epsilon: float = 1e-6) -> 
         rules.append((first_layers(flat_layers), Flat()))
     rules += [(kind("linear"), Epsilon(epsilon)), (kind(*CONVS), AlphaBeta(alpha, alpha - 1.0))]
     suffix = f"+flat{flat_layers}" if flat_layers else ""
-    return Composite(rules, f"lrp_cmp(alpha={alpha}{suffix})")
+    composite = Composite(rules, f"lrp_cmp(alpha={alpha}{suffix})")
+    # β > 0: γ on grouped convolutions (see epsilon_alpha2_beta1)
+    return _with_grouped(composite, 1e-6) if alpha > 1 else composite
 
 
 def _transformer(epsilon: float, conv: Rule | None, softmax: Rule, attention: Attention,

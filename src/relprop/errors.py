@@ -27,6 +27,12 @@ class ProbabilityOutputWarning(UserWarning):
     """
 
 
+class RuleAssumptionWarning(UserWarning):
+    """A rule's assumption fails on the data at hand, named by layer: αβ returning far more or
+    less relevance than it received (outputs whose contributions all have one sign), or a
+    rule made for the input (flat, w², z^B) given to a hidden layer."""
+
+
 class InvalidInputError(RelpropError, ValueError):
     """The model, the input batch or the target cannot be explained as given."""
 

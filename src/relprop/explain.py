@@ -20,6 +20,7 @@ from ._engine import (
 from ._engine import check_input as _check_input
 from ._engine import check_model as _check_model
 from ._engine import check_output as _check_output
+from ._engine import check_relevance_changes as _check_relevance_changes
 from ._engine import check_token_ids as _check_token_ids
 from ._engine import select_output as _select_output
 from ._engine import warn_if_probabilities as _warn_if_probabilities
@@ -27,6 +28,7 @@ from .composites import Composite, default
 from .errors import (
     InvalidInputError,
     RelpropError,
+    RuleAssumptionWarning,
     UnsupportedOperationError,
     UnsupportedOperationWarning,
 )
@@ -118,6 +120,7 @@ def _explain_output(session: Session, model: nn.Module, x: Tensor, output: Any, 
         _verify(model, x, kwargs, output.detach())
     session.forget_forward()  # the checks are done: let the graph own what it needs
     composite.assign(session.calls)
+    _warn_input_rules_on_hidden_layers(session)
     detached = output.detach()
     resolved = as_target(target, detached)
     seed, explained = resolved.seed(detached)
@@ -126,12 +129,37 @@ def _explain_output(session: Session, model: nn.Module, x: Tensor, output: Any, 
     if tokens and isinstance(mask, Tensor) and mask.shape == x.shape:
         relevance = relevance * (mask != 0)
         sources = {k: v * (mask != 0) if v.shape == x.shape else v for k, v in sources.items()}
+    _check_relevance_changes(session.calls, _total(relevance, sources), explained.detach())
     return Explanation(
         relevance=relevance.detach(), output=detached, explained=explained.detach(),
         target=resolved, method=f"lrp:{composite.name}",
         rules={call.name: repr(call.rule) for call in session.calls},
         layers=session.layers, conservation=session.ledger, sources=sources,
     )
+
+
+def _total(relevance: Tensor, sources: dict[str, Tensor]) -> Tensor:
+    """Per sample: the relevance at the input plus what reached the sources."""
+    batch = relevance.shape[0]
+    total = relevance.detach().reshape(batch, -1).sum(1)
+    for value in sources.values():
+        if value.dim() and value.shape[0] == batch:
+            total = total + value.detach().reshape(batch, -1).sum(1).to(total.dtype)
+    return total
+
+
+def _warn_input_rules_on_hidden_layers(session: Session) -> None:
+    """Flat, w² and z^B describe the input (its bounds, its receptive fields): given to a layer
+    that does not read the explained input, relevance on units of value 0 stops there."""
+    for call in session.calls:
+        rule = call.rule
+        if rule is not None and not rule.factorizes and not call.reads_input:
+            warnings.warn(
+                f"{rule!r} at {call.name}: a rule made for the input layer is given to a "
+                "layer that does not read the explained input (something runs before it), so "
+                "relevance reaching units whose value is 0 is absorbed. Select the layer that "
+                "reads the input, or use Gamma/Epsilon here.", RuleAssumptionWarning,
+                stacklevel=4)
 
 
 def _explain_forward_error(model: nn.Module, x: Tensor, tokens: bool, kwargs: dict[str, Any],

@@ -15,9 +15,12 @@ The pipeline, one module per step (this package's public face is what
    or is linear;
 5. the composite assigns each record its rule (:mod:`relprop.composites`);
 6. :mod:`~relprop._engine.apply` — the autograd functions that, on the way back, ask each
-   call's rule for the signal at its input (:meth:`relprop.rules.Rule.propagate`).
+   call's rule for the signal at its input (:meth:`relprop.rules.Rule.propagate`);
+7. :mod:`~relprop._engine.assumptions` — after the backward pass, warn by layer where a
+   rule's assumption failed on this data.
 """
 
+from .assumptions import check_relevance_changes
 from .checks import (
     check_input,
     check_model,
@@ -34,6 +37,7 @@ from .records import LedgerEntry, OpCall
 from .session import Session
 
 __all__ = [
+    "check_relevance_changes",
     "check_input", "check_model", "check_output", "check_token_ids", "select_output",
     "warn_if_probabilities", "eager", "eager_module", "usable_input", "find_unsupported",
     "MODULES", "Interceptor", "short_name", "LedgerEntry", "OpCall", "Session",

@@ -37,6 +37,9 @@ def _run_rule(call: OpCall, session: Session, op: Any, a: Tensor, z: Tensor,
         return session.relevance_to_grad(call, out, a, z * grad)
     if session.record:
         session.log(call, z * grad, a * out)
+    change = getattr(op, "reports", {}).get("relevance_change")
+    if change is not None:  # judged after the backward pass, all layers at once
+        call.relevance_change = change
     return out
 
 

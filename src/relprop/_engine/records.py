@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..rules import Rule
 
@@ -27,6 +27,11 @@ class OpCall:
     reads_input: bool = False
     #: how many calls of the same op the same module call made before this one
     repeat: int = 0
+    #: a convolution's groups (depthwise and grouped convolutions have more than one)
+    groups: int = 1
+    #: per sample, the relevance the rule created or destroyed at this call, as a fraction
+    #: of what arrived (reported by rules that check their assumption, e.g. αβ)
+    relevance_change: Tensor | None = field(default=None, repr=False)
     rule: Rule | None = None
     gates: list[bool] = field(default_factory=list, repr=False)
     #: per factor of a product: the softmax call that made it (attention weights), or None

@@ -142,6 +142,9 @@ class Rule:
     #: True when the rule holds its op's output constant: no relevance flows through it, and
     #: a product that uses the output treats it as a weight (CP-LRP's attention weights)
     constant_output: ClassVar[bool] = False
+    #: when set, the engine checks that each sample's relevance leaving the op is within this
+    #: fraction of what arrived, and warns by layer if not (a failed assumption of the rule)
+    relevance_tolerance: float | None = None
 
     def propagate(self, op: Any, a: Tensor, z: Tensor, grad: Tensor) -> Tensor | None:
         """The signal at the input of one op call ``z = op(a)`` from ``grad`` at its output.

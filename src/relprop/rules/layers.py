@@ -181,6 +181,22 @@ class AlphaBeta(LayerRule):
         self.alpha = float(alpha)
         self.beta = float(beta)
 
+    @property
+    def relevance_tolerance(self) -> float | None:  # type: ignore[override]
+        """β > 0: an output whose contributions all have one sign returns α·R (or −β·R)
+        instead of R; the engine warns where a layer's relevance changes by more than half."""
+        return 0.5 if self.beta > 0 else None
+
+    def _change(self, p: Tensor, n: Tensor, relevance: Tensor) -> Tensor:
+        """Per sample, the relevance the rule creates or destroys, as a fraction of what
+        arrived, biases aside: output ``k`` passes ``(α[p_k > 0] − β[n_k < 0])·R_k``."""
+        factor = (p > 0).to(relevance.dtype) * self.alpha - (n < 0).to(relevance.dtype) * self.beta
+        batch = relevance.shape[0] if relevance.dim() else 1
+        excess = ((factor - 1) * relevance).reshape(batch, -1).sum(1)
+        arrived = relevance.reshape(batch, -1).sum(1)
+        judged = arrived.abs() > 1e-3 * arrived.abs().max()
+        return torch.where(judged, excess / torch.where(judged, arrived, 1.0), 0.0)
+
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         nonneg = is_nonnegative(a)
         relevance = z * grad
@@ -188,6 +204,7 @@ class AlphaBeta(LayerRule):
         s_neg = None
         if self.beta != 0:
             n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
+            op.report("relevance_change", self._change(p, n, relevance))
             z_neg = op.add_bias_(n, op.negative_bias)
             s_neg = relevance / stabilize(z_neg, self.stabilizer) * -self.beta
         z_pos = op.add_bias_(p, op.positive_bias)

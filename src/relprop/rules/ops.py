@@ -99,9 +99,19 @@ class SoftmaxOp:
 
 @dataclass
 class NormOp:
-    """LayerNorm (``norm="layer"``) or RMSNorm (``"rms"``) over the last ``dims`` dims, with
-    ``weight`` and ``eps``; ``"module"``: a whole RMSNorm-like module (or ``F.normalize``).
-    ``scale`` is ``1/σ`` per group when the forward pass kept it; ``fn`` recomputes ``z``."""
+    """A normalisation, as one op of kind ``layer_norm``; ``norm`` says which:
+
+    * ``"layer"`` (LayerNorm) or ``"rms"`` (RMSNorm) over the last ``dims`` dims, with
+      ``weight`` and ``eps``;
+    * ``"group"``: GroupNorm, ``groups`` groups of the channels (dim 1), ``weight`` per
+      channel;
+    * ``"scaled"``: ``z = multiplier ⊙ a + bias`` with the multiplier computed from ``a`` and
+      held constant (ConvNeXt V2's global response normalisation); ``bias``: whether the op
+      adds one;
+    * ``"module"``: a whole RMSNorm-like module (or ``F.normalize``), ``z = m(a) ⊙ a``.
+
+    ``scale`` is ``1/σ`` per normalised group when the forward pass kept it; ``fn``
+    recomputes ``z``."""
 
     norm: str
     fn: Callable[[Tensor], Tensor]
@@ -110,6 +120,9 @@ class NormOp:
     eps: float = 0.0
     scale: Tensor | None = field(default=None, repr=False)
     kind: str = "layer_norm"
+    groups: int = 0
+    multiplier: Tensor | None = field(default=None, repr=False)
+    bias: bool = False
 
     def gradient(self, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         """The plain gradient through the normalisation."""
@@ -154,6 +167,8 @@ class LinearOp:
                  affine: tuple[LinearOp, Tensor, Tensor] | None = None) -> None:
         self.kind = kind  # "linear" | "conv" | "conv_transpose" | "norm"
         self.options = options
+        #: what a rule reported about this call (e.g. ``"relevance_change"`` per sample)
+        self.reports: dict[str, Tensor] = {}
         self._weight = weight
         self._bias = bias
         self._affine = affine
@@ -240,6 +255,12 @@ class LinearOp:
     def gradient(self, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         """The op's own vjp (LRP-0)."""
         return self.vjp(a, grad)
+
+    def report(self, name: str, value: Tensor) -> None:
+        """Let a rule report something about this call (``"relevance_change"``: per sample,
+        the relevance the rule itself created or destroyed, as a fraction of what arrived;
+        the engine warns by layer where it exceeds ``Rule.relevance_tolerance``)."""
+        self.reports[name] = value.detach()
 
     def release(self) -> None:
         """Drop the weights computed for this op's backward step (they can be large)."""

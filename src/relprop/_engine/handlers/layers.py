@@ -60,6 +60,7 @@ def _layer(session: Session, func: Callable[..., Any], name: str,
             "takes as ONE unbatched sample; relprop explains batches (first dimension = "
             "samples): add the batch dimension, x.unsqueeze(0)")
     call = session.new_call(kind, name, reads_input=reads_input)
+    call.groups = int(op.options.get("groups", 1))
     out = LayerFunction.apply(a, op, call, session, lambda: func(*args, **kwargs))
     session.producers[id(out)] = (weakref.ref(out), call, op, a)
     return out
