@@ -21,7 +21,8 @@ from .base import Rule, scaled_signal
 from .elementwise import Pass
 from .ops import NormOp, ShareOp, SoftmaxOp
 
-__all__ = ["SoftmaxTaylor", "Constant", "NormIdentity", "Attention", "layer_norm_signal"]
+__all__ = ["SoftmaxTaylor", "Constant", "NormIdentity", "Attention", "layer_norm_signal",
+           "group_norm_signal", "scaled_signal_of"]
 
 
 class SoftmaxTaylor(Rule):
@@ -64,6 +65,25 @@ class NormIdentity(Rule):
     affine map ``y = J x + b`` and the rule is ``R_x = x ⊙ Jᵀ (R_y / (y + ε·sign(y)))``; it
     conserves up to the bias ``b``'s share and ε. RMSNorm ``y = w ⊙ x / rms(x)`` has no
     centring and no bias: it takes the identity rule ``R_x = R_y`` exactly (ε plays no role).
+
+    The same rule covers the other normalisations (:class:`~relprop.rules.NormOp`'s
+    ``norm``), each read as the affine map it is once its statistic is held constant:
+
+    * GroupNorm ``y_c = w_c (x_c − μ_g) / σ_g + b_c`` (channel ``c`` in group ``g``, ``μ_g``,
+      ``σ_g`` over the group's channels and positions): LayerNorm's rule with the centring
+      and ``σ`` per group, ``c_x = P_g (w ⊙ s_g ⊙ G_ε)`` with ``P_g`` subtracting each group's
+      mean and ``G_ε = R_y / (y + ε·sign(y))``; ``Σ R_x = Σ R_y − Σ b ⊙ G_ε``;
+    * a normalisation written by hand (DeBERTa's, I-BERT's, Cohere's LayerNorm), recognised by
+      the engine by comparing the module's output with ``F.layer_norm``/RMSNorm of its input:
+      LayerNorm's or RMSNorm's rule above;
+    * a multiplier ``m(x)`` held constant, ``y = m ⊙ x + b`` (ConvNeXt V2's global response
+      normalisation ``x + γ (x ⊙ N(x)) + β = (1 + γ N(x)) ⊙ x + β``, ``N`` the ratio of each
+      channel's spatial L2 norm to the channels' mean): one input per output, ε-LRP,
+      ``R_x = x m / (y + ε·sign(y)) · R_y`` — the identity ``R_x = R_y`` without ``β``;
+    * an RMSNorm-like module (``z = m(a) ⊙ a``), and Mamba2's gated RMSNorm
+      ``y = w ⊙ h / rms(h)``, ``h = x ⊙ silu(gate)``: ``R_x = R_y`` — the gate is a gate
+      (signal-take-all: the product ``x ⊙ silu(gate)`` with the gate held constant is linear in
+      ``x``, which takes all of its relevance), the gate's branch takes none.
     """
 
     kinds = frozenset({"layer_norm"})
@@ -76,6 +96,12 @@ class NormIdentity(Rule):
     def propagate(self, op: NormOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         if op.norm == "module":  # an RMSNorm-like module as one op: R_a = R_z
             return Pass().propagate(op, a, z, grad)
+        if op.norm == "group":
+            return group_norm_signal(a, z, grad, op.weight, op.groups, op.eps, self.epsilon,
+                                     op.scale)
+        if op.norm == "scaled":
+            assert op.multiplier is not None
+            return scaled_signal_of(z, grad, op.multiplier, self.epsilon if op.bias else 0.0)
         return layer_norm_signal(a, z, grad, op.weight, op.dims, op.eps, op.norm == "layer",
                                  self.epsilon, op.scale)
 
@@ -123,10 +149,44 @@ def layer_norm_signal(a: Tensor, z: Tensor, grad: Tensor, weight: Tensor | None,
         scale = torch.rsqrt(second + eps)
     signal = grad
     if epsilon and centred:  # R / (z + ε sign z) = grad · (1 − ε / (|z| + ε))
-        signal = grad * z.abs().add_(epsilon).reciprocal_().mul_(epsilon).neg_().add_(1.0)
+        signal = grad * _epsilon_factor(z, epsilon)
     signal = signal * scale.to(a.dtype)
     if weight is not None:
         signal = signal * weight
     if centred:
         signal = signal - signal.mean(dim=reduce, keepdim=True)
     return signal
+
+
+def _epsilon_factor(z: Tensor, epsilon: float) -> Tensor:
+    """``z / (z + ε·sign(z)) = 1 − ε / (|z| + ε)`` (``sign(0) = +1``)."""
+    return z.abs().add_(epsilon).reciprocal_().mul_(epsilon).neg_().add_(1.0)
+
+
+def group_norm_signal(a: Tensor, z: Tensor, grad: Tensor, weight: Tensor | None, groups: int,
+                      eps: float, epsilon: float, scale: Tensor | None = None) -> Tensor:
+    """:class:`NormIdentity` for one GroupNorm call ``F.group_norm(a, groups, weight, ...)``.
+
+    ``a`` of shape ``(N, C, *)``, ``groups`` groups of ``C / groups`` channels, ``μ`` and
+    ``σ`` over each group's channels and positions; ``scale``: ``1/σ`` of shape
+    ``(N, groups)`` when the forward pass kept it. ``c = P_g (w ⊙ s_g ⊙ G_ε)`` with ``P_g``
+    the centring within each group; returns ``c`` with ``R_a = a ⊙ c``.
+    """
+    batch = a.shape[0]
+    flat = a.reshape(batch, groups, -1)
+    if scale is None:
+        stat = flat.double() if a.dtype in (torch.float16, torch.bfloat16) else flat
+        scale = torch.rsqrt(stat.var(dim=-1, unbiased=False, keepdim=True) + eps)
+    signal = grad * _epsilon_factor(z, epsilon) if epsilon else grad
+    if weight is not None:
+        signal = signal * weight.reshape(1, -1, *([1] * (a.dim() - 2)))
+    grouped = signal.reshape(batch, groups, -1) * scale.reshape(batch, groups, 1).to(a.dtype)
+    return (grouped - grouped.mean(dim=-1, keepdim=True)).reshape(a.shape)
+
+
+def scaled_signal_of(z: Tensor, grad: Tensor, multiplier: Tensor, epsilon: float) -> Tensor:
+    """:class:`NormIdentity` for ``z = m ⊙ a + b`` with ``m`` held constant (ε-LRP, one input
+    per output): ``R_a = a m R_z / (z + ε·sign(z))``, i.e. ``c = m ⊙ grad · z / (z + ε·sign(z))``;
+    ``epsilon = 0`` where the op adds no bias (then ``R_a = R_z`` exactly)."""
+    signal = grad * _epsilon_factor(z, epsilon) if epsilon else grad
+    return signal * multiplier.to(signal.dtype)
