@@ -148,28 +148,63 @@ def attention(session: Session, func: Callable[..., Any], name: str,
 
 
 ADDITIVE = frozenset({"add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "add_",
-                      "__iadd__"})
+                      "__iadd__", "sub_", "__isub__"})
+IN_PLACE_ADDITIVE = frozenset({"add_", "__iadd__", "sub_", "__isub__"})
 
 
 def parameter_source(session: Session, value: Any, operands: tuple[Any, ...]) -> Any:
-    """A parameter with a leading batch dimension of 1 added to the relevance path (a learned
-    position embedding, ``x + self.pos``) becomes a source reported under its name; other
-    parameters stay constants that absorb their share.
+    """A constant added to the relevance path that varies along the sequence becomes a source
+    reported under its name, so that its share of the relevance is kept instead of absorbed
+    (``Σ relevance + Σ sources = explained`` on a bias-free model under a conservative
+    composite); other constants (biases) absorb their share as before.
 
-    Only where the sum is batch-first and the parameter is broadcast along the batch alone:
-    ``(1, T, C)`` added to ``(B, T, C)``; a ``(1, 1, C)`` bias added to a time-major
-    ``(L, B, C)`` stream stays a constant.
+    * a parameter with a leading batch dimension of 1 (a learned position embedding,
+      ``x + self.pos``) broadcast along the batch alone: ``(1, T, C)`` added to ``(B, T, C)``;
+      a ``(1, 1, C)`` bias added to a time-major ``(L, B, C)`` stream stays a constant;
+    * any other constant — a buffer, a view of a parameter, a table computed in the forward
+      pass (sinusoidal positions: CTRL's ``pos_encoding[position_ids]``, XGLM's sinusoidal
+      embedding, PVT's positions joined to its class token's) — of shape ``(T, C)``,
+      ``(1, T, C)`` or ``(B, T, C)`` with ``T > 1`` added to a ``(B, T, C)`` stream. Masks
+      (entries at the dtype's minimum, or not finite) are not sources.
+
+    A source is named after the parameter or buffer it is, else ``"<module path>:constant"``.
     """
-    if not _batch_parameter(value):
+    if not isinstance(value, Tensor) or not value.is_floating_point() \
+            or (value.requires_grad and not isinstance(value, nn.Parameter)):
         return value
     batch = session.x.shape[0]
-    shape = (batch, *value.shape[1:])
-    if not any(isinstance(o, Tensor) and o.requires_grad and tuple(o.shape) == shape
-               for o in operands):
-        return value
+    streams = [o for o in operands if on_path(o) and not isinstance(o, nn.Parameter)]
+    if _batch_parameter(value):
+        shape = (batch, *value.shape[1:])
+        if not any(tuple(o.shape) == shape for o in streams):
+            return value
+        name = session.parameter_name(value)
+    else:
+        stream = next((o for o in streams if o.dim() == 3 and o.shape[0] == batch), None)
+        if stream is None or not _table_of(value, stream, batch):
+            return value
+        name = _buffer_name(session, value) or (
+            session.parameter_name(value) if isinstance(value, nn.Parameter)
+            else f"{session.where()[0] or '<model>'}:constant")
+        shape = tuple(stream.shape)
     source = value.detach().expand(*shape).clone().requires_grad_(True)
-    session.add_source(session.parameter_name(value), source, reads_input=False)
+    session.add_source(name, source, reads_input=False)
     return source
+
+
+def _table_of(value: Tensor, stream: Tensor, batch: int) -> bool:
+    """Whether ``value`` is a per-position table for the ``(B, T, C)`` ``stream``: ``(T, C)``,
+    ``(1, T, C)`` or ``(B, T, C)``, ``T > 1``, finite and without mask entries."""
+    if value.dim() not in (2, 3) or tuple(value.shape[-2:]) != tuple(stream.shape[-2:]) \
+            or value.shape[-2] < 2 or (value.dim() == 3 and value.shape[0] not in (1, batch)):
+        return False
+    with torch.no_grad():
+        return bool(torch.isfinite(value).all()) and \
+            not bool((value == torch.finfo(value.dtype).min).any())
+
+
+def _buffer_name(session: Session, value: Tensor) -> str | None:
+    return next((n for n, b in session.model.named_buffers() if b is value), None)
 
 
 def _batch_parameter(value: Any) -> bool:
@@ -257,7 +292,8 @@ def prepare(session: Session, name: str, args: tuple[Any, ...]
     one-sample parameter is remembered for when it is concatenated. Returns the arguments
     and what to do with the call's output (or ``None``)."""
     if name in ADDITIVE and any(on_path(v) for v in args):
-        return tuple(parameter_source(session, v, args) for v in args), None
+        keep = 1 if name in IN_PLACE_ADDITIVE else 0  # the target of ``h += pos`` stays
+        return (*args[:keep], *(parameter_source(session, v, args) for v in args[keep:])), None
     if name in JOINS and args and isinstance(args[0], list | tuple) \
             and any(on_path(v) for v in args[0]):
         return (type(args[0])(joined_source(session, v) for v in args[0]), *args[1:]), None
