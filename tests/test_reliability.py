@@ -476,3 +476,11 @@ def test_an_unsupported_op_is_named_behind_a_copy_that_returns_its_input() -> No
     x = torch.randn(2, 2, 5, 5).to(memory_format=torch.channels_last)
     with pytest.raises(relprop.UnsupportedOperationError, match="'abs'"):
         relprop.explain(model, x, target=0)
+
+
+def test_a_compiled_submodule_keeps_the_eager_layer_names() -> None:
+    model = _small_cnn()
+    expected = relprop.explain(model, torch.randn(2, 1, 6, 6), target=1)
+    model[0] = torch.compile(model[0])
+    expl = relprop.explain(model, torch.randn(2, 1, 6, 6), target=1)
+    assert list(expl.rules) == list(expected.rules) == ["0:conv2d", "3:linear"]

@@ -44,7 +44,10 @@ class Session:
         self._op_counts: dict[tuple[str, int, str], int] = {}
         self.record = record
         self.thread = threading.get_ident()
-        self.paths: dict[nn.Module, str] = {m: name for name, m in model.named_modules()}
+        # a compiled submodule wraps the eager one as ``_orig_mod``: name it as the eager one
+        self.paths: dict[nn.Module, str] = {
+            m: ".".join(p for p in name.split(".") if p != "_orig_mod")
+            for name, m in model.named_modules()}
         self.calls: list[OpCall] = []
         self.stack: list[tuple[str, nn.Module, int]] = []
         self.call_counts: dict[nn.Module, int] = {}
