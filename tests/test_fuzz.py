@@ -69,7 +69,7 @@ CONSERVING: dict[str, Callable[[], C.Composite]] = {
 NEEDS_NONZERO_FIRST_INPUT = {"gamma_box_tiny"}
 #: how each unsupported op of the grammar is named in the error message
 OP_NAMES = {"exp": "exp", "abs": "abs", "sort": "sort", "logsumexp": "logsumexp",
-            "group_norm": "group_norm", "custom": "_DoubleBackward"}
+            "cumprod": "cumprod", "custom": "_DoubleBackward"}
 OUTPUT_RTOL = 1e-9
 SPELLING_RTOL = 1e-9
 CONSERVATION_RTOL = 1e-6

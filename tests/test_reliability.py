@@ -484,3 +484,31 @@ def test_a_compiled_submodule_keeps_the_eager_layer_names() -> None:
     model[0] = torch.compile(model[0])
     expl = relprop.explain(model, torch.randn(2, 1, 6, 6), target=1)
     assert list(expl.rules) == list(expected.rules) == ["0:conv2d", "3:linear"]
+
+
+class NewGELUActivation(nn.Module):
+    """GPT-2's GELU written with tanh and a cube (as in Hugging Face's ``activations.py``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * x.pow(3))))
+
+
+class _HeadWithFreshActivation(nn.Module):
+    """``ACT2FN[name](x)``: the activation module is made at each call, never registered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.dense, self.out = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(NewGELUActivation()(self.dense(x)))
+
+
+def test_an_activation_module_made_during_the_forward_pass_is_one_op() -> None:
+    model = _HeadWithFreshActivation().double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    before = len(torch.nn.modules.module._global_forward_hooks)
+    expl = relprop.explain(model, x, target=0, verify=True)
+    assert "NewGELUActivation:NewGELUActivation" in expl.rules
+    assert len(torch.nn.modules.module._global_forward_hooks) == before

@@ -14,7 +14,7 @@ and a linear head. The grammar draws each block from what fits the current activ
   the input and a branch, a module used twice, squeeze-excitation (sigmoid gate × signal),
   ``chunk``, slicing (channels or a spatial crop), ``permute``/``transpose``, ``flatten`` /
   ``reshape`` / ``view`` / ``nn.Flatten``;
-* ops with no LRP rule (``exp``, ``abs``, ``sort``, ``logsumexp``, ``GroupNorm``, a custom
+* ops with no LRP rule (``exp``, ``abs``, ``sort``, ``logsumexp``, ``cumprod``, a custom
   ``torch.autograd.Function``), which ``relprop.explain`` must refuse by name.
 
 The cases the engine is still being fixed for are separate options, off unless named in
@@ -53,7 +53,7 @@ T = TypeVar("T")
 #: grammar options for the cases relprop's engine is being fixed for (off by default)
 NEW_OPTIONS = ("inplace", "clamp", "matmul", "channels_last", "permuted_pool")
 #: the ops with no LRP rule the grammar can insert
-UNSUPPORTED_OPS = ("exp", "abs", "sort", "logsumexp", "group_norm", "custom")
+UNSUPPORTED_OPS = ("exp", "abs", "sort", "logsumexp", "cumprod", "custom")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
@@ -356,6 +356,8 @@ class Unsupported(nn.Module):
             return torch.sort(x, dim=1).values
         if self.op == "logsumexp":
             return x - torch.logsumexp(x, dim=1, keepdim=True)
+        if self.op == "cumprod":  # products of activations along a dimension
+            return torch.cumprod(torch.tanh(x), dim=1)
         if self.op == "custom":
             return _Double.apply(x)
         raise ValueError(self.op)

@@ -40,6 +40,8 @@ class Session:
         #: ``x @ W.t()`` layer): id -> weak reference
         self.constants: dict[int, weakref.ref[Tensor]] = {}
         self._buffer_ids: set[int] | None = None
+        #: modules the model makes while it runs (not in ``paths``), named by their caller
+        self._unregistered: dict[nn.Module, str] = {}
         #: how often each (module path, module call, op) was seen: names stay unique
         self._op_counts: dict[tuple[str, int, str], int] = {}
         self.record = record
@@ -179,12 +181,28 @@ class Session:
             return
         count = self.call_counts.get(module, 0)
         self.call_counts[module] = count + 1
-        self.stack.append((self.paths.get(module, type(module).__name__), module, count))
+        path = self.paths.get(module)
+        if path is None:  # made during the forward pass: named inside its caller
+            path = self._unregistered.get(module)
+            if path is None:
+                outer = self.stack[-1][0] if self.stack else ""
+                path = self._unregistered[module] = (
+                    f"{outer}.{type(module).__name__}" if outer else type(module).__name__)
+        self.stack.append((path, module, count))
         if self.opaque or self._kind_of(module) is not None:
             # a module taken as one op: run its inner ops plainly, without a graph
             self.opaque += 1
             self._grad_modes.append(torch.is_grad_enabled())
             torch.set_grad_enabled(False)
+
+    def _unregistered_pre(self, module: nn.Module, args: Any) -> None:
+        if module not in self.paths:
+            self._pre_hook(module, args)
+
+    def _unregistered_post(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if module in self.paths:
+            return None
+        return self._post_hook(module, args, output)
 
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
         if threading.get_ident() != self.thread or not self.stack:
@@ -222,12 +240,18 @@ class Session:
 
     @contextmanager
     def installed(self, mode: Any) -> Iterator[None]:
-        """Hooks on every submodule and the interception mode, for the block's duration."""
+        """Hooks on every submodule and the interception mode, for the block's duration;
+        global module hooks for modules the model makes while it runs (Hugging Face's
+        ``ACT2FN[name](x)`` builds its activation module at the call)."""
         with ExitStack() as stack:
             for module in self.model.modules():
                 stack.callback(module.register_forward_pre_hook(self._pre_hook).remove)
                 handle = module.register_forward_hook(self._post_hook, always_call=True)
                 stack.callback(handle.remove)
+            hooks = torch.nn.modules.module
+            stack.callback(hooks.register_module_forward_pre_hook(self._unregistered_pre).remove)
+            stack.callback(hooks.register_module_forward_hook(
+                self._unregistered_post, always_call=True).remove)
             stack.enter_context(self.saved.hooks())
             stack.enter_context(mode)
             yield
