@@ -3,13 +3,14 @@
 After the forward pass, each node between the output and the input is either one of
 relprop's own (an op with a rule), a linear op whose gradient already is LRP-0 (adds,
 concatenation, reshapes, slicing, mean pooling, ...), or an op whose gradient is the
-accepted rule (ReLU, winner-take-all max). Anything else — ``exp``, ``sort``, a division by
-an activation, a custom autograd function — would get a silently wrong share of relevance
-and is reported by module path and op. ``CopySlices`` (an in-place op on a view) hides the op
-it wraps; it passes because every in-place op the model's Python code calls goes through
-:mod:`relprop._inplace`, which runs only copies, index writes and ReLU gates in place (any
-other op is computed out of place, where this check sees it); what remains are the copies
-inside PyTorch's own composite ops (``pad_packed_sequence``).
+accepted rule (ReLU, winner-take-all max), or a linear map over the reals (the Fourier
+transforms of FNet and the moves between real and complex tensors around them). Anything
+else — ``exp``, ``sort``, a division by an activation, a custom autograd function — would get
+a silently wrong share of relevance and is reported by module path and op. ``CopySlices`` (an
+in-place op on a view) hides the op it wraps; it passes because every in-place op the model's
+Python code calls goes through :mod:`relprop._inplace`, which runs only copies, index writes
+and ReLU gates in place (any other op is computed out of place, where this check sees it);
+what remains are the copies inside PyTorch's own composite ops (``pad_packed_sequence``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ ACCEPTED = INDEX_ONLY | frozenset({
     "AdaptiveMaxPool2DBackward0", "AdaptiveMaxPool3DBackward0", "MaxBackward0",
     "MaxBackward1", "AmaxBackward0", "MaximumBackward0", "NativeDropoutBackward0",
     "AccumulateGrad",
+}) | frozenset({
+    # Fourier mixing (FNet): the discrete Fourier transforms and the moves between real and
+    # complex tensors are linear over the reals, so their gradient is exact LRP-0
+    "FftR2CBackward0", "FftC2CBackward0", "FftC2RBackward0", "ViewAsRealBackward0",
+    "ViewAsComplexBackward0", "RealBackward0", "ImagBackward0", "ComplexBackward0",
+    "ConjBackward0", "ConjPhysicalBackward0", "NegViewBackward0",
 })
 #: linear only when one operand is a constant (otherwise a product or a quotient of activations)
 ONE_SIDED = frozenset({"MulBackward0", "DivBackward0", "MmBackward0", "BmmBackward0",
