@@ -17,7 +17,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from . import layers, norms, recurrent, transformer
+from . import layers, mixing, norms, recurrent, transformer
 
 #: the op families, in order of precedence (a later family's handler of the same op name
 #: wins). A family module may define ``HANDLERS`` (op name -> handler), ``claim(name, args,
@@ -29,6 +29,7 @@ FAMILIES: tuple[ModuleType, ...] = (
     recurrent,
     transformer,
     norms,
+    mixing,
 )
 
 

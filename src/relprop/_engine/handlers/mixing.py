@@ -1,0 +1,266 @@
+"""Handlers of the mixing family: what real models mix their signals with beyond attention and
+gated MLPs — squared ReLU, mixture-of-experts routing, ALiBi's ``baddbmm``, and products
+(bilinear ops) the layer family does not see as products.
+
+Every rule here is one relprop already has; this family only tells the engine which op is
+which:
+
+* **Squared ReLU** ``square(relu(x))`` (So et al. 2021, *Primer*; Hugging Face Persimmon,
+  Nemotron ``ReLUSquaredActivation``, RWKV's channel mixing): ``torch.square`` and
+  ``x ** 2`` / ``pow(x, 2)`` are elementwise activations (kind ``"activation"``), so the
+  composite's activation rule applies — the identity rule by default, ``R_a = R_z``.
+  Why not the product ``relu(x) · relu(x)``? For ``z = a · a`` the uniform product rule
+  gives ``R/2`` to each factor, and both factors are the same tensor: ``R_a = R/2 + R/2 =
+  R_z``, the identity rule again. The two agree on every composite that has both, but only
+  the activation kind lets a gradient rule on activations (:class:`~relprop.rules.Gradient`,
+  ``c = 2a · grad``) reproduce Gradient × Input, as it does for every other activation; the
+  op is one elementwise function of one tensor, which is what the activation kind is.
+  Other exponents stay refused (they are not used as activations, and a cube inside a
+  hand-written GELU is taken with its module).
+* **Mixture-of-experts routing** (Mixtral, Qwen2-MoE, Qwen3-MoE, Jamba, OLMoE, ...):
+  ``y = Σ_e g_e(x) · E_e(x)`` with router weights ``g = renorm(topk(softmax(W_r x)))``. The
+  router weights are *gates*: signal-take-all (Arras et al. 2017, the rule relprop applies
+  to sigmoid gates): each weighted expert output ``g_e · E_e`` passes all of its relevance
+  to ``E_e`` (``g_e`` acts as a weight), and the router gets none. The sum over experts
+  (``index_add_``) is linear, so LRP-0 splits ``R_y`` over the experts in proportion to
+  their weighted outputs and conservation is exact. So that the product handler sees the
+  weights as gates: the ``topk`` values of a gate or of a softmax output are gates (top-k is
+  a winner-take-all selection, linear in the values it keeps, like max pooling), and so is
+  whatever is computed from gates and constants alone (a cast, a view, an index, a sum, a
+  product or sum with a constant, ``scatter`` into a constant). The renormalisation
+  ``g / Σ_k g_k`` divides a gate by a gate: it is computed with the sum held constant (the
+  identity rule of a normalisation, as for ``F.normalize`` and RMSNorm), which is what makes
+  the division linear for the graph check; no relevance reaches it anyway.
+* **ALiBi** (Press et al. 2022; BLOOM: ``alibi.baddbmm(q, kᵀ, beta=β, alpha=α)``):
+  ``z = β·bias + α·(q kᵀ)``. The product ``q kᵀ`` of two activations takes the product
+  rule (uniform ``R/2`` each, AttnLRP; CP-LRP gives the scores nothing anyway) on the
+  relevance of ``α·q kᵀ``; the bias term ``β·bias`` is a constant of the positions and the
+  mask, not of the tokens, so — like a layer's bias, and like rotary positions — it absorbs
+  its share ``β·bias·(R_z/z)`` (the ledger shows it); it is not a source, which relprop keeps
+  for learned lookups and parameters that join the stream. If the added tensor itself
+  depends on the input, LRP-0 passes its share back through it (the sum is linear). The
+  same holds for ``addbmm``, ``addmv``, ``addr`` and ``addmm`` of two activations.
+* **Bilinear ops the layer family misses**: ``torch.multiply`` (ConvBERT's
+  ``key_conv · query``), ``Tensor.mm``/``torch.mm`` and ``addmm`` of two activations (they
+  were taken as linear: the gradient, silently), ``mv``, ``dot``, ``inner``, ``outer``; and
+  ``F.linear``/``F.conv*`` whose weight is computed from the input (a dynamic convolution,
+  a hypernetwork): ``z = conv(a, W(x))`` is bilinear in ``(a, W)``, homogeneous of degree 1
+  in each, so the uniform product rule gives each ``R/2`` and conserves (Achtibat et al.
+  2024). ConvBERT's own dynamic convolution is ``unfold`` (linear) then ``matmul`` with
+  the softmax kernel: a product the layer family already takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from numbers import Number
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from ..apply import ShareFunction
+from ..inplace import run_in_place
+from ..paths import on_path
+from . import layers
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+Handler = Callable[..., Any]
+
+# -- squared ReLU -------------------------------------------------------------------------
+#: ``pow`` spellings taken as an activation when the exponent is 2
+POWERS = frozenset({"pow", "__pow__", "float_power"})
+
+
+def _is_two(value: Any) -> bool:
+    return isinstance(value, Number) and not isinstance(value, bool) and value == 2
+
+
+def _squared(session: Session, func: Callable[..., Any], name: str,
+             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``x ** 2`` of an activation: an elementwise activation (see the module docstring)."""
+    return layers._activation(session, func, name, args, kwargs)
+
+
+# -- mixture-of-experts routing: gates ----------------------------------------------------
+#: ops whose output is a gate when every input on the relevance path is one (computed from
+#: the router alone): casts, views, indexing, sums, scaling, scatter into a constant
+GATE_KEEPING = frozenset({
+    "to", "type", "float", "double", "half", "bfloat16", "clone", "contiguous",
+    "view", "reshape", "view_as", "reshape_as", "expand", "expand_as", "unsqueeze", "squeeze",
+    "flatten", "unflatten", "permute", "transpose", "t", "__getitem__", "select", "narrow",
+    "index_select", "gather", "take_along_dim", "repeat", "repeat_interleave", "split",
+    "chunk", "unbind", "cat", "concat", "concatenate", "stack", "sum", "mul", "__mul__",
+    "__rmul__", "multiply", "div", "__truediv__", "true_divide", "divide", "add", "__add__",
+    "__radd__", "sub", "__sub__", "scatter", "masked_fill", "where", "topk",
+})
+#: divisions: a gate divided by a gate (top-k renormalisation) holds the divisor constant
+DIVISIONS = frozenset({"div", "__truediv__", "true_divide", "divide", "div_",
+                       "__itruediv__", "__idiv__", "true_divide_", "divide_"})
+#: in-place ops that keep a gate a gate when the other operand is a constant (or a gate,
+#: held constant by :func:`prepare`); their write is linear, see ``inplace.ONE_SIDED``
+GATE_IN_PLACE = frozenset({"mul_", "div_", "__imul__", "__itruediv__", "__idiv__"})
+
+
+def _tensors(values: Any) -> list[Tensor]:
+    out: list[Tensor] = []
+    for value in values:
+        if isinstance(value, Tensor):
+            out.append(value)
+        elif isinstance(value, list | tuple):
+            out.extend(v for v in value if isinstance(v, Tensor))
+    return out
+
+
+def _gate_like(session: Session, t: Any) -> bool:
+    """A gate, or the output of a softmax (router probabilities, attention weights)."""
+    return session.is_gate(t) or session.weights_call(t) is not None
+
+
+def _all_gates(session: Session, args: tuple[Any, ...]) -> bool:
+    path = [t for t in _tensors(args) if on_path(t)]
+    return bool(path) and all(session.is_gate(t) for t in path)
+
+
+def _mark(session: Session, out: Any) -> None:
+    for t in out if isinstance(out, list | tuple) else (out,):
+        if isinstance(t, Tensor) and t.requires_grad:
+            session.mark_gate(t)
+
+
+def _topk_values(session: Session, out: Any) -> None:
+    """The values of ``topk`` of a gate: a gate, their winner-take-all node approved."""
+    values = out[0] if isinstance(out, tuple) else None
+    if isinstance(values, Tensor) and values.grad_fn is not None:
+        session.mark_gate(values)
+        session.approved.add(values.grad_fn)
+
+
+def prepare(session: Session, name: str, args: tuple[Any, ...]
+            ) -> tuple[tuple[Any, ...], Callable[[Any], None] | None]:
+    """Before a call: a gate divided by a gate holds the divisor constant; the outputs of
+    ``topk`` of a gate or softmax output, and of ops computed from gates alone, are gates."""
+    if name not in GATE_KEEPING and name not in DIVISIONS:
+        return args, None
+    if name == "topk":
+        if args and on_path(args[0]) and _gate_like(session, args[0]):
+            return args, lambda out: _topk_values(session, out)
+        return args, None
+    if name in DIVISIONS and len(args) >= 2 and session.is_gate(args[0]) \
+            and on_path(args[1]) and session.is_gate(args[1]):
+        args = (args[0], args[1].detach(), *args[2:])
+    if name in GATE_KEEPING and _all_gates(session, args):
+        return args, lambda out: _mark(session, out)
+    return args, None
+
+
+def _gate_in_place(session: Session, func: Callable[..., Any], name: str,
+                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``g /= s``, ``g *= c`` as the in-place machinery runs them (a linear write), after
+    which a gate is still a gate (the write would otherwise forget it)."""
+    target = args[0]
+    was_gate = session.is_gate(target)
+    out = run_in_place(session, func, name, args, kwargs, session.interceptor._dispatch)
+    if was_gate:
+        session.mark_gate(target)
+    return out
+
+
+def claim(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Handler | None:
+    """``x ** 2`` (not in place) is an activation; an in-place scaling of a tensor on the
+    relevance path by a constant keeps a gate a gate (``router_top_value /= sum``)."""
+    if name in POWERS and len(args) >= 1 and isinstance(args[0], Tensor):
+        exponent = args[1] if len(args) > 1 else kwargs.get("exponent")
+        if _is_two(exponent) and not kwargs.keys() - {"exponent"}:
+            return _squared
+        return None
+    if name in GATE_IN_PLACE and len(args) == 2 and not kwargs and on_path(args[0]) \
+            and not on_path(args[1]):
+        return _gate_in_place
+    return None
+
+
+# -- products the layer family does not take as products ----------------------------------
+#: argument names of ops that add a term to a product of two factors: (names, factors)
+BILINEAR: dict[str, tuple[tuple[str, ...], tuple[str, str]]] = {
+    "baddbmm": (("input", "batch1", "batch2"), ("batch1", "batch2")),
+    "addbmm": (("input", "batch1", "batch2"), ("batch1", "batch2")),
+    "addmm": (("input", "mat1", "mat2"), ("mat1", "mat2")),
+    "addmv": (("input", "mat", "vec"), ("mat", "vec")),
+    "addr": (("input", "vec1", "vec2"), ("vec1", "vec2")),
+    "linear": (("input", "weight", "bias"), ("input", "weight")),
+    **{n: (("input", "weight", "bias"), ("input", "weight"))
+       for n in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                 "conv_transpose3d")},
+}
+#: ops of two factors that the layer family's product handler takes as they are
+PLAIN_PRODUCTS = frozenset({"multiply", "mv", "dot", "inner", "outer", "ger", "vdot"})
+
+
+def _bilinear(session: Session, func: Callable[..., Any], name: str,
+              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """An op ``z = c + f(a, b)`` bilinear in two activations ``a``, ``b`` (``c`` a constant
+    or an input added linearly): the product rule on ``f(a, b)``; else the layer family's
+    handler (a layer with a constant weight) or the op itself (linear in its one input)."""
+    names, factors = BILINEAR[name]
+    where = {n: ("args", i) if i < len(args) else ("kwargs", n) for i, n in enumerate(names)}
+    bound = dict(zip(names, args))
+    bound.update({k: v for k, v in kwargs.items() if k in names})
+    first, second = (bound.get(n) for n in factors)
+    if not (on_path(first) and on_path(second)):
+        if name in layers.HANDLERS:
+            return layers.HANDLERS[name](session, func, name, args, kwargs)
+        return func(*args, **kwargs)
+    call = session.new_call("product", name)
+    call.gates = [session.is_gate(first), session.is_gate(second)]
+    sources = [session.weights_call(first), session.weights_call(second)]
+    if any(source is not None for source in sources):
+        call.sources = sources
+    new_args, new_kwargs = list(args), dict(kwargs)
+    shares = []
+    for position, (factor, value) in enumerate(zip(factors, (first, second))):
+        share = ShareFunction.apply(value, call, position, session)
+        shares.append(share)
+        place, key = where[factor]
+        if place == "args":
+            new_args[int(key)] = share
+        else:
+            new_kwargs[str(key)] = share
+    others = {id(t.grad_fn) for n, t in bound.items() if n not in factors and on_path(t)}
+    out = func(*new_args, **new_kwargs)
+    _approve_between(session, out.grad_fn, others)
+    session.log_output(call, out)
+    return out
+
+
+def _approve_between(session: Session, node: Any, stops: set[int]) -> None:
+    """Approve the nodes one call made: from its output down to the factors' share nodes,
+    not into what made its other inputs (``stops``, graph nodes by id)."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if node is None or node in session.approved or id(node) in stops:
+            continue
+        session.approved.add(node)
+        if type(node).__name__ != "ShareFunctionBackward":
+            stack.extend(parent for parent, _ in node.next_functions)
+
+
+def _mm(session: Session, func: Callable[..., Any], name: str,
+        args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``a.mm(b)``/``torch.mm``: a product of two activations, else ``a @ W`` (a dense layer
+    when ``W`` is a parameter, as for ``matmul``)."""
+    if len(args) == 2 and on_path(args[0]) and on_path(args[1]):
+        return layers._product(session, func, "mm", args, kwargs)
+    return layers._matmul_layer(session, func, "mm", args, kwargs)
+
+
+HANDLERS: dict[str, Handler] = {
+    "square": layers._activation,
+    **{n: _bilinear for n in BILINEAR},
+    **{n: layers._product for n in PLAIN_PRODUCTS},
+    **{n: _mm for n in ("mm", "spmm")},
+}
+
+__all__ = ["HANDLERS", "claim", "prepare", "POWERS", "GATE_KEEPING", "BILINEAR"]
