@@ -512,3 +512,26 @@ def test_an_activation_module_made_during_the_forward_pass_is_one_op() -> None:
     expl = relprop.explain(model, x, target=0, verify=True)
     assert "NewGELUActivation:NewGELUActivation" in expl.rules
     assert len(torch.nn.modules.module._global_forward_hooks) == before
+
+
+class _WritesIntoALayerOutputSlice(nn.Module):
+    """``h[:, 0] += 1`` on a 3-D linear output: the layer's output must be writable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(12)
+        self.inner, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inner(x)
+        h[:, 0] += 1.0
+        return self.out(h.mean(1))
+
+
+def test_a_slice_of_a_layer_output_written_in_place() -> None:
+    model = _WritesIntoALayerOutputSlice().double().eval()
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    expl = relprop.explain(model, x, target=0, composite=ZERO, verify=True)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xg)[:, 0].sum(), xg)
+    torch.testing.assert_close(expl.relevance, x * grad)

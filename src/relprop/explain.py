@@ -170,7 +170,9 @@ def _explain_forward_error(model: nn.Module, x: Tensor, tokens: bool, kwargs: di
             f"x has dtype {x.dtype}, so it was taken for token ids, but the model failed "
             f"before looking them up in an embedding ({error}). Features must be floating "
             "point to carry relevance: convert them (x.float())") from error
-    if tokens or kwargs or "inplace operation" in str(error):
+    message = str(error)
+    shape_error = any(w in message for w in ("shape", "size", "dimension", "Expected", "mat1"))
+    if tokens or kwargs or "inplace" in message or not shape_error:
         return
     try:  # one sample without its batch dimension?
         with torch.no_grad():

@@ -57,7 +57,7 @@ class LayerFunction(torch.autograd.Function):
                 dirty: Tensor | None = None) -> Tensor:
         if dirty is None:
             assert compute is not None
-            z = compute()
+            z = _own(compute(), a)
         else:  # the model's in-place ReLU on this layer's output: overwrite it, as asked
             session.saved.protect(dirty, overwritten_by=call)
             z = dirty.relu_()
