@@ -419,3 +419,20 @@ def test_hugging_face_models_explain_and_conserve(name: str) -> None:
     bias_free = _bias_free(_hf(name))
     expl = relprop.explain(bias_free, ids, _target(bias_free), cp_lrp(epsilon=0.0), verify=True)
     torch.testing.assert_close(_total(expl), expl.explained, rtol=0, atol=1e-6)
+
+
+def test_moe_experts_as_grouped_mm_give_the_eager_relevance() -> None:
+    """Hugging Face's default experts implementation (``torch._grouped_mm``, float32): a
+    matmul of the routed rows with constant expert weights, linear, so LRP-0."""
+    config = transformers.MixtralConfig(**dict(COMMON, num_hidden_layers=1), intermediate_size=64,
+                                        num_key_value_heads=2, num_local_experts=4,
+                                        num_experts_per_tok=2)
+    results = []
+    for impl in ("grouped_mm", "eager"):
+        torch.manual_seed(0)
+        model = transformers.MixtralForCausalLM._from_config(config, experts_implementation=impl)
+        results.append(relprop.explain(model.eval(), _ids(), TokenLogit(7), cp_lrp(epsilon=0.0),
+                                       verify=True))
+    grouped, eager = results
+    scale = float(eager.relevance.abs().max())
+    torch.testing.assert_close(grouped.relevance, eager.relevance, rtol=0, atol=1e-4 * scale)

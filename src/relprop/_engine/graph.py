@@ -65,7 +65,9 @@ ACCEPTED = INDEX_ONLY | frozenset({
 })
 #: linear only when one operand is a constant (otherwise a product or a quotient of activations)
 ONE_SIDED = frozenset({"MulBackward0", "DivBackward0", "MmBackward0", "BmmBackward0",
-                       "AddmmBackward0", "AddbmmBackward0", "MvBackward0", "DotBackward0"})
+                       "AddmmBackward0", "AddbmmBackward0", "MvBackward0", "DotBackward0",
+                       # Hugging Face's default MoE experts: one matmul per expert's rows
+                       "GroupedMmBackward0"})
 
 
 def find_unsupported(session: Session, root: Any) -> list[str]:
