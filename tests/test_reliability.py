@@ -535,3 +535,28 @@ def test_a_slice_of_a_layer_output_written_in_place() -> None:
     xg = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(model(xg)[:, 0].sum(), xg)
     torch.testing.assert_close(expl.relevance, x * grad)
+
+
+class _AdaptiveNorm(nn.Module):
+    """A LayerNorm whose weight is computed from the input, and a clamp with input bounds:
+    neither has a rule, and the handlers' fallback to the plain op must not vouch for it."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(13)
+        self.fc, self.scale, self.head, self.how = nn.Linear(4, 4), nn.Linear(4, 4), \
+            nn.Linear(4, 2), how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.how == "layer_norm":
+            h = F.layer_norm(h, (4,), weight=self.scale(x).mean(0))
+        else:
+            h = h.clamp(min=self.scale(x))
+        return self.head(h)
+
+
+@pytest.mark.parametrize("how", ["layer_norm", "clamp"])
+def test_an_op_made_nonlinear_by_input_dependent_arguments_is_named(how: str) -> None:
+    with pytest.raises(relprop.UnsupportedOperationError, match=how):
+        relprop.explain(_AdaptiveNorm(how).eval(), torch.randn(3, 4), target=0)

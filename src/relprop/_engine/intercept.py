@@ -166,7 +166,7 @@ class Interceptor(TorchFunctionMode):
                 continue  # of a contiguous tensor): that node is its producer's
             if node not in session.node_info:
                 session.node_info[node] = (path, name)
-            if handled:
+            if handled and not session.is_unvouched(node):
                 session.approved.add(node)
             elif name in SHAPE_OPS and args and session.is_gate(args[0]):
                 session.mark_gate(t)

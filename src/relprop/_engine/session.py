@@ -40,6 +40,7 @@ class Session:
         #: ``x @ W.t()`` layer): id -> weak reference
         self.constants: dict[int, weakref.ref[Tensor]] = {}
         self._buffer_ids: set[int] | None = None
+        self._unvouched: set[Any] = set()
         #: modules the model makes while it runs (not in ``paths``), named by their caller
         self._unregistered: dict[nn.Module, str] = {}
         #: how often each (module path, module call, op) was seen: names stay unique
@@ -110,6 +111,17 @@ class Session:
         """Remember ``t`` as a parameter or buffer of the model, or a view of one."""
         self.constants[id(t)] = weakref.ref(t)
 
+    def unvouched(self, out: Any) -> Any:
+        """``out`` of a handler's fallback to the plain op: its graph node is not approved by
+        the handler having run (the graph check judges it as any other op)."""
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, Tensor) and t.grad_fn is not None:
+                self._unvouched.add(t.grad_fn)
+        return out
+
+    def is_unvouched(self, node: Any) -> bool:
+        return node in self._unvouched
+
     def written(self, t: Tensor) -> None:
         """``t`` (or the tensor it views) was written in place: it is no longer the output of
         the op that made it, nor a gate, attention weights or a constant."""
@@ -153,6 +165,7 @@ class Session:
         self.gates.clear()
         self.weights.clear()
         self.constants.clear()
+        self._unvouched.clear()
 
     # -- module context ------------------------------------------------------------------
     def where(self) -> tuple[str, nn.Module | None, int]:
