@@ -338,3 +338,38 @@ def test_normalize_takes_the_identity_rule() -> None:
     plain = relprop.explain(layer.eval(), x, seed * y)  # the same relevance, now at z
     torch.testing.assert_close(expl.relevance, plain.relevance)
     assert any(name.endswith(":normalize") for name in expl.rules)
+
+
+def test_t5_relative_position_bias_is_held_like_a_bias_and_cp_lrp_conserves() -> None:
+    """T5 adds a learned relative-position bias (a lookup of positions) to the attention
+    scores through SDPA's mask: held constant; the token relevance and the sources add up."""
+    config = transformers.T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                                   num_heads=4, decoder_start_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    model = transformers.T5ForSequenceClassification(config).double().eval()
+    ids = torch.randint(2, 99, (2, 7))
+    ids[:, -1] = 1
+    relprop.explain(model, ids, target=0, verify=True)
+    for name, parameter in model.named_parameters():
+        if name.endswith("bias") and parameter.dim() == 1:
+            parameter.data.zero_()
+    expl = relprop.explain(model, ids, 0, cp_lrp(0.0))
+    total = expl.relevance.sum(1) + sum(v.reshape(2, -1).sum(1) for v in expl.sources.values()
+                                        if v.shape[0] == 2)
+    torch.testing.assert_close(total, expl.explained, rtol=1e-9, atol=1e-12)
+
+
+def test_an_attention_mask_computed_from_the_tokens_is_refused_by_name() -> None:
+    class Masked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            h = self.embed(ids)[:, None]  # (B, 1, T, 8)
+            scores_bias = h.sum(-1, keepdim=True)  # from the tokens themselves
+            out = torch.nn.functional.scaled_dot_product_attention(h, h, h, attn_mask=scores_bias)
+            return self.head(out[:, 0].mean(1))
+
+    with pytest.raises(relprop.UnsupportedOperationError, match="attention mask that depends"):
+        relprop.explain(Masked().eval(), torch.randint(0, 20, (2, 5)), 0)

@@ -118,6 +118,30 @@ def normalize(session: Session, func: Callable[..., Any], name: str,
     return UnaryFunction.apply(a, NormOp("module", plain), call, session, plain)
 
 
+def _reaches_input(session: Session, t: Tensor) -> bool:
+    """Whether ``t`` is computed from the explained input (or its token lookups), not only
+    from sources such as position embeddings."""
+    inputs = {id(session.x)} | {id(s) for _, s, reads in session.sources if reads}
+    stack, seen = [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) in inputs:
+            return True
+        stack.extend(parent for parent, _ in node.next_functions)
+    return False
+
+
+def _with_mask(args: tuple[Any, ...], kwargs: dict[str, Any], mask: Tensor
+               ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if len(args) > 3:
+        return (*args[:3], mask, *args[4:]), kwargs
+    return args, {**kwargs, "attn_mask": mask}
+
+
 def attention(session: Session, func: Callable[..., Any], name: str,
               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``F.scaled_dot_product_attention``, kept fused: its inputs' gradients are scaled by
@@ -132,10 +156,15 @@ def attention(session: Session, func: Callable[..., Any], name: str,
         raise UnsupportedOperationError(
             f"scaled_dot_product_attention at '{path}' has dropout_p={bound['dropout_p']}: "
             "attention dropout makes the explanation random; run the model in eval mode")
-    if on_path(bound["attn_mask"]):
-        raise UnsupportedOperationError(
-            f"scaled_dot_product_attention at '{path}' has an attention mask that depends "
-            "on the input; relprop has no rule for it")
+    mask = bound["attn_mask"]
+    if on_path(mask):
+        if _reaches_input(session, mask):
+            raise UnsupportedOperationError(
+                f"scaled_dot_product_attention at '{path}' has an attention mask that depends "
+                "on the input; relprop has no rule for it")
+        # a position bias added to the scores (T5's relative attention bias: a lookup of
+        # positions, not tokens) is held constant, like a bias: its share is absorbed
+        args, kwargs = _with_mask(args, kwargs, mask.detach())
     call = session.new_call("attention", name)
     qkv = [ShareFunction.apply(t, call, i, session) if on_path(t) else t
            for i, t in enumerate((q, k, v))]
