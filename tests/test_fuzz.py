@@ -44,6 +44,9 @@ from relprop import rules as R
 from .helpers.netgen import NEW_OPTIONS, GeneratedNet, build, nets, respell
 from .helpers.snapshots import assert_unchanged, snapshot
 
+#: random nets break αβ's assumption often; the warning that says so is tested elsewhere
+pytestmark = pytest.mark.filterwarnings("ignore::relprop.RuleAssumptionWarning")
+
 #: the presets every net is explained with
 PRESETS: dict[str, Callable[[], C.Composite]] = {
     "lrp0": lambda: C.uniform(R.Zero()),
