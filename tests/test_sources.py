@@ -166,3 +166,44 @@ def test_position_tables_of_hugging_face_models_are_sources(name: str) -> None:
         plain = relprop.explain(_build(cls, config, True), x, target, cp_lrp(epsilon=0.0))
     assert sources <= set(plain.sources)
     torch.testing.assert_close(_total(plain), plain.explained, rtol=0, atol=1e-6)
+
+
+class _MovesIds(torch.nn.Module):
+    """Looks its token ids up after moving them: transposed (XLNet), padded to a window
+    (Longformer), or hashed into buckets (CANINE); relevance still comes per input token."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(14)
+        self.embed = torch.nn.Embedding(40, 6)
+        self.head = torch.nn.Linear(6, 3, bias=False)
+        self.how = how
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.how == "transpose":
+            h = self.embed(ids.transpose(0, 1).contiguous()).transpose(0, 1)
+        elif self.how == "pad":
+            h = self.embed(torch.nn.functional.pad(ids, (0, 3), value=0))[:, :ids.shape[1]]
+        elif self.how == "hash":
+            h = self.embed((ids * 7 + 3) % 40)
+        else:
+            h = self.embed(ids)
+        return self.head(torch.tanh(h).mean(1))
+
+
+@pytest.mark.parametrize("how", ["transpose", "pad", "hash"])
+def test_ids_moved_before_the_lookup_get_relevance_per_input_token(how: str) -> None:
+    ids = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(0))
+    model = _MovesIds(how).double().eval()
+    expl = relprop.explain(model, ids, 1, cp_lrp(0.0), verify=True)
+    assert expl.relevance.shape == ids.shape
+    total = expl.relevance.sum(1) + sum(v.reshape(2, -1).sum(1) for v in expl.sources.values()
+                                        if v.shape[0] == 2)
+    torch.testing.assert_close(total, expl.explained)
+    # the same tokens, looked up where they stand: the same relevance per token
+    plain = _MovesIds("none").double().eval()
+    if how == "hash":
+        with torch.no_grad():
+            plain.embed.weight.copy_(model.embed.weight[(torch.arange(40) * 7 + 3) % 40])
+    reference = relprop.explain(plain, ids, 1, cp_lrp(0.0))
+    torch.testing.assert_close(expl.relevance, reference.relevance)

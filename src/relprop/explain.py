@@ -103,7 +103,8 @@ def _explain_output(session: Session, model: nn.Module, x: Tensor, output: Any, 
     _check_output(output)
     assert isinstance(output, Tensor)
     _warn_if_probabilities(output, stacklevel=4)
-    if tokens and not any(reads for _, _, reads in session.sources):
+    if tokens and not any(reads for _, _, reads in session.sources) \
+            and not session.source_positions:
         raise InvalidInputError(
             "the token ids were not looked up in an embedding (nn.Embedding / F.embedding) on "
             "the way to the output, so there is nowhere to collect token relevance")
@@ -225,6 +226,13 @@ def _backward(session: Session, output: Tensor, seed: Tensor, tokens: bool
                         if grad is None else (leaf.detach() * grad).sum(dim=-1))
         if tokens and reads_input and per_position.shape == x.shape:
             relevance = relevance + per_position.to(relevance.dtype)
+            continue
+        moved = session.source_positions.get(id(leaf)) if tokens else None
+        if moved is not None:  # token ids the model moved before the lookup: back to them
+            valid = moved >= 0
+            flat = relevance.reshape(-1).index_add(0, moved[valid],
+                                                   per_position[valid].to(relevance.dtype))
+            relevance = flat.view(x.shape)
             continue
         name = path
         while name in sources:

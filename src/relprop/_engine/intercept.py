@@ -135,6 +135,8 @@ class Interceptor(TorchFunctionMode):
         out = self._dispatch(func, name, args, kwargs)
         for after in afters:
             after(out)
+        for observe in handlers.OBSERVERS:
+            observe(session, func, name, args, kwargs, out)
         return out
 
     def _dispatch(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],

@@ -41,6 +41,14 @@ class Session:
         self.constants: dict[int, weakref.ref[Tensor]] = {}
         self._buffer_ids: set[int] | None = None
         self._unvouched: set[Any] = set()
+        #: integer tensors made from the token ids by moving them (transpose, pad, cat…):
+        #: id -> (the tensor, its map: for each element, the flat input position, or -1)
+        self.id_maps: dict[int, tuple[weakref.ref[Tensor], Tensor]] = {}
+        if not (x.is_floating_point() or x.is_complex()):
+            self.id_maps[id(x)] = (weakref.ref(x), torch.arange(x.numel(),
+                                                                device=x.device).view(x.shape))
+        #: where a source's lookup read moved token ids: id(source leaf) -> position map
+        self.source_positions: dict[int, Tensor] = {}
         #: modules the model makes while it runs (not in ``paths``), named by their caller
         self._unregistered: dict[nn.Module, str] = {}
         #: how often each (module path, module call, op) was seen: names stay unique
@@ -95,6 +103,11 @@ class Session:
         if not isinstance(ids, Tensor) or x.is_floating_point():
             return False
         return ids is x or (ids.data_ptr() == x.data_ptr() and ids.numel() == x.numel())
+
+    def id_map(self, t: Any) -> Tensor | None:
+        """For an integer tensor made from the token ids by moving them, its position map."""
+        entry = self.id_maps.get(id(t)) if isinstance(t, Tensor) else None
+        return entry[1] if entry is not None and entry[0]() is t else None
 
     def model_input(self) -> Tensor:
         """The tensor to call the model with (see ``x_model``)."""

@@ -22,7 +22,8 @@ from . import layers, mixing, norms, recurrent, transformer
 #: the op families, in order of precedence (a later family's handler of the same op name
 #: wins). A family module may define ``HANDLERS`` (op name -> handler), ``claim(name, args,
 #: kwargs)``, ``prepare(session, name, args)`` and, for whole modules taken as one op,
-#: ``module_kind(module)`` with ``wrap_module_output(session, module, kind, args, output)``.
+#: ``module_kind(module)`` with ``wrap_module_output(session, module, kind, args, output)``,
+#: and ``observe(session, func, name, args, kwargs, out)`` after every call.
 #: A new family is a new module here and one line in this tuple.
 FAMILIES: tuple[ModuleType, ...] = (
     layers,
@@ -59,6 +60,7 @@ for _family in FAMILIES:
     HANDLERS.update(getattr(_family, "HANDLERS", {}))
 CLAIMS = tuple(f.claim for f in FAMILIES if hasattr(f, "claim"))
 PREPARES = tuple(f.prepare for f in FAMILIES if hasattr(f, "prepare"))
+OBSERVERS = tuple(f.observe for f in FAMILIES if hasattr(f, "observe"))
 MODULES = ModuleOps(FAMILIES)
 elementwise = layers.elementwise
 call_with = layers._call_with

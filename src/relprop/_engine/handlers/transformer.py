@@ -51,7 +51,11 @@ def embedding(session: Session, func: Callable[..., Any], name: str,
         out = out.expand(batch, *out.shape[1:])
     source = out.detach().clone().requires_grad_(True)
     path = session.where()[0] or "<model>"
-    session.add_source(path, source, reads_input=session.is_input_ids(ids))
+    reads = session.is_input_ids(ids)
+    session.add_source(path, source, reads_input=reads)
+    moved = None if reads else session.id_map(ids)
+    if moved is not None and tuple(moved.shape) == tuple(source.shape[:-1]):
+        session.source_positions[id(source)] = moved  # ids the model moved: map them back
     # a copy for the model: it may write into it in place (``h += self.pos``), which a
     # leaf that collects relevance cannot take
     return source.clone()
@@ -331,3 +335,52 @@ def prepare(session: Session, name: str, args: tuple[Any, ...]
         parameter = args[0]
         return args, lambda out: remember_expanded(session, parameter, out)
     return args, None
+
+
+# -- token ids that the model moves before the lookup ----------------------------------------
+#: ops that move integer values without changing them (XLNet transposes the ids, Longformer
+#: pads them to its window, encoder-decoders shift them right with ``cat``)
+ID_MOVES = frozenset({
+    "transpose", "permute", "t", "contiguous", "clone", "view", "reshape", "flatten",
+    "__getitem__", "unsqueeze", "squeeze", "expand", "expand_as", "repeat", "to", "long",
+    "int", "flip", "roll", "narrow", "select", "index_select", "movedim", "swapaxes",
+    "swapdims", "view_as", "reshape_as",
+})
+#: elementwise integer maths on the ids (CANINE's hash buckets): the same positions
+ID_MAPS_ELEMENTWISE = frozenset({
+    "add", "__add__", "__radd__", "sub", "__sub__", "mul", "__mul__", "__rmul__",
+    "remainder", "__mod__", "fmod", "floor_divide", "__floordiv__", "bitwise_xor",
+    "__xor__", "bitwise_and", "__and__", "masked_fill", "clamp", "where",
+})
+
+
+def observe(session: Session, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+            kwargs: dict[str, Any], out: Any) -> None:
+    """After an op call: if it moved the token ids, follow where each input token went, so
+    that a lookup of the moved ids still gives relevance per input token."""
+    if len(session.id_maps) == 0 or not isinstance(out, Tensor) or out.is_floating_point():
+        return
+    if name in ("cat", "concat", "concatenate") and args and isinstance(args[0], list | tuple):
+        parts = [session.id_map(t) for t in args[0]]
+        if not any(p is not None for p in parts):
+            return
+        moved = torch.cat([p if p is not None else torch.full_like(t, -1)
+                           for p, t in zip(parts, args[0])], *args[1:], **kwargs)
+    else:
+        position = session.id_map(args[0]) if args else None
+        if position is None:
+            return
+        if name == "pad":
+            moved = torch.nn.functional.pad(position, args[1] if len(args) > 1 else kwargs["pad"],
+                                            value=-1)
+        elif name in ID_MAPS_ELEMENTWISE:
+            moved = position.expand(out.shape) if position.shape != out.shape else position
+        elif name in ID_MOVES:
+            rest = [session.id_map(a) if session.id_map(a) is not None else a for a in args[1:]]
+            moved = func(position, *rest, **{k: v for k, v in kwargs.items() if k != "dtype"})
+            if isinstance(moved, Tensor) and moved.dtype != torch.long:
+                moved = moved.long()
+        else:
+            return
+    if isinstance(moved, Tensor) and moved.shape == out.shape:
+        session.id_maps[id(out)] = (weakref.ref(out), moved)
