@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -308,6 +309,7 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="print every failing net")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    warnings.simplefilter("ignore", relprop.RuleAssumptionWarning)
     started = time.perf_counter()
     checked, passed, features = counts(args.nets, tuple(args.new), args.start, args.verbose)
     seconds = time.perf_counter() - started
