@@ -167,6 +167,42 @@ def test_moe_router_weights_are_gates(renormalise: bool, preset: str) -> None:
     torch.testing.assert_close(expl.relevance.sum(1), expl.explained, rtol=1e-6, atol=1e-9)
 
 
+class TopKFirstMoE(TinyMoE):
+    """gpt-oss' and granitemoe's routing: top-k of the raw router scores, then softmax (or
+    llama4's sigmoid) of the winners."""
+
+    def __init__(self, normaliser: str) -> None:
+        super().__init__(renormalise=False)
+        self.normaliser = normaliser
+
+    def forward(self, x: Tensor) -> Tensor:
+        scores, chosen = torch.topk(self.router(x), self.top_k, dim=-1)
+        weights = torch.softmax(scores, dim=-1) if self.normaliser == "softmax" \
+            else torch.sigmoid(scores)
+        if self.detach_router:
+            weights = weights.detach()
+        out = torch.zeros_like(x)
+        for e in range(len(self.up)):
+            token, slot = torch.where(chosen == e)
+            if token.numel() == 0:
+                continue
+            h = self.down[e](torch.relu(self.up[e](x[token])))
+            out.index_add_(0, token, h * weights[token, slot, None])
+        return self.readout(out)
+
+
+@pytest.mark.parametrize("normaliser", ["softmax", "sigmoid"])
+def test_moe_top_k_of_raw_router_scores_are_gates(normaliser: str) -> None:
+    model = TopKFirstMoE(normaliser).double().eval()
+    x = _x(10, 6, seed=2)
+    expl = relprop.explain(model, x, 1, ZERO, verify=True)
+    model.detach_router = True
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(leaf)[:, 1].sum(), leaf)
+    torch.testing.assert_close(expl.relevance, leaf.detach() * grad, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(expl.relevance.sum(1), expl.explained, rtol=1e-6, atol=1e-9)
+
+
 def test_moe_gates_take_relevance_when_asked() -> None:
     model = TinyMoE().double().eval()
     x = _x(10, 6, seed=1)
@@ -192,13 +228,24 @@ def test_division_by_an_activation_that_is_not_a_gate_is_still_refused() -> None
         relprop.explain(Ratio().double().eval(), _x(2, 3), 0)
 
 
-def test_topk_of_an_activation_that_is_not_a_gate_is_still_refused() -> None:
+def test_topk_of_an_activation_is_a_winner_take_all_selection() -> None:
+    """k-max pooling: the values are copies of the k winners, so like max pooling each takes
+    its output's relevance (LRP-0 = Gradient x Input; the losers take none)."""
     class KMax(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.topk(x * 2.0, 2, dim=-1).values
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(8)
+            self.fc, self.head = nn.Linear(5, 6, bias=False), nn.Linear(2, 1, bias=False)
 
-    with pytest.raises(relprop.UnsupportedOperationError, match="topk"):
-        relprop.explain(KMax().eval(), _x(2, 5), 0)
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(torch.topk(self.fc(x), 2, dim=-1).values)
+
+    model = KMax().double().eval()
+    x = _x(3, 5)
+    expl = relprop.explain(model, x, 0, ZERO, verify=True)
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(leaf)[:, 0].sum(), leaf)
+    torch.testing.assert_close(expl.relevance, leaf.detach() * grad)
 
 
 # ---------------------------------------------------- ALiBi and other bilinear products

@@ -41,6 +41,7 @@ class Session:
         self.constants: dict[int, weakref.ref[Tensor]] = {}
         self._buffer_ids: set[int] | None = None
         self._unvouched: set[Any] = set()
+        self._marks: dict[str, dict[int, weakref.ref[Tensor]]] = {}
         #: integer tensors made from the token ids by moving them (transpose, pad, cat…):
         #: id -> (the tensor, its map: for each element, the flat input position, or -1)
         self.id_maps: dict[int, tuple[weakref.ref[Tensor], Tensor]] = {}
@@ -165,6 +166,14 @@ class Session:
     def mark_gate(self, t: Tensor) -> None:
         """Remember ``t`` as a gate (a sigmoid output, or a reshaped view of one)."""
         self.gates[id(t)] = weakref.ref(t)
+
+    def mark(self, label: str, t: Tensor) -> None:
+        """Remember ``t`` under ``label`` for an op family (e.g. router scores)."""
+        self._marks.setdefault(label, {})[id(t)] = weakref.ref(t)
+
+    def is_marked(self, label: str, t: Any) -> bool:
+        ref = self._marks.get(label, {}).get(id(t))
+        return ref is not None and ref() is t
 
     def is_gate(self, t: Any) -> bool:
         ref = self.gates.get(id(t))

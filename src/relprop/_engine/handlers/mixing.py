@@ -137,15 +137,33 @@ def _topk_values(session: Session, out: Any) -> None:
         session.approved.add(values.grad_fn)
 
 
+#: what routers turn their top-k raw scores into weights with
+ROUTER_NORMALISERS = frozenset({"softmax", "sigmoid"})
+
+
+def _router_scores(session: Session, out: Any) -> None:
+    """``topk`` of a router's raw scores: the values are copies of the winners (a selection,
+    like max pooling's winner-take-all: its node is approved); normalised by softmax or
+    sigmoid they become gates (signal-take-all in the product with the experts)."""
+    values = out[0] if isinstance(out, tuple) else None
+    if isinstance(values, Tensor) and values.grad_fn is not None:
+        session.approved.add(values.grad_fn)
+        session.mark("router_scores", values)
+
+
 def prepare(session: Session, name: str, args: tuple[Any, ...]
             ) -> tuple[tuple[Any, ...], Callable[[Any], None] | None]:
     """Before a call: a gate divided by a gate holds the divisor constant; the outputs of
     ``topk`` of a gate or softmax output, and of ops computed from gates alone, are gates."""
+    if name in ROUTER_NORMALISERS and args and session.is_marked("router_scores", args[0]):
+        return args, lambda out: _mark(session, out)  # softmax of the top-k scores: gates
     if name not in GATE_KEEPING and name not in DIVISIONS:
         return args, None
     if name == "topk":
         if args and on_path(args[0]) and _gate_like(session, args[0]):
             return args, lambda out: _topk_values(session, out)
+        if args and on_path(args[0]):  # a router's raw scores (gpt-oss, granitemoe, llama4)
+            return args, lambda out: _router_scores(session, out)
         return args, None
     if name in DIVISIONS and len(args) >= 2 and session.is_gate(args[0]) \
             and on_path(args[1]) and session.is_gate(args[1]):
