@@ -141,7 +141,10 @@ class TinyMoE(nn.Module):
         weights, chosen = torch.topk(probs, self.top_k, dim=-1)
         if self.renormalise:
             weights /= weights.sum(dim=-1, keepdim=True)
-        weights = weights.to(x.dtype)
+        return self.readout(self.experts(x, chosen, weights.to(x.dtype)))
+
+    def experts(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
+        """``Σ_e g_e E_e(x)`` over the chosen experts, dispatched with ``index_add_``."""
         out = torch.zeros_like(x)
         for e in range(len(self.up)):
             token, slot = torch.where(chosen == e)
@@ -149,7 +152,7 @@ class TinyMoE(nn.Module):
                 continue
             h = self.down[e](torch.relu(self.up[e](x[token])))
             out.index_add_(0, token, h * weights[token, slot, None])
-        return self.readout(out)
+        return out
 
 
 @pytest.mark.parametrize("renormalise", [True, False])
@@ -181,14 +184,7 @@ class TopKFirstMoE(TinyMoE):
             else torch.sigmoid(scores)
         if self.detach_router:
             weights = weights.detach()
-        out = torch.zeros_like(x)
-        for e in range(len(self.up)):
-            token, slot = torch.where(chosen == e)
-            if token.numel() == 0:
-                continue
-            h = self.down[e](torch.relu(self.up[e](x[token])))
-            out.index_add_(0, token, h * weights[token, slot, None])
-        return self.readout(out)
+        return self.readout(self.experts(x, chosen, weights))
 
 
 @pytest.mark.parametrize("normaliser", ["softmax", "sigmoid"])

@@ -275,12 +275,15 @@ def _product(session: Session, func: Callable[..., Any], name: str,
     return out
 
 
-def _approve_down_to_shares(session: Session, node: Any) -> None:
-    """Matmul and einsum are built from reshapes around a bmm: approve all of it."""
+def _approve_down_to_shares(session: Session, node: Any, stops: frozenset[int] = frozenset()
+                            ) -> None:
+    """Approve the nodes one product call made (matmul and einsum are reshapes around a
+    bmm): from its output down to the factors' share nodes, not into what made its other
+    inputs (``stops``, graph nodes by id)."""
     stack = [node]
     while stack:
         node = stack.pop()
-        if node is None or node in session.approved:
+        if node is None or node in session.approved or id(node) in stops:
             continue
         session.approved.add(node)
         if type(node).__name__ != "ShareFunctionBackward":

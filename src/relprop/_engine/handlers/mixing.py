@@ -245,24 +245,12 @@ def _bilinear(session: Session, func: Callable[..., Any], name: str,
             new_args[int(key)] = share
         else:
             new_kwargs[str(key)] = share
-    others = {id(t.grad_fn) for n, t in bound.items() if n not in factors and on_path(t)}
+    others = frozenset(id(t.grad_fn) for n, t in bound.items()
+                       if n not in factors and on_path(t))
     out = func(*new_args, **new_kwargs)
-    _approve_between(session, out.grad_fn, others)
+    layers._approve_down_to_shares(session, out.grad_fn, others)
     session.log_output(call, out)
     return out
-
-
-def _approve_between(session: Session, node: Any, stops: set[int]) -> None:
-    """Approve the nodes one call made: from its output down to the factors' share nodes,
-    not into what made its other inputs (``stops``, graph nodes by id)."""
-    stack = [node]
-    while stack:
-        node = stack.pop()
-        if node is None or node in session.approved or id(node) in stops:
-            continue
-        session.approved.add(node)
-        if type(node).__name__ != "ShareFunctionBackward":
-            stack.extend(parent for parent, _ in node.next_functions)
 
 
 def _mm(session: Session, func: Callable[..., Any], name: str,
