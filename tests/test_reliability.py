@@ -560,3 +560,32 @@ class _AdaptiveNorm(nn.Module):
 def test_an_op_made_nonlinear_by_input_dependent_arguments_is_named(how: str) -> None:
     with pytest.raises(relprop.UnsupportedOperationError, match=how):
         relprop.explain(_AdaptiveNorm(how).eval(), torch.randn(3, 4), target=0)
+
+
+class _NaiveSineIdentity(rules.Rule):
+    """``c = grad · z / a`` without guarding ``a = 0``: 0/0 where the input is exactly 0."""
+
+    kinds = frozenset({"sin"})
+    elementwise_ops = frozenset({"sin"})
+
+    def propagate(self, op: object, a: torch.Tensor, z: torch.Tensor,
+                  grad: torch.Tensor) -> torch.Tensor:
+        return z / a * grad
+
+
+def test_a_non_finite_map_is_never_handed_back_silently() -> None:
+    model = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Identity(), nn.Linear(3, 2)).eval()
+
+    class Sine(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sin(x)
+
+    model[1] = Sine().eval()
+    x = torch.zeros(2, 3)  # every input of sin is exactly 0
+    composite = C.Composite([(C.kind("sin"), _NaiveSineIdentity()),
+                             (C.kind("linear"), rules.Epsilon())])
+    with pytest.raises(relprop.RelpropError, match="NaN or inf"):
+        relprop.explain(model, x, target=0, composite=composite)
+    with pytest.warns(relprop.UnsupportedOperationWarning, match="NaN or inf"):
+        expl = relprop.explain(model, x, target=0, composite=composite, strict=False)
+    assert not bool(torch.isfinite(expl.relevance).all())

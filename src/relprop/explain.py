@@ -130,13 +130,30 @@ def _explain_output(session: Session, model: nn.Module, x: Tensor, output: Any, 
     if tokens and isinstance(mask, Tensor) and mask.shape == x.shape:
         relevance = relevance * (mask != 0)
         sources = {k: v * (mask != 0) if v.shape == x.shape else v for k, v in sources.items()}
-    _check_relevance_changes(session.calls, _total(relevance, sources), explained.detach())
+    total = _total(relevance, sources)
+    _check_finite(total, strict)
+    _check_relevance_changes(session.calls, total, explained.detach())
     return Explanation(
         relevance=relevance.detach(), output=detached, explained=explained.detach(),
         target=resolved, method=f"lrp:{composite.name}",
         rules={call.name: repr(call.rule) for call in session.calls},
         layers=session.layers, conservation=session.ledger, sources=sources,
     )
+
+
+def _check_finite(total: Tensor, strict: bool) -> None:
+    """A map with NaN or inf is never handed back silently (one reduction per sample)."""
+    bad = ~torch.isfinite(total)
+    if not bool(bad.any()):
+        return
+    message = (f"the relevance of samples {bad.nonzero()[:, 0].tolist()[:8]} contains NaN or "
+               "inf although the model's output is finite: a rule divided by zero or met "
+               "inf inside the model (e.g. -inf masks on positions the model pads itself). "
+               "Run with record=True and look for the first non-finite entry of "
+               "expl.conservation; please report the model")
+    if strict:
+        raise RelpropError(message + ". Pass strict=False to get the map anyway.")
+    warnings.warn(message, UnsupportedOperationWarning, stacklevel=4)
 
 
 def _total(relevance: Tensor, sources: dict[str, Tensor]) -> Tensor:
