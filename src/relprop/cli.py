@@ -1,11 +1,13 @@
-"""The ``relprop`` command line: ``relprop demo --out DIR [--n N]``.
+"""The ``relprop`` command line: ``relprop demo --out DIR [--n N]``, ``relprop explain ...``
+(a dataset into a store, :mod:`relprop.run`; also ``torchrun -m relprop explain``) and
+``relprop audit STORE ...`` (SpRAy and a report, :mod:`relprop.audit`).
 
 ``relprop bench ...`` is a deprecated alias of ``relprop-bench ...`` (the package
 ``relprop_bench`` in ``benchmarks/``; ``pip install -e benchmarks/``), to which it forwards.
 
 Each subcommand is an entry of :data:`COMMANDS`: its name, a one-line help, a function that
 declares its arguments on its parser and a function ``run(args) -> int`` (the exit status).
-To add one (``explain``, say), write ``_add_explain`` and ``_run_explain`` and append an entry.
+To add one, write ``_add_NAME`` and ``_run_NAME`` and append an entry.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from .errors import RelpropError
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -87,6 +91,39 @@ def _run_bench(args: argparse.Namespace) -> int:
     return status
 
 
+def _add_explain(p: argparse.ArgumentParser) -> None:
+    from .run.command import add_arguments
+
+    add_arguments(p)
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from .run.command import run
+
+    return run(args)
+
+
+def _add_audit(p: argparse.ArgumentParser) -> None:
+    try:  # its extra (scikit-learn) may be missing: the other commands must still work
+        from .audit.command import add_arguments
+    except ImportError as error:
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(_audit_import_error=error)
+        return
+    add_arguments(p)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    error = getattr(args, "_audit_import_error", None)
+    if error is not None:
+        raise ImportError(f"relprop audit needs its extra: pip install 'relprop[audit]' "
+                          f"({error})")
+    from .audit.command import run
+
+    status: int = run(args)
+    return status
+
+
 #: The subcommands: (name, help, add_arguments, run).
 COMMANDS: list[Command] = [
     (
@@ -94,6 +131,18 @@ COMMANDS: list[Command] = [
         "explain a small digits CNN with LRP-0, -ε, -γ and a composite; write a PNG grid",
         _add_demo,
         _run_demo,
+    ),
+    (
+        "explain",
+        "explain every sample of a dataset and store the maps (resumable; torchrun -m relprop)",
+        _add_explain,
+        _run_explain,
+    ),
+    (
+        "audit",
+        "SpRAy over a store written by `relprop explain`, and an HTML report",
+        _add_audit,
+        _run_audit,
     ),
     (
         "bench",
@@ -128,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         status: int = args._run(args)
-    except (ValueError, OSError, ImportError) as err:  # ImportError: an extra not installed
+    except (ValueError, OSError, ImportError, RelpropError) as err:  # ImportError: an extra
         print(f"relprop {args.command}: error: {err}", file=sys.stderr)
         return 1
     return status

@@ -1,0 +1,95 @@
+"""The loop over this rank's chunks: explain each (one sample at a time where the batch
+fails, so that one bad sample becomes one failed row) and store it as one shard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._engine import select_output
+from ..store import writer as store_writer
+from .batches import Explainer, Result
+from .progress import Progress
+
+__all__ = ["explain_chunks"]
+
+
+def _row(sample: dict[str, Any]) -> dict[str, Any]:
+    failed = bool(sample["error"])
+    return {"id": int(sample["id"]), "path": sample["path"], "label": sample["label"],
+            "prediction": None, "target": None, "explained": None, "relevance_sum": None,
+            "status": "failed" if failed else "ok",
+            "error": f"read: {sample['error']}" if failed else ""}
+
+
+def _classes(explainer: Explainer, x: Tensor, mask: Tensor | None) -> int:
+    """The number of classes of the model's output (one plain forward pass, once a run)."""
+    kwargs = {"attention_mask": mask} if mask is not None else {}
+    with torch.no_grad():
+        output = select_output(explainer.model(x, **kwargs))
+    assert isinstance(output, Tensor)
+    return int(output.shape[-1]) if output.dim() == 2 else 1
+
+
+def _explain(explainer: Explainer, x: Tensor, mask: Tensor | None, labels: list[Any]
+             ) -> tuple[Result, list[int], dict[int, str]]:
+    """The batch at once; if that raises, each sample alone. Returns the result, the
+    positions it covers, and the error of each position that failed."""
+    try:
+        return explainer.explain(x, mask, labels), list(range(x.shape[0])), {}
+    except Exception:  # noqa: BLE001 - find which sample it was, one at a time
+        pass
+    results, kept, errors = [], [], {}
+    for i in range(x.shape[0]):
+        try:
+            results.append(explainer.explain(x[i:i + 1], None if mask is None
+                                             else mask[i:i + 1], labels[i:i + 1]))
+            kept.append(i)
+        except Exception as error:  # noqa: BLE001 - recorded in the failed row
+            errors[i] = f"explain: {type(error).__name__}: {error}"[:500]
+    if not results:
+        return Result([], {}), [], errors
+    relevance = {name: torch.cat([r.relevance[name] for r in results])
+                 for name in results[0].relevance}
+    return Result([c for r in results for c in r.columns], relevance), kept, errors
+
+
+def explain_chunks(explainer: Explainer, loader: Iterable[dict[str, Any]], root: Path, *,
+                   check: Callable[[int], None],
+                   mixed: Callable[[str, tuple[int, ...]], None],
+                   bar: Progress) -> tuple[int, int]:
+    """Explain and store every chunk ``loader`` gives; returns (ok, failed) sample counts."""
+    device, batch_size = explainer.device, explainer.config.batch_size
+    checked, ok_count, failed_count = False, 0, 0
+    for batch in loader:
+        meta = batch["samples"]
+        for sample in meta:
+            if "size" in sample:
+                mixed(sample["path"], sample["size"])
+        rows = {int(s["id"]): _row(s) for s in meta}
+        tensors: dict[str, Tensor] = {}
+        if batch["x"] is not None:
+            x = batch["x"].to(device, non_blocking=True)
+            mask = None if batch["mask"] is None else batch["mask"].to(device)
+            if not checked:
+                check(_classes(explainer, x, mask))
+                checked = True
+            ids = batch["ok"]
+            result, kept, errors = _explain(explainer, x, mask, [rows[i]["label"] for i in ids])
+            for position, message in errors.items():
+                rows[ids[position]].update(status="failed", error=message)
+            for position, columns in zip(kept, result.columns):
+                rows[ids[position]].update(columns)
+            if kept:
+                view = batch["view"]
+                tensors = explainer.stored(result, None if view is None else view[kept])
+        ordered = [rows[i] for i in sorted(rows)]
+        store_writer.write_shard(root, int(meta[0]["id"]) // batch_size, ordered, tensors)
+        ok_count += sum(1 for r in ordered if r["status"] == "ok")
+        failed_count += sum(1 for r in ordered if r["status"] != "ok")
+        bar.update(len(meta))
+    return ok_count, failed_count
