@@ -26,13 +26,20 @@ def _row(sample: dict[str, Any]) -> dict[str, Any]:
             "error": f"read: {sample['error']}" if failed else ""}
 
 
-def _classes(explainer: Explainer, x: Tensor, mask: Tensor | None) -> int:
-    """The number of classes of the model's output (one plain forward pass, once a run)."""
-    kwargs = {"attention_mask": mask} if mask is not None else {}
-    with torch.no_grad():
-        output = select_output(explainer.model(x, **kwargs))
-    assert isinstance(output, Tensor)
-    return int(output.shape[-1]) if output.dim() == 2 else 1
+def _classes(explainer: Explainer, x: Tensor, mask: Tensor | None) -> int | None:
+    """The number of classes of the model's output (a plain forward pass, once a run);
+    ``None`` if no sample of the batch goes through the model (they become failed rows)."""
+    for i in [None, *range(x.shape[0])]:  # the batch, else one sample at a time
+        part = slice(None) if i is None else slice(i, i + 1)
+        kwargs = {"attention_mask": mask[part]} if mask is not None else {}
+        try:
+            with torch.no_grad():
+                output = select_output(explainer.model(x[part], **kwargs))
+        except Exception:  # noqa: BLE001 - that sample will fail to explain, with its reason
+            continue
+        assert isinstance(output, Tensor)
+        return int(output.shape[-1]) if output.dim() == 2 else 1
+    return None
 
 
 def _explain(explainer: Explainer, x: Tensor, mask: Tensor | None, labels: list[Any]
@@ -76,8 +83,10 @@ def explain_chunks(explainer: Explainer, loader: Iterable[dict[str, Any]], root:
             x = batch["x"].to(device, non_blocking=True)
             mask = None if batch["mask"] is None else batch["mask"].to(device)
             if not checked:
-                check(_classes(explainer, x, mask))
-                checked = True
+                classes = _classes(explainer, x, mask)
+                if classes is not None:
+                    check(classes)
+                    checked = True
             ids = batch["ok"]
             result, kept, errors = _explain(explainer, x, mask, [rows[i]["label"] for i in ids])
             for position, message in errors.items():
