@@ -91,7 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=16,
                    help="heatmaps are area-downsampled to SIZE x SIZE before clustering")
     p.add_argument("--neighbors", type=int, default=None,
-                   help="k of the k-NN affinity graph (default max(5, sqrt(n)))")
+                   help="k of the k-NN affinity graph (default max(10, sqrt(n)))")
     p.add_argument("--max-clusters", type=int, default=8,
                    help="most clusters the eigengap may choose per class (default 8)")
     p.add_argument("--embedding", choices=("tsne", "spectral"), default="tsne",

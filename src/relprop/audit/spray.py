@@ -237,7 +237,7 @@ def spray_class(heatmaps: Tensor | np.ndarray, *, label: int = 0,
     """SpRAy of the maps of one class (``(n, H, W)``, n ≥ 3); see the module docstring.
 
     Args:
-        n_neighbors: k of the k-NN graph; default ``max(5, round(√n))``, at most n − 1.
+        n_neighbors: k of the k-NN graph; default ``max(10, round(√n))``, at most n − 1.
         max_clusters: the largest number of clusters the eigengap may choose.
         n_clusters: skip the eigengap and use this many.
         embedding: ``"tsne"`` or ``"spectral"`` (the graph's first two nontrivial
@@ -256,7 +256,7 @@ def spray_class(heatmaps: Tensor | np.ndarray, *, label: int = 0,
             f"max_clusters={max_clusters}, n_clusters={n_clusters}")
     rows = np.arange(n) if indices is None else np.asarray(indices)
     features = downsample(maps, size)
-    k_nn = n_neighbors if n_neighbors is not None else max(5, round(math.sqrt(n)))
+    k_nn = n_neighbors if n_neighbors is not None else max(10, round(math.sqrt(n)))
     if k_nn < 1:
         raise SprayInputError(f"spray: n_neighbors must be positive, got {n_neighbors}")
     affinity = knn_affinity(features, k_nn)
