@@ -194,10 +194,12 @@ def half_first_pixel_of_red(image: Any) -> torch.Tensor:
     return x
 
 
-def test_labels_outside_the_classes(images: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["predicted", "true"])
+def test_labels_outside_the_classes(images: Path, tmp_path: Path, target: str) -> None:
     make_images(images, classes=4, per_class=2)
     with pytest.raises(LabelRangeError, match=r"class3/00.png has label 3.*3 classes"):
-        run(images, tmp_path / "out")
+        run(images, tmp_path / "out", target=target)
+    assert not list((tmp_path / "out" / "shards").glob("*"))  # nothing stored
 
 
 def test_target_true_needs_labels(tmp_path: Path) -> None:

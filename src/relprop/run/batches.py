@@ -65,6 +65,8 @@ class Explainer:
     def __init__(self, model: nn.Module, config: RunConfig, composite: Composite,
                  device: torch.device) -> None:
         self.model, self.config, self.composite, self.device = model, config, composite, device
+        #: the number of classes of the last explained output (None before one)
+        self.classes: int | None = None
 
     def targets(self, labels: list[int | None], output: Tensor | None = None) -> Any:
         """The target of the first method: labels, a class index, or ``None`` (top class)."""
@@ -90,6 +92,7 @@ class Explainer:
             sums = expl.relevance_sum().detach().float().cpu()
             if n == 0:
                 output = expl.output.detach()
+                self.classes = int(output.shape[-1]) if output.dim() == 2 else 1
                 prediction = output.argmax(1) if output.dim() == 2 else None
                 target = self._resolved(target, prediction, x.shape[0])
                 self._metrics(x, expl.relevance, target, explained, columns)
@@ -126,9 +129,9 @@ class Explainer:
         tensors: dict[str, Tensor] = {}
         for n, (name, relevance) in enumerate(result.relevance.items()):
             key = "relevance" if n == 0 else f"relevance.{name}"
-            tensors[key] = reduce_relevance(relevance.cpu(), full=config.full,
+            tensors[key] = reduce_relevance(relevance, full=config.full,
                                             resolution=config.resolution,
-                                            dtype=config.torch_dtype())
+                                            dtype=config.torch_dtype()).cpu()
         if config.thumbnails and view is not None:
             small = thumbnails(view)
             if small is not None:

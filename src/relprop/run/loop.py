@@ -215,7 +215,8 @@ def _loader(source: Source, todo: list[int], config: RunConfig, shape: tuple[int
 
 def _finish(root: Path, config: RunConfig, chunks: int, seconds: float) -> None:
     manifest = store_writer.read_manifest(root)
-    rows = store_writer.collect_rows(root, range(chunks))
+    # sizes checked, not every shard re-hashed: each rank wrote or verified its own just now
+    rows = store_writer.collect_rows(root, range(chunks), verify=False)
     store_writer.write_index(root, rows, manifest["columns"])
     failed = sum(1 for row in rows if row["status"] != "ok")
     manifest.update(complete=True, finished=time.time(), ok=len(rows) - failed, failed=failed,

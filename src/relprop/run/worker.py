@@ -3,7 +3,9 @@ fails, so that one bad sample becomes one failed row) and store it as one shard.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,17 @@ def _classes(explainer: Explainer, x: Tensor, mask: Tensor | None) -> int | None
     return None
 
 
+def _check(explainer: Explainer, x: Tensor, mask: Tensor | None,
+           check: Callable[[int], None]) -> bool:
+    # the classes of an explained output (no extra forward pass), else a plain forward pass
+    classes = explainer.classes if explainer.classes is not None else _classes(
+        explainer, x, mask)
+    if classes is None:
+        return False
+    check(classes)
+    return True
+
+
 def _explain(explainer: Explainer, x: Tensor, mask: Tensor | None, labels: list[Any]
              ) -> tuple[Result, list[int], dict[int, str]]:
     """The batch at once; if that raises, each sample alone. Returns the result, the
@@ -65,11 +78,50 @@ def _explain(explainer: Explainer, x: Tensor, mask: Tensor | None, labels: list[
     return Result([c for r in results for c in r.columns], relevance), kept, errors
 
 
+class _Writes:
+    """Shards written by one background thread while the next chunk is explained; at most
+    ``depth`` waiting. A write's error (a full disk) is raised at the next submit or at the
+    end, after the writes before it have finished."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relprop-store")
+        self.pending: deque[Future[None]] = deque()
+        self.depth = depth
+
+    def submit(self, root: Path, chunk: int, rows: list[dict[str, Any]],
+               tensors: dict[str, Tensor]) -> None:
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(store_writer.write_shard, root, chunk, rows,
+                                             tensors))
+
+    def finish(self) -> None:
+        """Wait for every write; raise the first error."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 def explain_chunks(explainer: Explainer, loader: Iterable[dict[str, Any]], root: Path, *,
                    check: Callable[[int], None],
                    mixed: Callable[[str, tuple[int, ...]], None],
                    bar: Progress) -> tuple[int, int]:
     """Explain and store every chunk ``loader`` gives; returns (ok, failed) sample counts."""
+    writes = _Writes()
+    try:
+        counts = _chunks(explainer, loader, root, check, mixed, bar, writes)
+    except BaseException:
+        writes.finish()  # what was explained before the error is still stored
+        raise
+    writes.finish()
+    return counts
+
+
+def _chunks(explainer: Explainer, loader: Iterable[dict[str, Any]], root: Path,
+            check: Callable[[int], None], mixed: Callable[[str, tuple[int, ...]], None],
+            bar: Progress, writes: _Writes) -> tuple[int, int]:
     device, batch_size = explainer.device, explainer.config.batch_size
     checked, ok_count, failed_count = False, 0, 0
     for batch in loader:
@@ -82,13 +134,11 @@ def explain_chunks(explainer: Explainer, loader: Iterable[dict[str, Any]], root:
         if batch["x"] is not None:
             x = batch["x"].to(device, non_blocking=True)
             mask = None if batch["mask"] is None else batch["mask"].to(device)
-            if not checked:
-                classes = _classes(explainer, x, mask)
-                if classes is not None:
-                    check(classes)
-                    checked = True
             ids = batch["ok"]
-            result, kept, errors = _explain(explainer, x, mask, [rows[i]["label"] for i in ids])
+            labels = [rows[i]["label"] for i in ids]
+            result, kept, errors = _explain(explainer, x, mask, labels)
+            if not checked:  # before anything is stored: labels against the model's classes
+                checked = _check(explainer, x, mask, check)
             for position, message in errors.items():
                 rows[ids[position]].update(status="failed", error=message)
             for position, columns in zip(kept, result.columns):
@@ -97,7 +147,7 @@ def explain_chunks(explainer: Explainer, loader: Iterable[dict[str, Any]], root:
                 view = batch["view"]
                 tensors = explainer.stored(result, None if view is None else view[kept])
         ordered = [rows[i] for i in sorted(rows)]
-        store_writer.write_shard(root, int(meta[0]["id"]) // batch_size, ordered, tensors)
+        writes.submit(root, int(meta[0]["id"]) // batch_size, ordered, tensors)
         ok_count += sum(1 for r in ordered if r["status"] == "ok")
         failed_count += sum(1 for r in ordered if r["status"] != "ok")
         bar.update(len(meta))
