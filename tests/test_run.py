@@ -290,3 +290,33 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
         run(tmp_path / "empty", tmp_path / "o")
     with pytest.raises(ModelLoadError, match="--weights"):
         run(tmp_path / "empty", tmp_path / "o", model=str(tmp_path / "w.pt"))
+
+
+def test_text_file_with_a_hugging_face_model(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    words = "the a movie was good bad great awful plot actors i liked hated it".split()
+    (folder / "vocab.txt").write_text("\n".join(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = transformers.BertTokenizer(vocab_file=str(folder / "vocab.txt"))
+    config = transformers.BertConfig(vocab_size=5 + len(words), hidden_size=16,
+                                     num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, num_labels=2,
+                                     max_position_embeddings=32)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = transformers.BertForSequenceClassification(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (tmp_path / "s.txt").write_text("the movie was good\n\ni hated the plot\nactors great\n")
+    store = run(tmp_path / "s.txt", tmp_path / "out", model=str(folder), max_length=12)
+    assert store.paths == ["s.txt[0]", "s.txt[2]", "s.txt[3]"]
+    assert store.manifest["model"]["kind"] == "huggingface"
+    encoded = tokenizer(["the movie was good", "i hated the plot", "actors great"],
+                        padding="max_length", max_length=12, return_tensors="pt")
+    expl = relprop.explain(model, encoded["input_ids"],
+                           forward_kwargs={"attention_mask": encoded["attention_mask"]})
+    torch.testing.assert_close(store.relevances([0, 1, 2]), expl.relevance.half().float())
+    assert store.relevance(0)[encoded["attention_mask"][0] == 0].abs().sum() == 0  # padding
+    assert store.thumbnail(0) is None
