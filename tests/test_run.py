@@ -320,3 +320,26 @@ def test_text_file_with_a_hugging_face_model(tmp_path: Path) -> None:
     torch.testing.assert_close(store.relevances([0, 1, 2]), expl.relevance.half().float())
     assert store.relevance(0)[encoded["attention_mask"][0] == 0].abs().sum() == 0  # padding
     assert store.thumbnail(0) is None
+
+
+def test_command_line(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from relprop.cli import main
+
+    out = tmp_path / "out"
+    args = ["explain", "--model", MODEL, "--data", str(images), "--out", str(out),
+            "--batch-size", "8", "--workers", "0", "--full", "--resolution", "0",
+            "--dtype", "float32", "--methods", "lrp,gradient_x_input", "--target", "2"]
+    assert main(args) == 0
+    assert "24 samples explained, 0 failed" in capsys.readouterr().err
+    store = relprop.store.open(out)
+    assert store.relevance(3).shape == (3, 16, 16) and store.relevance(3).dtype == torch.float32
+    assert {row["target"] for row in store.index} == {2}
+    x = load_image(images / store.paths[3])[None]
+    expl = relprop.explain(tiny_cnn(), torch.stack([load_image(images / p) for p in
+                                                    store.paths[:8]]), target=2)
+    torch.testing.assert_close(store.relevance(3), expl.relevance[3])
+    assert store.relevance(3, "gradient_x_input").shape == x.shape[1:]
+    assert main(args) == 1  # exists, no --resume
+    assert "already holds a run: pass --resume" in capsys.readouterr().err
+    assert main(args[:6] + [str(tmp_path / "new"), "--composite", "nope"]) == 1
+    assert "--composite 'nope': choose one of" in capsys.readouterr().err

@@ -26,6 +26,12 @@ def _names(text: str) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``relprop explain``."""
+    _add_inputs(p)
+    _add_explanation(p)
+    _add_storage(p)
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
     io = p.add_argument_group("model and data")
     io.add_argument("--model", required=True, help="package.module:callable returning the "
                     "eval-mode nn.Module, a torch.export .pt2 file, or a Hugging Face model "
@@ -52,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pre.add_argument("--transform", help="package.module:callable from a PIL image (or tensor) "
                      "to the input tensor; replaces the options above")
     pre.add_argument("--max-length", type=int, default=128, help="tokens per sentence (text)")
+
+
+def _add_explanation(p: argparse.ArgumentParser) -> None:
     exp = p.add_argument_group("explanation")
     exp.add_argument("--composite", help=f"one of {', '.join(COMPOSITES)} or module:callable "
                      "(default: LRP_CMP:α2 for images, AttnLRP for tokens)")
@@ -63,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "positive_share, conservation_error, aopc")
     exp.add_argument("--no-strict", action="store_true", help="keep the gradient of ops with "
                      "no rule instead of failing their samples")
+
+
+def _add_storage(p: argparse.ArgumentParser) -> None:
     run_group = p.add_argument_group("run and storage")
     run_group.add_argument("--batch-size", type=int, default=32)
     run_group.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")

@@ -52,6 +52,8 @@ class RunSummary:
 
 
 def _device(config: RunConfig, where: Ranks) -> torch.device:
+    if config.device == "cuda" and where.world > 1:
+        return torch.device("cuda", where.local_rank)  # one rank per GPU
     if config.device:
         return torch.device(config.device)
     if torch.cuda.is_available():
@@ -127,6 +129,8 @@ def _prepare(root: Path, manifest: dict[str, Any], config: RunConfig, where: Ran
 
 def _reference_shape(source: Source) -> tuple[tuple[int, ...], str]:
     """The input shape of the first readable sample (what every sample must have)."""
+    if len(source) == 0:
+        raise DataError(f"--data {source_root(source)}: it holds no samples")
     for i in range(len(source)):
         sample = source[i]
         if sample["x"] is not None:
