@@ -280,9 +280,17 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
         run(tmp_path / "missing", tmp_path / "o")
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "dataset_info.json").write_text("{}")
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "datasets":
+            raise ImportError("No module named 'datasets'")
+        return real_import(name, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(builtins, "__import__", no_datasets)
         with pytest.raises(DataError, match="pip install datasets"):
             run(tmp_path / "hf", tmp_path / "o")
     (tmp_path / "empty").mkdir()
@@ -290,6 +298,9 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
         run(tmp_path / "empty", tmp_path / "o")
     with pytest.raises(ModelLoadError, match="--weights"):
         run(tmp_path / "empty", tmp_path / "o", model=str(tmp_path / "w.pt"))
+    (tmp_path / "m.pt2").write_bytes(b"not a program")
+    with pytest.raises(ModelLoadError, match="m.pt2: not a torch.export program"):
+        run(tmp_path / "empty", tmp_path / "o", model=str(tmp_path / "m.pt2"))
 
 
 def test_text_file_with_a_hugging_face_model(tmp_path: Path) -> None:
@@ -343,3 +354,18 @@ def test_command_line(images: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "already holds a run: pass --resume" in capsys.readouterr().err
     assert main(args[:6] + [str(tmp_path / "new"), "--composite", "nope"]) == 1
     assert "--composite 'nope': choose one of" in capsys.readouterr().err
+
+
+def test_hugging_face_datasets_folder(images: Path, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    files = sorted(images.rglob("*.png"))
+    table = datasets.Dataset.from_dict(
+        {"image": [str(f) for f in files], "label": [int(f.parent.name[-1]) for f in files]}
+    ).cast_column("image", datasets.Image())
+    table.save_to_disk(str(tmp_path / "hf"))
+    store = run(tmp_path / "hf", tmp_path / "out", target="true")
+    reference = run(images, tmp_path / "ref", target="true")
+    assert store.paths[5] == "hf[5]" and store.manifest["data"]["kind"] == "huggingface_datasets"
+    assert [r["label"] for r in store.index] == [r["label"] for r in reference.index]
+    torch.testing.assert_close(store.relevances(list(range(24))),
+                               reference.relevances(list(range(24))))
