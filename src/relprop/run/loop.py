@@ -144,15 +144,18 @@ def source_root(source: Source) -> str:
     return str(getattr(source, "root", getattr(source, "file", "?")))
 
 
+def _check_target(source: Source, config: RunConfig) -> None:
+    if config.target == "true" and any(label is None for label in source.labels):
+        raise DataError(f"--target true needs labels, and {source_root(source)} has none "
+                        "(give class sub-folders or --labels), or use --target predicted")
+
+
 def _check_labels(source: Source, classes: int, config: RunConfig) -> None:
     for path, label in zip(source.paths, source.labels):
         if label is not None and not 0 <= label < classes:
             raise LabelRangeError(
                 f"sample {source_root(source)}/{path} has label {label}, but the model has "
                 f"{classes} classes (0..{classes - 1}): check the class folders or --labels")
-    if config.target == "true" and any(label is None for label in source.labels):
-        raise DataError(f"--target true needs labels, and {source_root(source)} has none "
-                        "(give class sub-folders or --labels), or use --target predicted")
     if isinstance(config.target, int) and config.target >= classes:
         raise LabelRangeError(f"--target {config.target}: the model has {classes} classes")
 
@@ -173,6 +176,7 @@ def _run(config: RunConfig, where: Ranks) -> RunSummary:
                        device=device)
     source = open_source(config.data, config.preprocess, tokenizer=model.tokenizer,
                          max_length=config.max_length, labels=config.labels)
+    _check_target(source, config)
     root = Path(config.out)
     chunks = -(-len(source) // config.batch_size)
     _prepare(root, _manifest(config, model, source, chunks, where), config, where)
