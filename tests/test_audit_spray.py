@@ -19,15 +19,18 @@ from relprop.audit import (
 
 def blobs(groups: list[tuple[int, int, int]], n: int, size: int = 24, seed: int = 0
           ) -> tuple[torch.Tensor, np.ndarray]:
-    """``n`` noisy maps per group, each a 4x4 blob of relevance at ``(top, left)`` of the
-    group's; the group of each map (maps in group order)."""
+    """``n`` noisy maps per group, each a Gaussian bump of relevance (σ = 1.5 pixels) centred
+    within a pixel of the group's ``(row, column)``; the group of each map (in group order)."""
     gen = torch.Generator().manual_seed(seed)
     maps = 0.05 * torch.randn(n * len(groups), size, size, generator=gen)
-    for g, (top, left, _) in enumerate(groups):
-        jitter = torch.randint(-1, 2, (n, 2), generator=gen)
+    grid = torch.arange(size, dtype=torch.float32)
+    for g, (row, col, _) in enumerate(groups):
+        centre = torch.tensor([row, col], dtype=torch.float32) + 2 * torch.rand(n, 2,
+                                                                                generator=gen) - 1
         for i in range(n):
-            t, le = top + int(jitter[i, 0]), left + int(jitter[i, 1])
-            maps[g * n + i, t:t + 4, le:le + 4] += 1.0
+            bump = (-((grid[:, None] - centre[i, 0]) ** 2 + (grid[None] - centre[i, 1]) ** 2)
+                    / (2 * 1.5 ** 2)).exp()
+            maps[g * n + i] += bump
     return maps, np.repeat(np.arange(len(groups)), n)
 
 
@@ -45,15 +48,33 @@ def test_downsample_is_area_pooling_to_unit_norm() -> None:
 def test_eigenvalues_match_the_normalised_laplacian_formula() -> None:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(30, 5))
-    graph = knn_affinity(features, 4)
+    connect = knn_affinity(features, 4, weights="connectivity").toarray()
+    assert np.array_equal(connect, connect.T) and set(np.unique(connect)) <= {0.0, 1.0}
+    assert np.all(connect.sum(axis=1) >= 4)  # each point keeps its 4 neighbours
+    graph = knn_affinity(features, 4)  # self-tuning weights
     dense = graph.toarray()
-    assert np.array_equal(dense, dense.T) and set(np.unique(dense)) <= {0.0, 1.0}
-    assert np.all(dense.sum(axis=1) >= 4)  # each point keeps its 4 neighbours
+    assert np.array_equal(dense, dense.T) and np.array_equal(dense > 0, connect > 0)
     d = dense.sum(axis=1)
     lap = np.eye(30) - dense / np.sqrt(np.outer(d, d))  # I − D^-1/2 A D^-1/2
     oracle = np.sort(np.linalg.eigvalsh(lap))[:6]
     values, _, _ = eigengap(graph, 5)
     np.testing.assert_allclose(values, np.clip(oracle, 0, 2), atol=1e-10)
+
+
+def test_self_tuning_weights_match_their_formula() -> None:
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(12, 3))
+    d = np.linalg.norm(features[:, None] - features[None], axis=2)  # oracle, dense
+    order = np.sort(d, axis=1)  # column 0: the point itself
+    sigma = order[:, 7]
+    near = np.argsort(d, axis=1, kind="stable")[:, 1:4]
+    edge = np.zeros_like(d, dtype=bool)
+    edge[np.repeat(np.arange(12), 3), near.ravel()] = True
+    edge |= edge.T
+    expected = np.where(edge, np.exp(-d ** 2 / np.outer(sigma, sigma)), 0.0)
+    np.testing.assert_allclose(knn_affinity(features, 3).toarray(), expected, rtol=1e-10)
+    with pytest.raises(SprayInputError, match="weights"):
+        knn_affinity(features, 3, weights="gauss")  # type: ignore[arg-type]
 
 
 def test_eigengap_counts_disconnected_components() -> None:
@@ -66,9 +87,24 @@ def test_eigengap_counts_disconnected_components() -> None:
     assert gap == pytest.approx(1.2, abs=1e-9)
 
 
+def test_the_first_large_gap_sets_the_number_of_clusters(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import scipy.sparse.csgraph as csgraph  # eigengap reads the graph through laplacian()
+    from scipy.sparse import diags
+
+    # a Laplacian with eigenvalues 0, 0, 0.4, 0.45, 0.5, 0.55, 1.0: gaps .4 at k=2, .45 at k=6
+    values = np.array([0.0, 0.0, 0.4, 0.45, 0.5, 0.55, 1.0])
+    monkeypatch.setattr(csgraph, "laplacian", lambda a, normed: diags(values))
+    graph = diags(np.ones(7)).tocsr()
+    assert eigengap(graph, 6)[1:] == (2, pytest.approx(0.4))
+    assert eigengap(graph, 6, gap_ratio=1.0)[1:] == (6, pytest.approx(0.45))
+    with pytest.raises(SprayInputError, match="gap_ratio"):
+        eigengap(graph, 6, gap_ratio=0.0)
+
+
 @pytest.mark.parametrize("n_groups", [1, 2, 3])
 def test_spray_finds_the_number_of_strategies(n_groups: int) -> None:
-    where = [(2, 2, 0), (10, 10, 0), (2, 17, 0)][:n_groups]
+    where = [(4, 4, 0), (12, 12, 0), (4, 19, 0)][:n_groups]
     maps, truth = blobs(where, 20)
     result = spray_class(maps, embedding="spectral")
     assert result.n_clusters == n_groups
@@ -103,7 +139,7 @@ def test_the_tight_small_cluster_ranks_first() -> None:
 
 
 def test_spray_groups_by_label_and_keeps_input_rows() -> None:
-    maps, truth = blobs([(2, 2, 0), (10, 10, 0)], 40)
+    maps, truth = blobs([(4, 4, 0), (12, 12, 0)], 40)
     labels = np.tile([5, 7], 40)  # interleaved classes, 20 maps of each group in each
     result = spray(maps, labels, min_samples=5, embedding="spectral", seed=3)
     assert sorted(result.classes) == [5, 7]
@@ -120,14 +156,14 @@ def test_spray_groups_by_label_and_keeps_input_rows() -> None:
 
 
 def test_small_classes_are_skipped_by_name() -> None:
-    maps, _ = blobs([(2, 2, 0)], 12)
+    maps, _ = blobs([(4, 4, 0)], 12)
     labels = np.array([0] * 10 + [1] * 2)
     result = spray(maps, labels, min_samples=5, embedding="spectral")
     assert list(result.classes) == [0] and "2 samples" in result.skipped[1]
 
 
 def test_tsne_embedding_is_finite_and_seeded() -> None:
-    maps, _ = blobs([(2, 2, 0), (10, 10, 0)], 10)
+    maps, _ = blobs([(4, 4, 0), (12, 12, 0)], 10)
     a = spray_class(maps, embedding="tsne", seed=0).embedding
     b = spray_class(maps, embedding="tsne", seed=0).embedding
     assert a.shape == (20, 2) and np.isfinite(a).all()
@@ -135,7 +171,7 @@ def test_tsne_embedding_is_finite_and_seeded() -> None:
 
 
 def test_match_planted_definitions() -> None:
-    maps, _ = blobs([(2, 2, 0), (10, 10, 0)], 10)
+    maps, _ = blobs([(4, 4, 0), (12, 12, 0)], 10)
     result = spray_class(maps, embedding="spectral")
     # planted: 8 of group 0 and 2 of group 1 → best cluster: group 0's (Jaccard 8/10)
     planted = np.r_[0:8, 10:12]
@@ -157,7 +193,7 @@ def test_bad_input_is_named(maps: torch.Tensor, labels: list[int], match: str) -
 
 
 def test_bad_settings_are_named() -> None:
-    maps, _ = blobs([(2, 2, 0)], 10)
+    maps, _ = blobs([(4, 4, 0)], 10)
     with pytest.raises(SprayInputError, match="at least 3"):
         spray_class(maps[:2])
     with pytest.raises(SprayInputError, match="embedding"):

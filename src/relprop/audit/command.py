@@ -94,6 +94,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="k of the k-NN affinity graph (default max(10, sqrt(n)))")
     p.add_argument("--max-clusters", type=int, default=8,
                    help="most clusters the eigengap may choose per class (default 8)")
+    p.add_argument("--gap-ratio", type=float, default=0.5,
+                   help="clusters: the first eigengap at least this share of the largest "
+                        "(default 0.5; 1 = the largest gap)")
+    p.add_argument("--weights", choices=("self-tuning", "connectivity"), default="self-tuning",
+                   help="edge weights of the k-NN graph (default self-tuning Gaussian)")
     p.add_argument("--embedding", choices=("tsne", "spectral"), default="tsne",
                    help="the 2-D embedding of the scatter plot (default tsne)")
     p.add_argument("--min-samples", type=int, default=10,
@@ -127,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     store, rows, maps, classes = load_store(args.run_dir, args.by)
     result = spray(maps, classes, min_samples=args.min_samples, size=args.size,
-                   n_neighbors=args.neighbors, max_clusters=args.max_clusters,
+                   n_neighbors=args.neighbors, weights=args.weights,
+                   max_clusters=args.max_clusters, gap_ratio=args.gap_ratio,
                    embedding=args.embedding, seed=args.seed)
     ids = [int(r["id"]) for r in rows]
     names = [str(r["path"]) for r in rows]

@@ -1,7 +1,8 @@
 """A planted Clever Hans: shapes where one class often carries a corner tag, and a CNN that
 learns to use it.
 
-Four classes of 32×32 RGB images — ``disc``, ``square``, ``ring``, ``cross`` — each one shape
+Four classes of 32×32 RGB images — ``cross``, ``disc``, ``ring``, ``square`` (labels 0 to 3,
+the sorted order an image folder gives its class sub-folders) — each one shape
 of random colour, size and place on a noisy background. In about half of the ``ring`` images,
 train and test alike, a small black-and-white checker tag sits in the top-left corner (the
 copyright tag of the PASCAL VOC horses in Lapuschkin et al. 2019). No other class ever carries
@@ -36,7 +37,7 @@ __all__ = [
     "write_image_folder",
 ]
 
-CLASSES: tuple[str, ...] = ("disc", "square", "ring", "cross")
+CLASSES: tuple[str, ...] = ("cross", "disc", "ring", "square")  # sorted: folder order
 TAGGED_CLASS: int = 2  #: the class whose images carry the tag (``ring``)
 SIZE = 32
 TAG = 4  # the tag is TAG x TAG pixels, one pixel in from the top-left corner
@@ -54,7 +55,7 @@ class PlantedData:
         return len(self.labels)
 
 
-def _shape_mask(kind: int, size: int, gen: torch.Generator) -> Tensor:
+def _shape_mask(kind: str, size: int, gen: torch.Generator) -> Tensor:
     """A ``(size, size)`` bool mask of one shape of class ``kind`` at a random place."""
     radius = 5.0 + 4.0 * float(torch.rand((), generator=gen))
     lo, hi = radius + 1.0, size - radius - 1.0
@@ -63,12 +64,12 @@ def _shape_mask(kind: int, size: int, gen: torch.Generator) -> Tensor:
                           torch.arange(size, dtype=torch.float32), indexing="ij")
     dy, dx = y - cy, x - cx
     dist = (dy.square() + dx.square()).sqrt()
-    if kind == 0:  # disc
+    if kind == "disc":
         return dist <= radius
-    if kind == 1:  # square (same area as the disc, about)
+    if kind == "square":  # about the disc's area
         half = 0.886 * radius
         return (dy.abs() <= half) & (dx.abs() <= half)
-    if kind == 2:  # ring
+    if kind == "ring":
         return (dist <= radius) & (dist >= 0.55 * radius)
     arm = max(1.0, 0.3 * radius)  # cross
     return ((dy.abs() <= arm) & (dx.abs() <= radius)) | ((dx.abs() <= arm) & (dy.abs() <= radius))
@@ -100,7 +101,7 @@ def make_planted(n_per_class: int, *, seed: int = 0, tag_fraction: float = 0.5,
             shift = (0.3 + 0.3 * torch.rand((), generator=gen)) * (
                 1.0 if float(background.mean()) < 0.5 else -1.0)
             colour = background + shift + 0.2 * torch.randn(3, 1, 1, generator=gen)
-            mask = _shape_mask(kind, SIZE, gen)
+            mask = _shape_mask(CLASSES[kind], SIZE, gen)
             image = torch.where(mask, colour + 0.1 * torch.randn(3, SIZE, SIZE, generator=gen),
                                 image).clamp(0.0, 1.0)
             is_tagged = kind == tagged_class and i < n_tagged
@@ -142,7 +143,21 @@ def build_model() -> PlantedCNN:
 
 def train_planted(data: PlantedData, *, seed: int = 0, epochs: int = 10, batch_size: int = 64,
                   lr: float = 3e-3) -> PlantedCNN:
-    """Train a :class:`PlantedCNN` with Adam on ``data``; returned in eval mode."""
+    """Train a :class:`PlantedCNN` with Adam on ``data``; returned in eval mode.
+
+    Trains on one thread (restored after): the same weights whatever the machine's cores,
+    and no slow-down from threads fighting over busy cores (the net is small).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(data, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(data: PlantedData, *, seed: int, epochs: int, batch_size: int, lr: float
+           ) -> PlantedCNN:
     torch.manual_seed(seed)
     model = PlantedCNN()
     opt = torch.optim.Adam(model.parameters(), lr=lr)

@@ -6,11 +6,15 @@ really learn", Nat. Commun. 10:1096. Per class:
 1. every heatmap ``R_i`` (``(H, W)``, channels summed) is area-downsampled to ``size`` and
    scaled to unit L2 norm: ``f_i = pool(R_i) / ||pool(R_i)||``, so that the pattern, not the
    amount, of relevance is compared;
-2. a symmetric k-nearest-neighbour graph ``A`` on the ``f_i`` (``A_ij = 1`` where ``j`` is one
-   of the k nearest of ``i`` or the reverse);
+2. a symmetric k-nearest-neighbour graph ``A`` on the ``f_i`` (an edge where ``j`` is one of
+   the k nearest of ``i`` or the reverse), weighted ``A_ij = exp(−d_ij² / (σ_i σ_j))`` with
+   ``σ_i`` the distance to the 7th neighbour (self-tuning, Zelnik-Manor & Perona 2004), or 1;
 3. the eigenvalues ``0 = λ_1 ≤ λ_2 ≤ …`` of its normalised Laplacian
-   ``L = I − D^{-1/2} A D^{-1/2}``; the number of clusters is the position of the largest
-   eigengap, ``k* = argmax_{k ≤ max_clusters} (λ_{k+1} − λ_k)`` (k* = 1: one strategy);
+   ``L = I − D^{-1/2} A D^{-1/2}``; the number of clusters is at the first large eigengap,
+   ``k* = min {k ≤ max_clusters : λ_{k+1} − λ_k ≥ r · max_j (λ_{j+1} − λ_j)}`` with
+   ``r = gap_ratio = 0.5`` (r = 1: the largest gap). Taking the first large gap, not always
+   the largest, keeps a group that varies smoothly inside (an object in changing places)
+   from being cut into pieces by its own low eigenvalues; k* = 1 means one strategy;
 4. spectral clustering of ``A`` into ``k*`` groups (scikit-learn), a 2-D embedding (t-SNE or
    the spectral embedding) for the eye, and per cluster a prototype (the mean of its
    normalised heatmaps) and its members nearest to it;
@@ -52,6 +56,7 @@ __all__ = [
 ]
 
 Embedding = Literal["tsne", "spectral"]
+Weights = Literal["self-tuning", "connectivity"]
 
 
 class SprayInputError(RelpropError, ValueError):
@@ -68,7 +73,7 @@ class ClassSpray:
         clusters: ``(n,)`` cluster of each member, ``0 .. n_clusters - 1``.
         eigenvalues: the smallest ``max_clusters + 1`` eigenvalues of the normalised Laplacian.
         n_clusters: chosen by the eigengap (or given).
-        gap: the largest eigengap ``λ_{k*+1} − λ_{k*}`` (large: clearly separate strategies).
+        gap: the chosen eigengap ``λ_{k*+1} − λ_{k*}`` (large: clearly separate strategies).
         embedding: ``(n, 2)`` coordinates for a scatter plot.
         prototypes: ``(n_clusters, H, W)`` mean normalised heatmap of each cluster, full size.
         nearest: per cluster, input rows of its members nearest to its prototype, nearest first.
@@ -147,18 +152,45 @@ def downsample(heatmaps: Tensor | np.ndarray, size: int | tuple[int, int] = 16) 
     return (pooled / torch.where(norm > 0, norm, torch.ones_like(norm))).numpy()
 
 
-def knn_affinity(features: np.ndarray, n_neighbors: int) -> Any:
-    """The symmetric k-nearest-neighbour connectivity graph (scipy sparse, 0/1)."""
-    from sklearn.neighbors import kneighbors_graph
+def knn_affinity(features: np.ndarray, n_neighbors: int, *, weights: Weights = "self-tuning",
+                 scale_neighbor: int = 7) -> Any:
+    """The symmetric k-nearest-neighbour graph (scipy sparse): an edge ``i–j`` where ``j`` is
+    one of the k nearest of ``i`` or the reverse.
 
-    k = min(n_neighbors, len(features) - 1)
-    graph = kneighbors_graph(features, k, mode="connectivity", include_self=False)
+    ``weights="self-tuning"`` (Zelnik-Manor & Perona 2004): ``A_ij = exp(−d_ij² / (σ_i σ_j))``
+    with ``σ_i`` the distance from ``i`` to its ``scale_neighbor``-th nearest neighbour, so that
+    an edge from a diffuse region into a tight group (a Clever Hans cluster) weighs little;
+    ``"connectivity"``: ``A_ij = 1``.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    n = len(features)
+    k = min(n_neighbors, n - 1)
+    dist, near = NearestNeighbors(n_neighbors=max(k, min(scale_neighbor, n - 1)) + 1).fit(
+        features).kneighbors(features)  # column 0: the point itself
+    rows, cols, d = np.repeat(np.arange(n), k), near[:, 1:k + 1].ravel(), dist[:, 1:k + 1].ravel()
+    if weights == "connectivity":
+        w = np.ones_like(d)
+    elif weights == "self-tuning":
+        sigma = dist[:, min(scale_neighbor, n - 1)]
+        sigma = np.where(sigma > 0, sigma, max(float(sigma.max()), 1e-12))
+        w = np.exp(-(d ** 2) / (sigma[rows] * sigma[cols]))
+    else:
+        raise SprayInputError(
+            f"spray: weights must be 'self-tuning' or 'connectivity', not {weights!r}")
+    from scipy.sparse import csr_matrix
+
+    graph = csr_matrix((w, (rows, cols)), shape=(n, n))
     return graph.maximum(graph.T).tocsr()
 
 
-def eigengap(affinity: Any, max_clusters: int) -> tuple[np.ndarray, int, float]:
+def eigengap(affinity: Any, max_clusters: int, gap_ratio: float = 0.5
+             ) -> tuple[np.ndarray, int, float]:
     """Smallest ``max_clusters + 1`` eigenvalues of the normalised Laplacian of ``affinity``,
-    the number of clusters at the largest gap, and that gap."""
+    the number of clusters (the first gap at least ``gap_ratio`` times the largest), and
+    that gap."""
+    if not 0.0 < gap_ratio <= 1.0:
+        raise SprayInputError(f"spray: gap_ratio must lie in (0, 1], got {gap_ratio}")
     from scipy.sparse.csgraph import laplacian
 
     lap = laplacian(affinity.astype(np.float64), normed=True)
@@ -174,7 +206,7 @@ def eigengap(affinity: Any, max_clusters: int) -> tuple[np.ndarray, int, float]:
     if m < 2:
         return values, 1, 0.0
     gaps = np.diff(values)
-    best = int(np.argmax(gaps))
+    best = int(np.flatnonzero(gaps >= gap_ratio * gaps.max())[0])
     return values, best + 1, float(gaps[best])
 
 
@@ -231,14 +263,19 @@ def _scores(features: np.ndarray, affinity: Any, clusters: np.ndarray, k: int
 
 def spray_class(heatmaps: Tensor | np.ndarray, *, label: int = 0,
                 indices: np.ndarray | None = None, size: int | tuple[int, int] = 16,
-                n_neighbors: int | None = None, max_clusters: int = 8,
+                n_neighbors: int | None = None, weights: Weights = "self-tuning",
+                max_clusters: int = 8, gap_ratio: float = 0.5,
                 n_clusters: int | None = None, embedding: Embedding = "tsne",
                 n_nearest: int = 6, seed: int = 0) -> ClassSpray:
     """SpRAy of the maps of one class (``(n, H, W)``, n ≥ 3); see the module docstring.
 
     Args:
         n_neighbors: k of the k-NN graph; default ``max(10, round(√n))``, at most n − 1.
+        weights: ``"self-tuning"`` Gaussian edge weights or ``"connectivity"`` (0/1); see
+            :func:`knn_affinity`.
         max_clusters: the largest number of clusters the eigengap may choose.
+        gap_ratio: the first eigengap at least this share of the largest sets the number of
+            clusters (1.0: the largest gap).
         n_clusters: skip the eigengap and use this many.
         embedding: ``"tsne"`` or ``"spectral"`` (the graph's first two nontrivial
             eigenvectors).
@@ -259,8 +296,8 @@ def spray_class(heatmaps: Tensor | np.ndarray, *, label: int = 0,
     k_nn = n_neighbors if n_neighbors is not None else max(10, round(math.sqrt(n)))
     if k_nn < 1:
         raise SprayInputError(f"spray: n_neighbors must be positive, got {n_neighbors}")
-    affinity = knn_affinity(features, k_nn)
-    values, chosen, gap = eigengap(affinity, max_clusters)
+    affinity = knn_affinity(features, k_nn, weights=weights)
+    values, chosen, gap = eigengap(affinity, max_clusters, gap_ratio)
     k = n_clusters if n_clusters is not None else chosen
     clusters = _cluster(affinity, k, seed)
     full = maps.flatten(1)
@@ -286,8 +323,8 @@ def spray(heatmaps: Tensor | np.ndarray, labels: Tensor | np.ndarray | Sequence[
     grouped by ``labels`` ``(N,)`` (true labels, predictions or explained classes).
 
     Classes with fewer than ``min_samples`` maps are skipped (named in ``result.skipped``).
-    ``settings`` go to :func:`spray_class` (``size``, ``n_neighbors``, ``max_clusters``,
-    ``n_clusters``, ``embedding``, ``n_nearest``, ``seed``).
+    ``settings`` go to :func:`spray_class` (``size``, ``n_neighbors``, ``weights``,
+    ``max_clusters``, ``gap_ratio``, ``n_clusters``, ``embedding``, ``n_nearest``, ``seed``).
     """
     maps = _as_maps(heatmaps)
     labs = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64).ravel()
