@@ -369,3 +369,14 @@ def test_hugging_face_datasets_folder(images: Path, tmp_path: Path) -> None:
     assert [r["label"] for r in store.index] == [r["label"] for r in reference.index]
     torch.testing.assert_close(store.relevances(list(range(24))),
                                reference.relevances(list(range(24))))
+
+
+def test_killed_while_writing_the_first_manifest(images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".manifest.json.tmp-123").write_bytes(b'{"form')  # torn
+    assert len(run(images, out, resume=True)) == 24
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(StoreExistsError, match="not empty"):
+        run(images, tmp_path / "other")

@@ -127,3 +127,29 @@ def test_torchrun_two_nodes_on_localhost(tmp_path: Path) -> None:
     errors = [launcher.communicate(timeout=300)[1].decode() for launcher in launchers]
     assert [launcher.returncode for launcher in launchers] == [0, 0], errors
     _check_same(out, reference, 2)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed at 6 random moments (start-up, reading, explaining, writing), then resumed."""
+    import random
+
+    data = make_images(tmp_path / "images")
+    monkeypatch.setenv("RELPROP_TEST_SLEEP", "0")
+    reference = _reference(data, tmp_path / "ref", "slow_cnn")
+    out = tmp_path / "out"
+    rng = random.Random(0)
+    for attempt in range(6):
+        args = _explain_args(data, out, "slow_cnn") + (["--resume"] if attempt else [])
+        process = subprocess.Popen([sys.executable, "-m", "relprop", *args],
+                                   env=_env(RELPROP_TEST_SLEEP="0.05"), cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 8.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    explain_dataset(RunConfig(model="tests.helpers.run_models:slow_cnn", data=data, out=out,
+                              batch_size=4, workers=0, quiet=True, resume=True))
+    store = relprop.store.open(out)
+    assert [row["id"] for row in store.index] == list(range(24))
+    torch.testing.assert_close(store.relevances(list(range(24))),
+                               reference.relevances(list(range(24))))

@@ -118,7 +118,8 @@ def _prepare(root: Path, manifest: dict[str, Any], config: RunConfig, where: Ran
                 raise StoreExistsError(f"{root} already holds a run: pass --resume to finish "
                                        "or check it, or choose another --out folder")
             _compare(store_writer.read_manifest(root), manifest, root)
-        elif root.is_dir() and any(root.iterdir()):
+        elif root.is_dir() and any(not p.name.startswith(f".{MANIFEST}.tmp-")
+                                   for p in root.iterdir()):  # a torn first manifest is ok
             raise StoreExistsError(f"{root} is not empty and holds no relprop run; choose an "
                                    "empty or new --out folder")
         store_writer.write_manifest(root, manifest)
