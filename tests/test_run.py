@@ -165,8 +165,11 @@ def test_mixed_sizes_need_resize(images: Path, tmp_path: Path) -> None:
     Image.fromarray(np.zeros((20, 18, 3), dtype=np.uint8)).save(images / "class1" / "big.png")
     with pytest.raises(MixedSizesError, match=r"class1/big.png .*\(3, 20, 18\).*--resize"):
         run(images, tmp_path / "out")
-    store = run(images, tmp_path / "out2", preprocess=Preprocess(resize=16, crop=16))
-    assert len(store) == 25 and store.relevance("class1/big.png").shape == (16, 16)
+    store = run(images, tmp_path / "out2", preprocess=Preprocess(resize=16, crop=(16, 14)))
+    assert len(store) == 25 and store.relevance("class1/big.png").shape == (16, 14)
+    again = run(images, tmp_path / "out2", preprocess=Preprocess(resize=16, crop=(16, 14)),
+                resume=True)  # the settings read back from JSON compare equal
+    assert len(again) == 25
 
 
 def test_unreadable_and_unexplainable_samples_are_failed_rows(images: Path,

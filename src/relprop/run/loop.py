@@ -77,7 +77,7 @@ def _columns(config: RunConfig) -> tuple[list[str], dict[str, str]]:
 def _manifest(config: RunConfig, model: LoadedModel, source: Source, chunks: int,
               where: Ranks) -> dict[str, Any]:
     columns, types = _columns(config)
-    return {
+    manifest = {
         "complete": False, "relprop": __version__, "created": time.time(),
         "argv": list(sys.argv),
         "model": {"spec": str(config.model), "weights": str(config.weights or ""),
@@ -89,6 +89,8 @@ def _manifest(config: RunConfig, model: LoadedModel, source: Source, chunks: int
         "columns": columns, "column_types": types, "methods": list(config.methods),
         "metrics": list(config.metrics),
     }
+    result: dict[str, Any] = json.loads(json.dumps(manifest))  # as it reads back: lists
+    return result
 
 
 def _compare(old: dict[str, Any], new: dict[str, Any], root: Path) -> None:
