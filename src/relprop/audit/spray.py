@@ -281,6 +281,21 @@ def spray_class(heatmaps: Tensor | np.ndarray, *, label: int = 0,
             eigenvectors).
         n_nearest: members listed per cluster, nearest to its prototype first.
     """
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
+    # one BLAS/OpenMP thread: a class is a small problem, and t-SNE's threads spinning on
+    # busy cores cost up to 10x (measured on a shared 2-core machine)
+    with threadpool_limits(limits=1):
+        return _spray_class(heatmaps, label=label, indices=indices, size=size,
+                            n_neighbors=n_neighbors, weights=weights, max_clusters=max_clusters,
+                            gap_ratio=gap_ratio, n_clusters=n_clusters, embedding=embedding,
+                            n_nearest=n_nearest, seed=seed)
+
+
+def _spray_class(heatmaps: Tensor | np.ndarray, *, label: int, indices: np.ndarray | None,
+                 size: int | tuple[int, int], n_neighbors: int | None, weights: Weights,
+                 max_clusters: int, gap_ratio: float, n_clusters: int | None,
+                 embedding: Embedding, n_nearest: int, seed: int) -> ClassSpray:
     maps = _as_maps(heatmaps)
     n = maps.shape[0]
     if n < 3:
