@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,14 @@ def _accuracy(rows: list[dict[str, Any]], classes: np.ndarray, label: int) -> di
 
 def run(args: argparse.Namespace) -> int:
     """Run ``relprop audit``: SpRAy per class, the report, ``spray.json``; exit status 0."""
+    from ..store import StoreError
+
     start = time.perf_counter()
-    store, rows, maps, classes = load_store(args.run_dir, args.by)
+    try:
+        store, rows, maps, classes = load_store(args.run_dir, args.by)
+    except StoreError as error:  # not a store, or a corrupt one: named, with the path
+        print(f"relprop audit: error: {error}", file=sys.stderr)
+        return 1
     result = spray(maps, classes, min_samples=args.min_samples, size=args.size,
                    n_neighbors=args.neighbors, weights=args.weights,
                    max_clusters=args.max_clusters, gap_ratio=args.gap_ratio,
