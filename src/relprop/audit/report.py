@@ -183,7 +183,7 @@ def _section_order(item: tuple[int, ClassSpray]) -> tuple[float, int]:
 
 def _class_metrics(c: ClassSpray, extra: Mapping[int, Mapping[str, str]]) -> dict[str, str]:
     out = {"samples": str(len(c.indices)), "clusters (eigengap)": str(c.n_clusters),
-           "largest eigengap": f"{c.gap:.3f}",
+           "chosen eigengap": f"{c.gap:.3f}",
            "eigenvalues": " ".join(f"{v:.3f}" for v in c.eigenvalues)}
     out.update(extra.get(c.label, {}))
     return out

@@ -30,7 +30,7 @@ def _frame(width: int, height: int, label: str, body: list[str]) -> str:
 
 def eigengap_svg(eigenvalues: np.ndarray, chosen: int, *, width: int = 320,
                  height: int = 200) -> str:
-    """The smallest eigenvalues ``λ_1 … λ_m`` of the graph Laplacian as dots, the largest gap
+    """The smallest eigenvalues ``λ_1 … λ_m`` of the graph Laplacian as dots, the chosen gap
     (between ``λ_chosen`` and ``λ_chosen+1``) marked: the number of clusters SpRAy chose."""
     values = np.asarray(eigenvalues, dtype=float)
     left, right, top, bottom = 40, 12, 14, 34
@@ -47,7 +47,7 @@ def eigengap_svg(eigenvalues: np.ndarray, chosen: int, *, width: int = 320,
             f'<text x="4" y="{top + 4}" font-size="10">{top_value:.2f}</text>',
             f'<text x="4" y="{height - bottom}" font-size="10">0</text>',
             f'<text x="{left}" y="{height - 8}" font-size="11">eigenvalue index k '
-            f'(largest gap after k = {chosen})</text>']
+            f'(first large gap after k = {chosen})</text>']
     if 1 <= chosen < len(values):
         (x0, y0), (x1, y1) = xy(chosen - 1, values[chosen - 1]), xy(chosen, values[chosen])
         body.append(f'<line x1="{(x0 + x1) / 2:.1f}" y1="{y0:.1f}" x2="{(x0 + x1) / 2:.1f}" '
