@@ -69,6 +69,7 @@ def chromium() -> str:
 
 def run_chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
+               "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
                f"--user-data-dir={tmp / 'profile'}", "--enable-logging=stderr", "--v=0",
                "--virtual-time-budget=5000", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
