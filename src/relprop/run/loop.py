@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .. import __version__
 from ..store import writer as store_writer
 from ..store.errors import FingerprintMismatchError, StoreExistsError
 from ..store.format import BASE_COLUMNS, MANIFEST
@@ -61,6 +60,12 @@ def _device(config: RunConfig, where: Ranks) -> torch.device:
     return torch.device("cpu")
 
 
+def _version() -> str:
+    import importlib
+
+    return str(getattr(importlib.import_module("relprop"), "__version__", "?"))
+
+
 def _data_fingerprint(source: Source) -> str:
     digest = hashlib.sha256(source.fingerprint().encode())
     digest.update(json.dumps([source.paths, source.labels]).encode())
@@ -78,7 +83,7 @@ def _manifest(config: RunConfig, model: LoadedModel, source: Source, chunks: int
               where: Ranks) -> dict[str, Any]:
     columns, types = _columns(config)
     manifest = {
-        "complete": False, "relprop": __version__, "created": time.time(),
+        "complete": False, "relprop": _version(), "created": time.time(),
         "argv": list(sys.argv),
         "model": {"spec": str(config.model), "weights": str(config.weights or ""),
                   "kind": model.kind, "fingerprint": model.fingerprint},
