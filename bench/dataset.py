@@ -12,6 +12,9 @@ same files with the same DataLoader settings (``--workers``, ``--batch-size``):
   model fingerprint, listing, reading, preprocessing, explaining, float16 shards written
   atomically with checksums, the index — the runner's own cost over the same maths.
 * ``relprop run, lrp``     the same with LRP (the default composite), the default run.
+* ``plain relprop.explain loop`` the plain loop with ``relprop.explain`` (default composite)
+  instead of the gradient: what LRP itself costs, so that ``relprop run, lrp`` against it is
+  the runner's overhead for LRP.
 
 Rounds are interleaved (plain, gradient run, lrp run, plain, ...) and the median of
 ``--rounds`` is reported, since the machine may be shared. Prints a table; never fails.
@@ -74,14 +77,20 @@ class Plain(Dataset[Tensor]):
         return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
 
-def plain_loop(files: list[Path], args: argparse.Namespace) -> float:
+def plain_loop(files: list[Path], args: argparse.Namespace, lrp: bool = False) -> float:
+    import relprop
+
     model = small_cnn().to(args.device)
     loader = DataLoader(Plain(files), batch_size=args.batch_size, num_workers=args.workers,
                         pin_memory=args.device != "cpu")
     start = time.perf_counter()
     kept = []
     for x in loader:
-        x = x.to(args.device).requires_grad_(True)
+        x = x.to(args.device)
+        if lrp:
+            kept.append(relprop.explain(model, x).relevance.sum(1).cpu())
+            continue
+        x.requires_grad_(True)
         out = model(x)
         top = out.gather(1, out.argmax(1, keepdim=True)).sum()
         (grad,) = torch.autograd.grad(top, x)
@@ -117,24 +126,30 @@ def main() -> None:
         files = make_data(root / "data", args.n, args.size)
         # one untimed pass of each: lazy imports and first-use set-up are not a run's cost
         plain_loop(files[: args.batch_size], args)
+        plain_loop(files[: args.batch_size], args, lrp=True)
         for method in ("gradient", "lrp"):
             relprop_run(root / "data", root / f"warm-{method}", method, args)
         times: dict[str, list[float]] = {"plain gradient loop": [], "relprop run, gradient": [],
-                                         "relprop run, lrp": []}
+                                         "relprop run, lrp": [],
+                                         "plain relprop.explain loop": []}
         for r in range(args.rounds):
             times["plain gradient loop"].append(plain_loop(files, args))
             for method in ("gradient", "lrp"):
                 seconds = relprop_run(root / "data", root / f"r{r}-{method}", method, args)
                 times[f"relprop run, {method}"].append(seconds)
+            times["plain relprop.explain loop"].append(plain_loop(files, args, lrp=True))
         stored = sum(p.stat().st_size for p in (root / "r0-lrp" / "shards").glob("*.safetensors"))
     reference = statistics.median(times["plain gradient loop"])
     print(f"{args.n} PNGs {args.size}x{args.size}, batch {args.batch_size}, {args.workers} "
           f"workers, {args.device}, torch threads {torch.get_num_threads()}, median of "
           f"{args.rounds} interleaved rounds")
-    print(f"{'pipeline':<24} {'seconds':>8} {'samples/s':>10} {'vs plain':>9}")
+    print(f"{'pipeline':<28} {'seconds':>8} {'samples/s':>10} {'vs plain':>9}")
     for name, values in times.items():
         seconds = statistics.median(values)
-        print(f"{name:<24} {seconds:>8.2f} {args.n / seconds:>10.1f} {reference / seconds:>8.2f}x")
+        print(f"{name:<28} {seconds:>8.2f} {args.n / seconds:>10.1f} {reference / seconds:>8.2f}x")
+    ratio = statistics.median(times["plain relprop.explain loop"]) / statistics.median(
+        times["relprop run, lrp"])
+    print(f"relprop run, lrp vs plain relprop.explain loop: {ratio:.2f}x")
     print(f"stored: {stored / args.n / 1024:.1f} KiB per sample (float16 channel sum + "
           "64 px thumbnail)")
     sys.stdout.flush()
