@@ -383,3 +383,26 @@ def test_killed_while_writing_the_first_manifest(images: Path, tmp_path: Path) -
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(StoreExistsError, match="not empty"):
         run(images, tmp_path / "other")
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import os
+    import pty
+    import sys
+
+    from relprop.run.progress import Progress
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert Progress(10)._bar is None  # not a terminal: silent
+    master, slave = pty.openpty()  # a terminal that reports 0 columns, like some CI shells
+    with os.fdopen(slave, "w") as stream:
+        monkeypatch.setattr(sys, "stderr", stream)
+        with Progress(10, 2) as bar:
+            bar.update(8)
+        stream.flush()
+        text = os.read(master, 100_000).decode(errors="replace")
+    os.close(master)
+    assert "10/10" in text and "sample/s" in text
+    with Progress(10, disable=True) as quiet:
+        assert quiet._bar is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from types import TracebackType
 from typing import Any
@@ -21,8 +22,14 @@ class Progress:
             from tqdm import tqdm
         except ImportError:
             return
+        try:  # a pseudo-terminal may report 0 columns, where tqdm would draw nothing
+            sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        except (OSError, ValueError):
+            sized = False
         self._bar = tqdm(total=total, initial=done, unit="sample", unit_scale=False,
-                         dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
+                         dynamic_ncols=sized, ncols=None if sized else 80,
+                         nrows=None if sized else 24, smoothing=0.1,
+                         file=sys.stderr)
 
     def update(self, n: int) -> None:
         """``n`` more samples done."""
