@@ -19,7 +19,8 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert main(["explain", "--model", "relprop.audit.planted:build_model", "--weights",
                  str(root / "planted" / "planted_cnn.safetensors"), "--data",
                  str(root / "planted" / "test"), "--target", "true", "--out",
-                 str(root / "run"), "--batch-size", "32", "--quiet"]) == 0
+                 str(root / "run"), "--batch-size", "32", "--metrics", "positive_share",
+                 "--quiet"]) == 0
     assert main(["audit", str(root / "run"), "--out", str(root / "report"),
                  "--embedding", "spectral", "--per-class", "8"]) == 0
     return {"planted": root / "planted", "run": root / "run", "report": root / "report"}
@@ -54,6 +55,7 @@ def test_report_folder_is_complete(audited: dict[str, Path]) -> None:
     assert sum(ring["sizes"]) == 40 and ring["n_clusters"] >= 2
     html = (report / "index.html").read_text()
     assert "class ring (2)" in html and "Candidates for a Clever Hans strategy" in html
+    assert "mean positive_share" in html and "accuracy (label = prediction)" in html
     # the ring class splits, so its section comes first
     assert html.index('id="class-2"') < html.index('id="class-0"')
 

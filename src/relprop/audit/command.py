@@ -117,7 +117,9 @@ def _class_names(store: Any) -> dict[int, str]:
     return {}
 
 
-def _accuracy(rows: list[dict[str, Any]], classes: np.ndarray, label: int) -> dict[str, str]:
+def _class_metrics(rows: list[dict[str, Any]], classes: np.ndarray, label: int,
+                   metrics: list[str]) -> dict[str, str]:
+    """Accuracy, mean relevance sum and the mean of each stored metric column, per class."""
     mine = [r for r, c in zip(rows, classes) if c == label]
     right = [r["label"] == r["prediction"] for r in mine
              if r.get("label") is not None and int(r["label"]) >= 0]
@@ -125,6 +127,10 @@ def _accuracy(rows: list[dict[str, Any]], classes: np.ndarray, label: int) -> di
     out = {"mean relevance sum": f"{np.mean(sums):.3g}"} if sums else {}
     if right:
         out["accuracy (label = prediction)"] = f"{np.mean(right):.1%}"
+    for name in metrics:
+        values = [float(r[name]) for r in mine if isinstance(r.get(name), (int, float))]
+        if values:
+            out[f"mean {name}"] = f"{np.nanmean(values):.3g}"
     return out
 
 
@@ -146,13 +152,15 @@ def run(args: argparse.Namespace) -> int:
     names = [str(r["path"]) for r in rows]
     class_names = _class_names(store)
     failed = sum(1 for r in store.index if r["status"] != "ok")
+    metrics = [str(m) for m in store.manifest.get("metrics", [])]
     summary = {"run": str(Path(args.run_dir).resolve()), "samples explained": len(rows),
                "samples failed": failed, "grouped by": args.by,
                "model": store.manifest.get("model", {}).get("spec", store.manifest.get(
                    "model", "")), "data": store.manifest.get("data", {}).get("path", "")}
     report = write_report(
         args.out, result, StoreSamples(store, ids), class_names=class_names, summary=summary,
-        class_metrics={lab: _accuracy(rows, classes, lab) for lab in result.classes},
+        class_metrics={lab: _class_metrics(rows, classes, lab, metrics)
+                       for lab in result.classes},
         per_class=args.per_class)
     (Path(args.out) / "spray.json").write_text(json.dumps(spray_json(result, names), indent=1))
     print(f"SpRAy over {len(rows)} samples in {len(result.classes)} classes "
