@@ -172,6 +172,9 @@ class LinearOp:
         self._weight = weight
         self._bias = bias
         self._affine = affine
+        #: True while another backward pass over the same call follows (several targets)
+        self.again = False
+        self._kept: dict[object, Any] = {}
 
     @cached_property
     def weight(self) -> Tensor:
@@ -262,8 +265,21 @@ class LinearOp:
         the engine warns by layer where it exceeds ``Rule.relevance_tolerance``)."""
         self.reports[name] = value.detach()
 
+    def once(self, key: object, make: Callable[[], Any]) -> tuple[Any, bool]:
+        """A term of the rule that does not depend on the signal (a modified forward, a
+        denominator): ``(value, owned)``. While further backward passes over this call
+        follow (several targets), the value is computed once, kept until :meth:`release`
+        and not ``owned`` (the rule must not write into it); otherwise it is made afresh and
+        ``owned``: the rule may use it as a temporary."""
+        if not self.again and key not in self._kept:
+            return make(), True
+        if key not in self._kept:
+            self._kept[key] = make()
+        return self._kept[key], False
+
     def release(self) -> None:
         """Drop the weights computed for this op's backward step (they can be large)."""
+        self._kept.clear()
         for name in ("weight", "bias", "positive_weight", "negative_weight", "positive_bias",
                      "negative_bias"):
             self.__dict__.pop(name, None)
