@@ -84,6 +84,7 @@ def _randomize_batchnorm(model: nn.Module, seed: int) -> None:
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
                 n = m.num_features
                 m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
                 m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
@@ -176,6 +177,8 @@ class Llama(nn.Module):
         half = dim // heads // 2
         freq = 1.0 / (10000 ** (torch.arange(half) / half))
         angles = torch.arange(length)[:, None] * freq[None]
+        self.cos: Tensor
+        self.sin: Tensor
         self.register_buffer("cos", torch.cat([angles.cos()] * 2, -1), persistent=False)
         self.register_buffer("sin", torch.cat([angles.sin()] * 2, -1), persistent=False)
 

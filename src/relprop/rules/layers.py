@@ -155,7 +155,7 @@ class Gamma(LayerRule):
             denom, _ = op.once(("gamma+", id(self)), denominator)
             s_pos = relevance.div_(denom)
             if nonneg:
-                rho, _ = op.once(("w+γw+", gamma), lambda: torch.add(
+                rho = op.rho(("w+γw+", gamma), lambda: torch.add(
                     w, op.positive_weight, alpha=gamma))
                 return op.input_vjp(a, rho, s_pos)
             return op.input_vjp(a, w, s_pos) + gamma * signed_vjp(op, a, False, s_pos, None)
@@ -164,9 +164,9 @@ class Gamma(LayerRule):
         s = relevance.div_(denom)
         s_pos, s_neg = s.masked_fill(~positive_out, 0.0), s.masked_fill(positive_out, 0.0)
         if nonneg:  # rho(W) = W + γW⁺ for positive outputs, W + γW⁻ for negative ones
-            rho_pos, _ = op.once(("w+γw+", gamma), lambda: torch.add(
+            rho_pos = op.rho(("w+γw+", gamma), lambda: torch.add(
                 w, op.positive_weight, alpha=gamma))
-            rho_neg, _ = op.once(("w+γw-", gamma), lambda: torch.add(
+            rho_neg = op.rho(("w+γw-", gamma), lambda: torch.add(
                 w, op.negative_weight, alpha=gamma))
             return op.input_vjp(a, rho_pos, s_pos) + op.input_vjp(a, rho_neg, s_neg)
         return op.input_vjp(a, w, s) + gamma * signed_vjp(op, a, nonneg, s_pos, s_neg)
@@ -290,7 +290,7 @@ class WSquare(LayerRule):
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         def squares_and_total() -> tuple[Tensor, Tensor]:
-            w2 = op.weight * op.weight
+            w2 = op.rho("w2", lambda: op.weight * op.weight)
             return w2, stabilize(op.forward(torch.ones_like(a), w2), self.stabilizer)
 
         (w2, total), _ = op.once(("w2", id(self)), squares_and_total)
