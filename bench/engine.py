@@ -1,22 +1,38 @@
 #!/usr/bin/env python
 """Benchmark relprop against a plain input gradient (and zennit / captum when installed).
 
-For each model (VGG-16, ResNet-50 from ``tests/helpers/models.py``, random weights, 224x224
-input) and batch size, this measures for every method the median wall time of ``--repeats``
-calls after ``--warmup`` calls, and the peak *extra* memory of those calls:
+Models (random weights): ResNet-50 and VGG-16 from ``tests/helpers/models.py``; an
+EfficientNet-B0-style net (depthwise convs, SiLU, squeeze-and-excitation), ViT-B/16 and a
+Llama-style decoder (8 layers x 1024, 1,024 tokens, next-token logit) from
+``relprop_bench.engine_models``. ``--small`` shrinks them for quick runs (112x112 images, a
+4-block ViT, Llama 2 x 512 at 256 tokens), ``--quick`` to tiny smoke-test sizes.
+
+For each model and batch size every method runs ``--calls`` times in a fresh process; the
+table gives the median of the calls after the third (warm), the median of the first three
+(a user explaining a few inputs per process sees these), their ratio, the ratio of the warm
+time to the gradient's, and the peak *extra* memory:
 
 * ``forward``                 ``model(x)`` under ``torch.no_grad()``
 * ``gradient``                forward + ``torch.autograd.grad`` of one logit per sample w.r.t.
-                              the input (the reference every ratio is taken against)
-* ``relprop epsilon_plus_flat`` / ``relprop epsilon_gamma_box``
-                              ``relprop.explain(model, x, target=t, composite=...)`` with
-                              ``relprop.composites.epsilon_plus_flat()`` and
-                              ``relprop.composites.epsilon_gamma_box(low=-3.0, high=3.0)``
-* ``zennit EpsilonPlusFlat`` / ``zennit EpsilonGammaBox``  (only if zennit is importable)
+                              the input (for the decoder: w.r.t. the input embeddings, the
+                              next-token logit): the reference every ratio is taken against
+* ``relprop epsilon``         uniform ``Epsilon(1e-6)``
+* ``relprop epsilon_plus_flat`` / ``relprop epsilon_gamma_box``   (CNNs)
+                              ``relprop.composites.epsilon_plus_flat()`` (z⁺ on convolutions)
+                              and ``epsilon_gamma_box(low=-3.0, high=3.0)`` (γ)
+* ``relprop attnlrp``         ``relprop.composites.attnlrp()`` (transformers)
+* ``relprop K targets`` / ``relprop K calls``   ``--k`` classes per sample (next tokens at
+                              the last K positions for the decoder) in one call, against K
+                              separate calls; printed again as the K-target table
+* ``zennit EpsilonPlusFlat`` / ``zennit EpsilonGammaBox``  (CNNs, only if zennit imports)
                               ``zennit.attribution.Gradient`` with the composite, entered per
                               call like ``relprop.explain`` does its own set-up per call.
-* ``captum LRP``              ``captum.attr.LRP(model).attribute(x, target=t)`` (only if
-                              captum is importable; captum's default rules, epsilon everywhere)
+* ``captum LRP``              ``captum.attr.LRP(model).attribute(x, target=t)`` (CNNs, only
+                              if captum is importable; captum's default rules, ε everywhere)
+
+``--device cuda`` and ``--dtype bfloat16|float16`` run the same table on a GPU in that dtype.
+The footer prints the FLOP floor of each goal. For ratios on a busy machine, see
+``bench/interleaved.py`` (process CPU time of interleaved rounds in one process).
 
 zennit notes: zennit 0.5's top-level ``__init__`` imports ``zennit.torchvision``, which imports
 torchvision. When torchvision is absent, the worker registers an empty placeholder module named
@@ -26,9 +42,11 @@ explicit by an ``AttributeCanonizer`` that gives our ``BasicBlock``/``Bottleneck
 ResNet block forward (``torch.stack`` + ``zennit.layer.Sum``), i.e. what ``ResNetCanonizer``
 does for torchvision models. The attribution target is a one-hot output gradient.
 
-Before the baseline, each worker calls the method once on a 1x3x32x32 input so that one-time
-process costs (lazy imports such as the sympy stack torch loads the first time autograd hooks
-or custom Functions run, ~35 MB of RSS; first-use initialisation) are not charged to a call.
+Before the baseline, each worker calls the method once on the tiny (``--quick``) variant of
+the model so that one-time process costs (lazy imports such as the sympy stack torch loads
+the first time autograd hooks or custom Functions run, ~35 MB of RSS; first-use
+initialisation) are not charged to a call, while the allocator is not warmed for the real
+sizes.
 
 Every measurement runs in a fresh subprocess (``--worker``), so allocator state and caches of
 one method never leak into another. Model parameters are frozen (``requires_grad_(False)``)
@@ -51,9 +69,10 @@ Peak memory, CUDA (``--device cuda``): ``torch.cuda.max_memory_allocated()`` min
 
 Usage::
 
-    python bench/engine.py                       # full run: vgg16,resnet50 x batch 1,8
-    python bench/engine.py --quick               # smoke check: small nets, 32x32, 1 repeat
-    python bench/engine.py --models resnet50 --batches 1 --threads 2 --repeats 5
+    python bench/engine.py                       # full run: 4 models x batch 1,8
+    python bench/engine.py --quick --batches 1   # smoke check: tiny nets
+    python bench/engine.py --small --models llama,vit_b16 --batches 1
+    python bench/engine.py --device cuda --dtype bfloat16
 
 The script never fails on a missing or broken method: such rows say "not installed" or
 "error: ..." and the exit status stays 0 (unless the arguments themselves are invalid).
