@@ -1,22 +1,38 @@
 #!/usr/bin/env python
 """Benchmark relprop against a plain input gradient (and zennit / captum when installed).
 
-For each model (VGG-16, ResNet-50 from ``tests/helpers/models.py``, random weights, 224x224
-input) and batch size, this measures for every method the median wall time of ``--repeats``
-calls after ``--warmup`` calls, and the peak *extra* memory of those calls:
+Models (random weights): ResNet-50 and VGG-16 from ``tests/helpers/models.py``; an
+EfficientNet-B0-style net (depthwise convs, SiLU, squeeze-and-excitation), ViT-B/16 and a
+Llama-style decoder (8 layers x 1024, 1,024 tokens, next-token logit) from
+``relprop_bench.engine_models``. ``--small`` shrinks them for quick runs (112x112 images, a
+4-block ViT, Llama 2 x 512 at 256 tokens), ``--quick`` to tiny smoke-test sizes.
+
+For each model and batch size every method runs ``--calls`` times in a fresh process; the
+table gives the median of the calls after the third (warm), the median of the first three
+(a user explaining a few inputs per process sees these), their ratio, the ratio of the warm
+time to the gradient's, and the peak *extra* memory:
 
 * ``forward``                 ``model(x)`` under ``torch.no_grad()``
 * ``gradient``                forward + ``torch.autograd.grad`` of one logit per sample w.r.t.
-                              the input (the reference every ratio is taken against)
-* ``relprop epsilon_plus_flat`` / ``relprop epsilon_gamma_box``
-                              ``relprop.explain(model, x, target=t, composite=...)`` with
-                              ``relprop.composites.epsilon_plus_flat()`` and
-                              ``relprop.composites.epsilon_gamma_box(low=-3.0, high=3.0)``
-* ``zennit EpsilonPlusFlat`` / ``zennit EpsilonGammaBox``  (only if zennit is importable)
+                              the input (for the decoder: w.r.t. the input embeddings, the
+                              next-token logit): the reference every ratio is taken against
+* ``relprop epsilon``         uniform ``Epsilon(1e-6)``
+* ``relprop epsilon_plus_flat`` / ``relprop epsilon_gamma_box``   (CNNs)
+                              ``relprop.composites.epsilon_plus_flat()`` (z⁺ on convolutions)
+                              and ``epsilon_gamma_box(low=-3.0, high=3.0)`` (γ)
+* ``relprop attnlrp``         ``relprop.composites.attnlrp()`` (transformers)
+* ``relprop K targets`` / ``relprop K calls``   ``--k`` classes per sample (next tokens at
+                              the last K positions for the decoder) in one call, against K
+                              separate calls; printed again as the K-target table
+* ``zennit EpsilonPlusFlat`` / ``zennit EpsilonGammaBox``  (CNNs, only if zennit imports)
                               ``zennit.attribution.Gradient`` with the composite, entered per
                               call like ``relprop.explain`` does its own set-up per call.
-* ``captum LRP``              ``captum.attr.LRP(model).attribute(x, target=t)`` (only if
-                              captum is importable; captum's default rules, epsilon everywhere)
+* ``captum LRP``              ``captum.attr.LRP(model).attribute(x, target=t)`` (CNNs, only
+                              if captum is importable; captum's default rules, ε everywhere)
+
+``--device cuda`` and ``--dtype bfloat16|float16`` run the same table on a GPU in that dtype.
+The footer prints the FLOP floor of each goal. For ratios on a busy machine, see
+``bench/interleaved.py`` (process CPU time of interleaved rounds in one process).
 
 zennit notes: zennit 0.5's top-level ``__init__`` imports ``zennit.torchvision``, which imports
 torchvision. When torchvision is absent, the worker registers an empty placeholder module named
@@ -26,9 +42,11 @@ explicit by an ``AttributeCanonizer`` that gives our ``BasicBlock``/``Bottleneck
 ResNet block forward (``torch.stack`` + ``zennit.layer.Sum``), i.e. what ``ResNetCanonizer``
 does for torchvision models. The attribution target is a one-hot output gradient.
 
-Before the baseline, each worker calls the method once on a 1x3x32x32 input so that one-time
-process costs (lazy imports such as the sympy stack torch loads the first time autograd hooks
-or custom Functions run, ~35 MB of RSS; first-use initialisation) are not charged to a call.
+Before the baseline, each worker calls the method once on the tiny (``--quick``) variant of
+the model so that one-time process costs (lazy imports such as the sympy stack torch loads
+the first time autograd hooks or custom Functions run, ~35 MB of RSS; first-use
+initialisation) are not charged to a call, while the allocator is not warmed for the real
+sizes.
 
 Every measurement runs in a fresh subprocess (``--worker``), so allocator state and caches of
 one method never leak into another. Model parameters are frozen (``requires_grad_(False)``)
@@ -51,9 +69,10 @@ Peak memory, CUDA (``--device cuda``): ``torch.cuda.max_memory_allocated()`` min
 
 Usage::
 
-    python bench/engine.py                       # full run: vgg16,resnet50 x batch 1,8
-    python bench/engine.py --quick               # smoke check: small nets, 32x32, 1 repeat
-    python bench/engine.py --models resnet50 --batches 1 --threads 2 --repeats 5
+    python bench/engine.py                       # full run: 4 models x batch 1,8
+    python bench/engine.py --quick --batches 1   # smoke check: tiny nets
+    python bench/engine.py --small --models llama,vit_b16 --batches 1
+    python bench/engine.py --device cuda --dtype bfloat16
 
 The script never fails on a missing or broken method: such rows say "not installed" or
 "error: ..." and the exit status stays 0 (unless the arguments themselves are invalid).
@@ -82,18 +101,28 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests.helpers.models
-if (ROOT / "src").is_dir() and str(ROOT / "src") not in sys.path:
-    sys.path.append(str(ROOT / "src"))  # relprop from the checkout if it is not installed
+for _path in (ROOT / "src", ROOT / "benchmarks" / "src"):  # relprop, relprop_bench from the
+    if _path.is_dir() and str(_path) not in sys.path:    # checkout if they are not installed
+        sys.path.append(str(_path))
 
 METHODS: list[str] = [
     "forward",
     "gradient",
+    "relprop epsilon",
     "relprop epsilon_plus_flat",
     "relprop epsilon_gamma_box",
+    "relprop attnlrp",
     "zennit EpsilonPlusFlat",
     "zennit EpsilonGammaBox",
     "captum LRP",
+    "relprop K targets",
+    "relprop K calls",
 ]
+#: methods that apply to convolutional nets only / to transformers only
+CNN_ONLY = {"relprop epsilon_plus_flat", "relprop epsilon_gamma_box", "zennit EpsilonPlusFlat",
+            "zennit EpsilonGammaBox", "captum LRP"}
+TRANSFORMER_ONLY = {"relprop attnlrp"}
+TRANSFORMERS = {"vit_b16", "llama"}
 REQUIRES = {"relprop": "relprop", "zennit": "zennit", "captum": "captum"}
 
 
@@ -106,17 +135,43 @@ class Unavailable(Exception):
 
 
 # ------------------------------------------------------------------------------ models
-def build_model(name: str, quick: bool) -> tuple[Any, int, int]:
-    """Return (model, input side, number of classes)."""
+def build_model(name: str, quick: bool, small: bool = False) -> tuple[Any, int, int]:
+    """Return (model, input side or sequence length, number of classes or vocabulary)."""
     from tests.helpers import models as M
+
+    from relprop_bench import engine_models as E
 
     if name == "vgg16":
         return (M.vgg("D-tiny", num_classes=10), 32, 10) if quick else (M.vgg16(), 224, 1000)
     if name == "resnet50":
         if quick:
             return M.resnet((1, 1), block="bottleneck", width=8, num_classes=10), 32, 10
-        return M.resnet50(), 224, 1000
-    raise SystemExit(f"unknown model {name!r} (choose from vgg16, resnet50)")
+        return M.resnet50(), 112 if small else 224, 1000
+    if name == "efficientnet_b0":
+        if quick:
+            return M.efficientnet(), 32, 10
+        return E.efficientnet_b0(), 112 if small else 224, 1000
+    if name == "vit_b16":
+        if quick:
+            return E.vit_b16(image=32, depth=1, num_classes=10), 32, 10
+        side = 112 if small else 224
+        return E.vit_b16(image=side, depth=4 if small else 12), side, 1000
+    if name == "llama":
+        if quick:
+            return E.llama(depth=1, dim=64, length=16, vocab=100), 16, 100
+        if small:
+            return E.llama(depth=2, dim=512, length=256, vocab=8000), 256, 8000
+        return E.llama(), 1024, 32000
+    raise SystemExit(f"unknown model {name!r} (choose from vgg16, resnet50, efficientnet_b0, "
+                     "vit_b16, llama)")
+
+
+def applies(method: str, model: str) -> bool:
+    """Whether ``method`` is measured on ``model`` (LRP composites for convolutions on CNNs,
+    AttnLRP on transformers; zennit and captum have no transformer rules)."""
+    if model in TRANSFORMERS:
+        return method not in CNN_ONLY
+    return method not in TRANSFORMER_ONLY
 
 
 # ----------------------------------------------------------------------------- methods
@@ -138,7 +193,7 @@ def _stub_torchvision() -> None:
 
 
 def make_method(method: str, model: Any, x: Any, target: Any,
-                num_classes: int) -> tuple[Callable[[], None], str]:
+                num_classes: int, k: int = 10) -> tuple[Callable[[], None], str]:
     """Return a closure that runs ``method`` once, and a note for the table.
 
     Raises NotInstalled / Unavailable when the library or its API is missing."""
@@ -155,6 +210,14 @@ def make_method(method: str, model: Any, x: Any, target: Any,
         return run, ""
 
     if method == "gradient":
+        embed = getattr(model, "embed", None)
+        if not x.is_floating_point() and embed is not None:  # w.r.t. the input embeddings
+            def run() -> None:
+                h = embed(x).detach().requires_grad_(True)
+                out = model.from_embeddings(h)[:, -1]
+                (grad,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), h)
+            return run, "w.r.t. the input embeddings"
+
         def run() -> None:
             xg = x.detach().requires_grad_(True)
             out = model(xg)
@@ -162,18 +225,9 @@ def make_method(method: str, model: Any, x: Any, target: Any,
         return run, ""
 
     if lib == "relprop":
-        import relprop
+        from relprop_bench.engine_methods import relprop_method
 
-        if not hasattr(relprop, "explain") or not hasattr(relprop, "composites"):
-            raise Unavailable("relprop.explain / relprop.composites do not exist")
-        if method.endswith("epsilon_plus_flat"):
-            composite = relprop.composites.epsilon_plus_flat()
-        else:
-            composite = relprop.composites.epsilon_gamma_box(low=-3.0, high=3.0)
-
-        def run() -> None:
-            relprop.explain(model, x, target=target, composite=composite)
-        return run, ""
+        return relprop_method(method, model, x, target, num_classes, k)
 
     if lib == "zennit":
         _stub_torchvision()
@@ -323,23 +377,38 @@ class PeakMemory:
 
 
 # ------------------------------------------------------------------------------ worker
+def _inputs(model_name: str, batch: int, side: int, num_classes: int, device: str,
+            dtype: Any, gen: Any) -> tuple[Any, Any]:
+    """The input (images, or token ids for the decoder) and one target per sample."""
+    import torch
+
+    if model_name == "llama":
+        x = torch.randint(0, num_classes, (batch, side), generator=gen).to(device)
+    else:
+        x = torch.randn(batch, 3, side, side, generator=gen).to(device, dtype)
+    return x, ((7 * torch.arange(batch)) % num_classes).to(device)
+
+
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    device = args.device
-    model, side, num_classes = build_model(args.model, args.quick)
-    model = model.to(device).eval().requires_grad_(args.param_grad)
+    device, dtype = args.device, getattr(torch, args.dtype)
     gen = torch.Generator().manual_seed(1234)
-    x = torch.randn(args.batch, 3, side, side, generator=gen).to(device)
-    target = ((7 * torch.arange(args.batch)) % num_classes).to(device)
     try:
-        run, note = make_method(args.method, model, x, target, num_classes)
         # One-time process costs (lazy imports, e.g. torch's sympy stack that autograd hooks
-        # pull in, ~35 MB) are paid before the baseline, by one call on a 1x3x32x32 input.
-        tiny = torch.randn(1, 3, 32, 32, generator=gen).to(device)
-        make_method(args.method, model, tiny, target[:1], num_classes)[0]()
-        del tiny
+        # pull in, ~35 MB; first-use initialisation) are paid before the baseline, by one
+        # call on the small variant of the model (--quick): the allocator is not warmed for
+        # the real sizes, so the first timed calls are those of a fresh process.
+        tiny_model, tiny_side, tiny_classes = build_model(args.model, True)
+        tiny_model = tiny_model.to(device, dtype).eval().requires_grad_(args.param_grad)
+        tiny_x, tiny_t = _inputs(args.model, 1, tiny_side, tiny_classes, device, dtype, gen)
+        make_method(args.method, tiny_model, tiny_x, tiny_t, tiny_classes, min(args.k, 4))[0]()
+        del tiny_model, tiny_x
+        model, side, num_classes = build_model(args.model, args.quick, args.small)
+        model = model.to(device, dtype).eval().requires_grad_(args.param_grad)
+        x, target = _inputs(args.model, args.batch, side, num_classes, device, dtype, gen)
+        run, note = make_method(args.method, model, x, target, num_classes, args.k)
     except NotInstalled:
         return {"status": "not installed"}
     except Unavailable as e:
@@ -352,16 +421,16 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     mem = PeakMemory(device)
     mem.start()
     times = []
-    for i in range(args.warmup + args.repeats):
+    for _ in range(args.calls):
         sync()
         t0 = time.perf_counter()
         run()
         sync()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
     peak = mem.stop()
-    return {"status": "ok", "time_s": statistics.median(times), "times_s": times,
-            "peak_bytes": max(peak, 0), "mem": mem.kind, "note": note}
+    first, warm = times[:3], times[3:] or times
+    return {"status": "ok", "time_s": statistics.median(warm), "first_s": statistics.median(first),
+            "times_s": times, "peak_bytes": max(peak, 0), "mem": mem.kind, "note": note}
 
 
 def run_worker(args: argparse.Namespace, model: str, batch: int, method: str) -> dict[str, Any]:
@@ -370,8 +439,9 @@ def run_worker(args: argparse.Namespace, model: str, batch: int, method: str) ->
         return {"status": "not installed"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--models", model,
            "--batches", str(batch), "--method", method, "--threads", str(args.threads),
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--calls", str(args.calls), "--k", str(args.k), "--dtype", args.dtype,
            "--device", args.device]
+    cmd += ["--small"] if args.small else []
     cmd += ["--quick"] if args.quick else []
     cmd += ["--param-grad"] if args.param_grad else []
     try:
@@ -410,28 +480,69 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a is not None and b else "n/a"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--models", default="vgg16,resnet50")
+    p.add_argument("--models", default="resnet50,efficientnet_b0,vit_b16,llama",
+                   help="comma-separated: vgg16, resnet50, efficientnet_b0, vit_b16, llama")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated subset of: " + ", ".join(METHODS))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--calls", type=int, default=6,
+                   help="timed calls per cell, in a fresh process: the median of the first 3 "
+                   "is the 'first calls' column, the median of the rest the warm time")
+    p.add_argument("--k", type=int, default=10, help="targets per sample of the K rows")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--quick", action="store_true",
-                   help="small variants of the models, 32x32 inputs, 1 repeat (smoke check)")
+                   help="tiny variants of the models, 32x32 inputs (smoke check)")
+    p.add_argument("--small", action="store_true",
+                   help="112x112 images, ViT of 4 blocks, Llama 2 x 512 at 256 tokens")
     p.add_argument("--param-grad", action="store_true",
                    help="keep requires_grad=True on parameters (default: frozen)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
     p.add_argument("--json", type=Path, help="also write all results to this JSON file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
+    return p
+
+
+def _header(args: argparse.Namespace) -> None:
+    import torch
+
+    print(f"# relprop engine benchmark ({_dt.date.today().isoformat()})\n")
+    env = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
+    print(f"- command: `{env}python {shlex.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}`")
+    print(f"- relprop checkout {_git_rev()} (each cell imports relprop afresh: do not edit "
+          "src/ during a run)")
+    print(f"- torch {torch.__version__}, python {platform.python_version()}, "
+          f"{platform.machine()}, {os.cpu_count()} CPUs visible, "
+          f"torch threads {args.threads}, device {args.device}, dtype {args.dtype}")
+    size = "quick (tiny nets)" if args.quick else "small (--small)" if args.small else "full size"
+    print(f"- {size}, random weights, params {'trainable' if args.param_grad else 'frozen'}; "
+          f"each cell in a fresh process, {args.calls} calls: 'first 3' = median of the first "
+          "three, 'warm' = median of the rest")
+    print()
+    print("| model | batch | method | warm (ms) | first 3 (ms) | first / warm | time / grad "
+          "| peak extra mem (MiB) | mem / grad | note |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
+
+
+def _row(model: str, batch: int, m: str, r: dict[str, Any], gt: float | None,
+         gm: float | None) -> str:
+    if r["status"] != "ok":
+        return f"| {model} | {batch} | {m} | – | – | – | – | – | – | {r['status']} |"
+    t, first, mem = r["time_s"], r["first_s"], r["peak_bytes"]
+    return (f"| {model} | {batch} | {m} | {t * 1e3:.1f} | {first * 1e3:.1f} "
+            f"| {_ratio(first, t)} | {_ratio(t, gt)} | {mem / 2**20:.1f} | {_ratio(mem, gm)} "
+            f"| {r.get('note', '')} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     if args.quick:
-        args.repeats, args.warmup = 1, 1
-
+        args.calls = min(args.calls, 4)
     if args.worker:
         args.model, args.batch = args.models, int(args.batches)
         try:
@@ -449,55 +560,60 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown method(s) {unknown}; choose from {METHODS}")
     methods = [m for m in METHODS if m in methods or m == "gradient"]  # ratios need gradient
-
-    import torch
-
     load_before = _loadavg()
-    print(f"# relprop engine benchmark ({_dt.date.today().isoformat()})\n")
-    env = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
-    print(f"- command: `{env}python {shlex.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}`")
-    print(f"- relprop checkout {_git_rev()} (each cell imports relprop afresh: do not edit "
-          "src/ during a run)")
-    print(f"- torch {torch.__version__}, python {platform.python_version()}, "
-          f"{platform.machine()}, {os.cpu_count()} CPUs visible, "
-          f"torch threads {args.threads}, device {args.device}")
-    print(f"- {'quick (small nets, 32x32)' if args.quick else '224x224 input'}, "
-          f"random weights, params {'trainable' if args.param_grad else 'frozen'}, "
-          f"median of {args.repeats} after {args.warmup} warm-up; each cell in a fresh process")
-    print()
-    print("| model | batch | method | time (ms) | min (ms) | time / grad | peak extra mem (MiB) "
-          "| mem / grad | note |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
-    all_results = []
-    mem_kinds: set[str] = set()
+    _header(args)
+    all_results, mem_kinds = [], set()
+    k_rows: list[str] = []
     for model in models:
         for batch in batches:
-            results = {m: run_worker(args, model, batch, m) for m in methods}
+            results = {m: run_worker(args, model, batch, m) for m in methods
+                       if applies(m, model)}
             grad = results["gradient"]
             gt = grad.get("time_s") if grad["status"] == "ok" else None
             gm = grad.get("peak_bytes") if grad["status"] == "ok" else None
-            for m in methods:
-                r = results[m]
+            for m, r in results.items():
                 all_results.append({"model": model, "batch": batch, "method": m, **r})
-                if r["status"] != "ok":
-                    print(f"| {model} | {batch} | {m} | – | – | – | – | – | {r['status']} |",
-                          flush=True)
-                    continue
-                t, mem = r["time_s"], r["peak_bytes"]
-                mem_kinds.add(r["mem"])
-                tmin = min(r["times_s"])
-                print(f"| {model} | {batch} | {m} | {t * 1e3:.1f} | {tmin * 1e3:.1f} "
-                      f"| {_ratio(t, gt)} "
-                      f"| {mem / 2**20:.1f} | {_ratio(mem, gm)} | {r.get('note', '')} |",
-                      flush=True)
-    print(f"\npeak memory measured as: {', '.join(sorted(mem_kinds)) or 'n/a'} "
+                mem_kinds.add(r.get("mem", ""))
+                print(_row(model, batch, m, r, gt, gm), flush=True)
+            many, calls = results.get("relprop K targets"), results.get("relprop K calls")
+            if many and calls and many["status"] == calls["status"] == "ok":
+                k_rows.append(f"| {model} | {batch} | {args.k} | {many['time_s'] * 1e3:.1f} "
+                              f"| {calls['time_s'] * 1e3:.1f} "
+                              f"| {_ratio(many['time_s'], calls['time_s'])} |")
+    if k_rows:
+        print("\n## K targets in one call vs K calls (goal ≤ 0.6x, FLOP floor 0.55x: the "
+              "forward pass and each rule's modified forward are shared, the K input-vjps "
+              "are not)\n")
+        print("| model | batch | K | one call (ms) | K calls (ms) | ratio |")
+        print("|---|---:|---:|---:|---:|---:|")
+        print("\n".join(k_rows))
+    print(f"\npeak memory measured as: {', '.join(sorted(k for k in mem_kinds if k)) or 'n/a'} "
           "(see the docstring of bench/engine.py)")
     print(f"load average before / after: {load_before} / {_loadavg()}. Other processes on "
           "the cores distort timings (a median far above the min is a sign); memory is not "
           "affected.")
+    print(FLOORS)
     if args.json:
         args.json.write_text(json.dumps(all_results, indent=2))
     return 0
+
+
+FLOORS = """
+## FLOP floors (why a goal can be out of reach)
+
+A plain input gradient costs one forward F plus one input-vjp per layer (≈ F): 2F.
+- uniform ε: rescales the signal elementwise, no extra product: floor 1.0x (goal ≤ 1.05x);
+- z⁺ on convolutions (epsilon_plus_flat): one modified forward with W⁺ per layer: (2F + F) /
+  2F = 1.5x; where a layer's input has both signs (the first layer, inputs after a SiLU or
+  GELU), z⁺ needs two forwards (a⁺W⁺, a⁻W⁻) and two vjps: up to 2.5x for that layer;
+- γ (epsilon_gamma_box): a modified forward; where outputs of both signs carry relevance a
+  second vjp (W + γW⁻): 2.0x; 1.5x where every output has one sign (a ReLU follows); the
+  z^B first layer adds three forwards and three vjps of that layer;
+- attnlrp: ε on linear layers (1.0x) plus the softmax and norm rules (elementwise): ≈ 1.0x,
+  goal ≤ 1.1x;
+- K targets: F + K·(backward) against K·(F + backward); with backward ≈ F (ε) that is
+  (1 + K) / 2K = 0.55x at K = 10; z⁺/γ share their modified forward too (lower floor).
+"""
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
             up in an embedding and summed over the embedding dimension, giving one relevance
             per token; other lookups (positions, token types) go to ``sources``.
         target: a class index (Python or numpy integer), one index per sample (tensor, numpy
-            array or list), a float tensor of output relevance of the output's shape, or a
+            array or list), ``K`` indices per sample (an integer tensor or array of shape
+            ``(batch, K)``, or ``(1, K)``/``[[c1, ..., cK]]`` for the same K classes of every
+            sample: see below), a float tensor of output relevance of the output's shape, or a
             :mod:`relprop.targets` object (``LogOdds``, ``Contrast``, ``TokenLogit``); ``None``
             explains each sample's top class, or, for a ``(batch,)`` output, that output.
         composite: which rule each op gets; default :func:`relprop.composites.default`
@@ -65,6 +67,14 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
         verify: also run the model plainly (one more forward pass) and raise
             :class:`~relprop.RelpropError` unless its output equals ``Explanation.output``:
             proof that the function explained is the model's.
+
+    Several targets at once: with ``K`` targets per sample (class indices of shape
+    ``(batch, K)``, or a :class:`~relprop.targets.TokenLogit` whose ``token`` or ``position``
+    has that shape) the forward pass is run once and the ``K`` modified backward passes share
+    it and every rule's seed-independent terms (modified forwards, denominators, ρ(W)).
+    ``Explanation.relevance`` then has shape ``(batch, K, *x.shape[1:])``, ``explained`` shape
+    ``(batch, K)`` (``relevance[:, k]`` is the map of target ``k`` alone) and ``output`` is the
+    model's output as always; ``record=True`` takes one target at a time.
 
     Works inside ``torch.inference_mode()`` and on inputs made there; a ``torch.compile``d
     model is explained through the eager module it wraps (same function, eager speed).
@@ -124,7 +134,35 @@ def _explain_output(session: Session, model: nn.Module, x: Tensor, output: Any, 
     _warn_input_rules_on_hidden_layers(session)
     detached = output.detach()
     resolved = as_target(target, detached)
-    seed, explained = resolved.seed(detached)
+    parts = resolved.split(detached)
+    if parts is not None and session.record:
+        raise InvalidInputError(
+            f"record=True keeps the relevance of one target, but target has {len(parts)} per "
+            "sample: explain them one at a time to record layers and the ledger")
+    seeds = [part.seed(detached) for part in (parts or [resolved])]
+    maps = [_relevance_for(session, output, x, seed, explained, tokens, kwargs, strict,
+                           again=i + 1 < len(seeds))
+            for i, (seed, explained) in enumerate(seeds)]
+    if parts is None:
+        (relevance, sources), explained = maps[0], seeds[0][1]
+    else:  # K targets: (batch, K, ...)
+        relevance = torch.stack([r for r, _ in maps], dim=1)
+        sources = {name: torch.stack([s[name] for _, s in maps], dim=1) for name in maps[0][1]}
+        explained = torch.stack([e for _, e in seeds], dim=1)
+    return Explanation(
+        relevance=relevance.detach(), output=detached, explained=explained.detach(),
+        target=resolved, method=f"lrp:{composite.name}",
+        rules={call.name: repr(call.rule) for call in session.calls},
+        layers=session.layers, conservation=session.ledger, sources=sources,
+    )
+
+
+def _relevance_for(session: Session, output: Tensor, x: Tensor, seed: Tensor,
+                   explained: Tensor, tokens: bool, kwargs: dict[str, Any], strict: bool,
+                   again: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    """One modified backward pass from ``seed``, checked; ``again``: another pass over the
+    same graph follows (the graph and the rules' seed-independent terms are kept)."""
+    session.again, session.deposit = again, None
     relevance, sources = _backward(session, output, seed, tokens)
     mask = kwargs.get("attention_mask")
     if tokens and isinstance(mask, Tensor) and mask.shape == x.shape:
@@ -133,12 +171,7 @@ def _explain_output(session: Session, model: nn.Module, x: Tensor, output: Any, 
     total = _total(relevance, sources)
     _check_finite(total, strict)
     _check_relevance_changes(session.calls, total, explained.detach())
-    return Explanation(
-        relevance=relevance.detach(), output=detached, explained=explained.detach(),
-        target=resolved, method=f"lrp:{composite.name}",
-        rules={call.name: repr(call.rule) for call in session.calls},
-        layers=session.layers, conservation=session.ledger, sources=sources,
-    )
+    return relevance, sources
 
 
 def _check_finite(total: Tensor, strict: bool) -> None:
@@ -228,7 +261,8 @@ def _backward(session: Session, output: Tensor, seed: Tensor, tokens: bool
     x = session.x
     leaves = [t for _, t, _ in session.sources]
     inputs = leaves if tokens else [x, *leaves]
-    grads = torch.autograd.grad(output, inputs, seed, allow_unused=True)
+    grads = torch.autograd.grad(output, inputs, seed, allow_unused=True,
+                                retain_graph=session.again)
     if tokens:
         relevance = torch.zeros(x.shape, dtype=output.dtype, device=output.device)
     else:

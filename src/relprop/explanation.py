@@ -19,6 +19,11 @@ class Explanation:
     ``relevance`` has the input's shape; ``explained`` is, per sample, the output quantity
     whose relevance was propagated (the logit for a class target), so that with a
     conservative composite ``relevance.sum(dims) ≈ explained``.
+
+    With ``K`` targets per sample (class indices of shape ``(batch, K)``, see
+    :func:`relprop.explain`) ``relevance`` has shape ``(batch, K, *input.shape[1:])``,
+    ``explained`` shape ``(batch, K)`` and each source ``(batch, K, ...)``; ``output`` is the
+    model's output, as for one target.
     """
 
     relevance: Tensor
@@ -36,5 +41,6 @@ class Explanation:
     sources: dict[str, Tensor] = field(default_factory=dict)
 
     def relevance_sum(self) -> Tensor:
-        """Total input relevance per sample."""
-        return self.relevance.reshape(self.relevance.shape[0], -1).sum(dim=1)
+        """Total input relevance per sample (per sample and target: ``(batch, K)``)."""
+        leading = max(self.explained.dim(), 1)
+        return self.relevance.reshape(*self.relevance.shape[:leading], -1).sum(dim=-1)

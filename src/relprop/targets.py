@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import SupportsIndex, cast
+from typing import Any, SupportsIndex, cast
 
 import torch
 from torch import Tensor
@@ -20,10 +20,36 @@ from .errors import InvalidInputError
 
 
 class Target:
-    """Base class: ``seed(output)`` gives ``(G, explained)`` with ``explained`` per sample."""
+    """Base class: ``seed(output)`` gives ``(G, explained)`` with ``explained`` per sample.
+
+    A target of ``K`` quantities per sample (class indices of shape ``(batch, K)``) answers
+    :meth:`split` with ``K`` single targets; the engine then shares the forward pass and runs
+    one backward pass per target over it, returning relevance of shape ``(batch, K, ...)``.
+    """
 
     def seed(self, output: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def split(self, output: Tensor) -> list[Target] | None:
+        """The ``K`` single targets this one stands for, or ``None`` for one target."""
+        return None
+
+
+def _columns(value: object, batch: int, what: str) -> list[Tensor] | None:
+    """``value`` of shape ``(batch, K)`` or ``(1, K)`` (integers): its ``K`` columns, each of
+    shape ``(batch,)``; ``None`` for anything else (one value, or one per sample)."""
+    if isinstance(value, int | float) or value is None:
+        return None
+    index = value if isinstance(value, Tensor) else torch.as_tensor(value)
+    if index.dim() != 2:
+        return None
+    if index.shape[0] not in (1, batch) or index.shape[1] == 0:
+        raise InvalidInputError(
+            f"{what} must hold one class index per sample (shape ({batch},)) or K per sample "
+            f"(shape ({batch}, K), or (1, K) for the same K of every sample); got shape "
+            f"{tuple(index.shape)}")
+    index = index.expand(batch, index.shape[1])
+    return [index[:, k] for k in range(index.shape[1])]
 
 
 def class_indices(classes: int | Tensor, output: Tensor, what: str) -> Tensor:
@@ -45,7 +71,8 @@ def class_indices(classes: int | Tensor, output: Tensor, what: str) -> Tensor:
     if index.shape != (batch,):
         raise InvalidInputError(
             f"{what} must hold one class index per sample (shape ({batch},), one class per "
-            f"sample); got shape {tuple(index.shape)}"
+            f"sample) or K per sample (shape ({batch}, K), or (1, K) for the same K classes "
+            f"of every sample); got shape {tuple(index.shape)}"
         )
     bad = (index < 0) | (index >= n)
     if bool(bad.any()):
@@ -66,6 +93,11 @@ class Logit(Target):
         index = class_indices(self.classes, output, "target")
         grad = torch.zeros_like(output).scatter_(1, index[:, None], 1.0)
         return grad, output.gather(1, index[:, None])[:, 0]
+
+    def split(self, output: Tensor) -> list[Target] | None:
+        """Classes of shape ``(batch, K)`` (or ``(1, K)``): one :class:`Logit` per column."""
+        columns = _columns(self.classes, output.shape[0] if output.dim() else 1, "target")
+        return None if columns is None else [Logit(c) for c in columns]
 
 
 @dataclass(frozen=True)
@@ -143,6 +175,31 @@ class TokenLogit(Target):
     token: int | Tensor
     position: int | Tensor = -1
     against: int | Tensor | None = None
+
+    def split(self, output: Tensor) -> list[Target] | None:
+        """Several tokens per sample: ``token``, ``position`` or ``against`` of shape
+        ``(batch, K)`` or ``(1, K)`` (the others one value or one per sample, broadcast):
+        one :class:`TokenLogit` per column, e.g. the K generated tokens of a continuation
+        (``token=ids[:, n:]``, ``position=torch.arange(n - 1, n - 1 + K)[None]``)."""
+        batch = output.shape[0] if output.dim() else 1
+        parts = {name: _columns(getattr(self, name), batch, name)
+                 for name in ("token", "position", "against")}
+        counts = {len(c) for c in parts.values() if c is not None}
+        if not counts:
+            return None
+        if len(counts) > 1:
+            raise InvalidInputError(
+                f"TokenLogit: token, position and against give different numbers of targets "
+                f"per sample ({sorted(counts)}); give each one value, one per sample, or the "
+                "same K per sample")
+        k = counts.pop()
+
+        def column(name: str, i: int) -> Any:
+            columns = parts[name]
+            return getattr(self, name) if columns is None else columns[i]
+
+        return [TokenLogit(column("token", i), column("position", i), column("against", i))
+                for i in range(k)]
 
     def seed(self, output: Tensor) -> tuple[Tensor, Tensor]:
         if output.dim() != 3:

@@ -75,14 +75,17 @@ class LayerFunction(torch.autograd.Function):
         nothing = (None,) * 7
         if grad is None:  # only the model's overwrite of this output reaches here
             return nothing
-        a, z = ctx.a.take(), ctx.z.take()
+        again = ctx.session.again  # another target's pass follows: keep what it reads
+        a, z = ctx.a.take(again), ctx.z.take(again)
+        ctx.op.again = again
         if ctx.z.stale:  # overwritten in place, yet read before: compute z again
             z = ctx.op.forward(a, ctx.op.weight, ctx.op.bias)
             z = z.relu() if ctx.relu else z
         if ctx.relu and ctx.call.rule.reads_grad:
             grad = grad * (z > 0)
         out = _run_rule(ctx.call, ctx.session, ctx.op, a, z, grad)
-        ctx.op.release()
+        if not again:
+            ctx.op.release()
         return (out, *nothing[1:])
 
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch._ops import OpOverload
 from torch.overrides import TorchFunctionMode, resolve_name
 
+from ..rules import cache as weight_cache
 from . import aten, handlers
 from .inplace import asks_in_place, raise_leaf_write, run_in_place
 from .session import Session
@@ -59,6 +60,8 @@ def _detach_leaves(value: Any, session: Session) -> Any:
         if value.requires_grad and value.grad_fn is None and not session.is_leaf_input(value):
             detached = value.detach()
             session.mark_constant(detached)
+            if isinstance(value, nn.Parameter):  # its rho(W) is kept under the parameter
+                weight_cache.detached_from(detached, value)
             return detached
         if isinstance(value, nn.Parameter) or session.is_buffer(value):
             session.mark_constant(value)

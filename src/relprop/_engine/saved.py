@@ -31,11 +31,13 @@ class Held:
         self.owner = owner
         self.stale = False
 
-    def take(self) -> Tensor:
-        """The tensor, released from the slot (each backward step reads it once)."""
+    def take(self, keep: bool = False) -> Tensor:
+        """The tensor, released from the slot (each backward step reads it once) unless
+        ``keep`` (another backward pass over the same graph will read it again)."""
         tensor = self.tensor
         assert tensor is not None, "a saved tensor was read twice"
-        self.tensor = None
+        if not keep:
+            self.tensor = None
         return tensor
 
 

@@ -68,6 +68,9 @@ class Session:
         self.producers: dict[int, tuple[weakref.ref[Tensor], OpCall, Any, Tensor]] = {}
         self.gates: dict[int, weakref.ref[Tensor]] = {}
         self.deposit: Tensor | None = None
+        #: True during a backward pass that another one over the same graph follows (several
+        #: targets): saved tensors and the rules' seed-independent terms are kept for it
+        self.again = False
         self.ledger: list[LedgerEntry] = []
         self.layers: dict[str, Tensor] = {}
         self.interceptor: Any = None  # the TorchFunctionMode routing this session's ops

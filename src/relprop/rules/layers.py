@@ -94,9 +94,12 @@ class Epsilon(LayerRule):
         if self.epsilon == 0:  # LRP-0, but only through outputs that carry relevance
             return op.vjp(a, (z != 0).to(grad.dtype).mul_(grad), owned=True)
         # z / (z + ε sign z) = 1 − ε / (|z| + ε): one temporary, in place, 0 at z = 0
-        epsilon = self._epsilon_for(z)
-        ratio = z.abs().add_(epsilon).reciprocal_().mul_(epsilon).neg_().add_(1.0)
-        return op.vjp(a, ratio.mul_(grad), owned=True)
+        def ratio_of_z() -> Tensor:
+            epsilon = self._epsilon_for(z)
+            return z.abs().add_(epsilon).reciprocal_().mul_(epsilon).neg_().add_(1.0)
+
+        ratio, owned = op.once(("epsilon", id(self)), ratio_of_z)
+        return op.vjp(a, ratio.mul_(grad) if owned else ratio * grad, owned=True)
 
 
 def _live_rows(op: LinearOp, grad: Tensor) -> Tensor | None:
@@ -138,27 +141,42 @@ class Gamma(LayerRule):
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         gamma, w = self.gamma, op.weight
-        nonneg = is_nonnegative(a)
+        nonneg, _ = op.once(("nonneg", "a"), lambda: is_nonnegative(a))
         relevance = z * grad
-        p = positive_contributions(op, a, nonneg)
-        if is_nonnegative(z) or not bool(z.clamp(max=0).mul_(grad).any()):
+        p, owned = op.once(("positive", nonneg), lambda: positive_contributions(op, a, nonneg))
+        positive_only, _ = op.once(("nonneg", "z"), lambda: is_nonnegative(z))
+        if positive_only or not bool(z.clamp(max=0).mul_(grad).any()):
             # positive outputs only (a ReLU follows): one vjp with rho(W) = W + γW⁺
-            denom = op.add_bias_(p, op.positive_bias).mul_(gamma).add_(z)
-            s_pos = relevance.div_(stabilize_nonnegative_(denom, self.stabilizer))
+            def denominator() -> Tensor:  # in place where p is a temporary
+                scaled = (op.add_bias_(p, op.positive_bias).mul_(gamma) if owned
+                          else op.add_bias(p, op.positive_bias) * gamma)
+                return stabilize_nonnegative_(scaled.add_(z), self.stabilizer)
+
+            denom, _ = op.once(("gamma+", id(self)), denominator)
+            s_pos = relevance.div_(denom)
             if nonneg:
-                return op.input_vjp(a, torch.add(w, op.positive_weight, alpha=gamma), s_pos)
+                rho = op.rho(("w+γw+", gamma), lambda: torch.add(
+                    w, op.positive_weight, alpha=gamma))
+                return op.input_vjp(a, rho, s_pos)
             return op.input_vjp(a, w, s_pos) + gamma * signed_vjp(op, a, False, s_pos, None)
         positive_out = z >= 0
-        denom_pos = torch.add(z, op.add_bias(p, op.positive_bias), alpha=gamma)
-        n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
-        denom_neg = torch.add(z, op.add_bias(n, op.negative_bias), alpha=gamma)
-        s = relevance.div_(stabilize(torch.where(positive_out, denom_pos, denom_neg),
-                                     self.stabilizer))
+        denom, _ = op.once(("gamma±", id(self)), lambda: self._denominator(op, z, p))
+        s = relevance.div_(denom)
         s_pos, s_neg = s.masked_fill(~positive_out, 0.0), s.masked_fill(positive_out, 0.0)
         if nonneg:  # rho(W) = W + γW⁺ for positive outputs, W + γW⁻ for negative ones
-            return (op.input_vjp(a, torch.add(w, op.positive_weight, alpha=gamma), s_pos)
-                    + op.input_vjp(a, torch.add(w, op.negative_weight, alpha=gamma), s_neg))
+            rho_pos = op.rho(("w+γw+", gamma), lambda: torch.add(
+                w, op.positive_weight, alpha=gamma))
+            rho_neg = op.rho(("w+γw-", gamma), lambda: torch.add(
+                w, op.negative_weight, alpha=gamma))
+            return op.input_vjp(a, rho_pos, s_pos) + op.input_vjp(a, rho_neg, s_neg)
         return op.input_vjp(a, w, s) + gamma * signed_vjp(op, a, nonneg, s_pos, s_neg)
+
+    def _denominator(self, op: LinearOp, z: Tensor, p: Tensor) -> Tensor:
+        """``z_k + γ (sum_j (a_j w_jk)^σk + b_k^σk)``, stabilised, for outputs of both signs."""
+        denom_pos = torch.add(z, op.add_bias(p, op.positive_bias), alpha=self.gamma)
+        n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
+        denom_neg = torch.add(z, op.add_bias(n, op.negative_bias), alpha=self.gamma)
+        return stabilize(torch.where(z >= 0, denom_pos, denom_neg), self.stabilizer)
 
 
 class AlphaBeta(LayerRule):
@@ -187,28 +205,39 @@ class AlphaBeta(LayerRule):
         instead of R; the engine warns where a layer's relevance changes by more than half."""
         return 0.5 if self.beta > 0 else None
 
-    def _change(self, p: Tensor, n: Tensor, relevance: Tensor) -> Tensor:
+    def _change(self, factor: Tensor, relevance: Tensor) -> Tensor:
         """Per sample, the relevance the rule creates or destroys, as a fraction of what
-        arrived, biases aside: output ``k`` passes ``(α[p_k > 0] − β[n_k < 0])·R_k``."""
-        factor = (p > 0).to(relevance.dtype) * self.alpha - (n < 0).to(relevance.dtype) * self.beta
+        arrived, biases aside: output ``k`` passes ``factor_k·R_k`` with
+        ``factor_k = α[p_k > 0] − β[n_k < 0]``."""
         batch = relevance.shape[0] if relevance.dim() else 1
         excess = ((factor - 1) * relevance).reshape(batch, -1).sum(1)
         arrived = relevance.reshape(batch, -1).sum(1)
         judged = arrived.abs() > 1e-3 * arrived.abs().max()
         return torch.where(judged, excess / torch.where(judged, arrived, 1.0), 0.0)
 
-    def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+    def _denominators(self, op: LinearOp, a: Tensor, z: Tensor
+                      ) -> tuple[bool, Tensor, Tensor | None, Tensor | None]:
+        """What does not depend on the signal: whether ``a >= 0``, the stabilised ``z⁺`` and
+        ``z⁻`` (``None`` for β = 0) and the relevance factor of each output."""
         nonneg = is_nonnegative(a)
-        relevance = z * grad
         p = positive_contributions(op, a, nonneg)
-        s_neg = None
+        z_neg = factor = None
         if self.beta != 0:
             n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
-            op.report("relevance_change", self._change(p, n, relevance))
-            z_neg = op.add_bias_(n, op.negative_bias)
-            s_neg = relevance / stabilize(z_neg, self.stabilizer) * -self.beta
-        z_pos = op.add_bias_(p, op.positive_bias)
-        s_pos = relevance.div_(stabilize_nonnegative_(z_pos, self.stabilizer))
+            factor = ((p > 0).to(z.dtype) * self.alpha - (n < 0).to(z.dtype) * self.beta)
+            z_neg = stabilize(op.add_bias_(n, op.negative_bias), self.stabilizer)
+        z_pos = stabilize_nonnegative_(op.add_bias_(p, op.positive_bias), self.stabilizer)
+        return nonneg, z_pos, z_neg, factor
+
+    def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
+        (nonneg, z_pos, z_neg, factor), _ = op.once(
+            ("alpha-beta", id(self)), lambda: self._denominators(op, a, z))
+        relevance = z * grad
+        s_neg = None
+        if z_neg is not None and factor is not None:
+            op.report("relevance_change", self._change(factor, relevance))
+            s_neg = relevance / z_neg * -self.beta
+        s_pos = relevance.div_(z_pos)
         if self.alpha != 1:
             s_pos.mul_(self.alpha)
         return signed_vjp(op, a, nonneg, s_pos, s_neg)
@@ -239,9 +268,13 @@ class Flat(LayerRule):
     factorizes = False
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        ones_w = torch.ones_like(op.weight)
-        count = op.forward(torch.ones_like(a), ones_w)
-        return op.input_vjp(a, ones_w, z * grad / stabilize(count, self.stabilizer))
+        def ones_and_count() -> tuple[Tensor, Tensor]:
+            ones_w = torch.ones_like(op.weight)
+            count = op.forward(torch.ones_like(a), ones_w)
+            return ones_w, stabilize(count, self.stabilizer)
+
+        (ones_w, count), _ = op.once(("flat", id(self)), ones_and_count)
+        return op.input_vjp(a, ones_w, z * grad / count)
 
 
 class WSquare(LayerRule):
@@ -256,9 +289,12 @@ class WSquare(LayerRule):
     factorizes = False
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        w2 = op.weight * op.weight
-        total = op.forward(torch.ones_like(a), w2)
-        return op.input_vjp(a, w2, z * grad / stabilize(total, self.stabilizer))
+        def squares_and_total() -> tuple[Tensor, Tensor]:
+            w2 = op.rho("w2", lambda: op.weight * op.weight)
+            return w2, stabilize(op.forward(torch.ones_like(a), w2), self.stabilizer)
+
+        (w2, total), _ = op.once(("w2", id(self)), squares_and_total)
+        return op.input_vjp(a, w2, z * grad / total)
 
 
 Bound = float | Sequence[float] | Tensor
@@ -308,8 +344,10 @@ class ZBox(LayerRule):
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         w, w_pos, w_neg = op.weight, op.positive_weight, op.negative_weight
         low, high = self._bound(self.low, a, "low"), self._bound(self.high, a, "high")
-        denom = op.forward(a, w) - op.forward(low, w_pos) - op.forward(high, w_neg)
-        s = z * grad / stabilize(denom, self.stabilizer)
+        denom, _ = op.once(("zbox", id(self)), lambda: stabilize(
+            op.forward(a, w) - op.forward(low, w_pos) - op.forward(high, w_neg),
+            self.stabilizer))
+        s = z * grad / denom
         return (a * op.input_vjp(a, w, s) - low * op.input_vjp(a, w_pos, s)
                 - high * op.input_vjp(a, w_neg, s))
 

@@ -13,7 +13,7 @@ the op's own vector-Jacobian product, which is what :class:`~relprop.rules.Gradi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from . import cache
 
 __all__ = ["LinearOp", "ElementwiseOp", "PoolOp", "SoftmaxOp", "NormOp", "ShareOp",
            "LAYER_KINDS"]
@@ -164,7 +166,8 @@ class LinearOp:
 
     def __init__(self, kind: str, weight: Tensor, bias: Tensor | None,
                  options: dict[str, Any],
-                 affine: tuple[LinearOp, Tensor, Tensor] | None = None) -> None:
+                 affine: tuple[LinearOp, Tensor, Tensor] | None = None,
+                 sources: tuple[Tensor | float | None, ...] | None = None) -> None:
         self.kind = kind  # "linear" | "conv" | "conv_transpose" | "norm"
         self.options = options
         #: what a rule reported about this call (e.g. ``"relevance_change"`` per sample)
@@ -172,36 +175,72 @@ class LinearOp:
         self._weight = weight
         self._bias = bias
         self._affine = affine
+        #: what a merged affine's ``scale`` and ``shift`` are made from (a BatchNorm's
+        #: statistics, parameters and eps), so that merged weights can be kept across calls
+        self._sources = sources
+        #: True while another backward pass over the same call follows (several targets)
+        self.again = False
+        self._kept: dict[object, Any] = {}
+
+    def _weight_sources(self) -> tuple[Tensor | float | None, ...] | None:
+        """What this op's weights are made from, or ``None`` if they cannot be kept across
+        calls (a weight computed in the forward pass, an affine of unknown origin)."""
+        if self._affine is None:
+            return (self._weight, self._bias) if cache.cacheable(self._weight) else None
+        base = self._affine[0]._weight_sources()
+        return None if base is None or self._sources is None else base + self._sources
+
+    def rho(self, name: Hashable, make: Callable[[], Tensor]) -> Tensor:
+        """A modified weight ``rho(W)`` (or bias) named ``name`` (with the rule's parameters
+        that shape it): kept across explanations while the parameters it is made from are
+        unchanged (:mod:`relprop.rules.cache`), else once per backward step."""
+        sources = self._weight_sources()
+        if sources is None:
+            value: Tensor = self.once(("rho", name), make)[0]
+            return value
+        groups = self.options.get("groups", 1)
+        return cache.cached((self.kind, groups, name), sources, make, self._affine_values())
+
+    def _affine_values(self) -> tuple[Tensor, ...]:
+        if self._affine is None:
+            return ()
+        base, scale, shift = self._affine
+        return (*base._affine_values(), scale, shift)
 
     @cached_property
     def weight(self) -> Tensor:
         if self._affine is None:
             return self._weight
         base, scale, _ = self._affine
-        return base._scaled_weight(scale)
+        return self.rho("weight", lambda: base._scaled_weight(scale))
 
     @cached_property
     def bias(self) -> Tensor | None:
         if self._affine is None:
             return self._bias
         base, scale, shift = self._affine
-        return shift if base.bias is None else base.bias * scale + shift
+        base_bias = base.bias
+        if base_bias is None:
+            return shift
+        return self.rho("bias", lambda: base_bias * scale + shift)
 
     @cached_property
     def positive_weight(self) -> Tensor:
-        return self.weight.clamp(min=0)
+        return self.rho("w+", lambda: self.weight.clamp(min=0))
 
     @cached_property
     def negative_weight(self) -> Tensor:
-        return self.weight.clamp(max=0)
+        return self.rho("w-", lambda: self.weight.clamp(max=0))
 
     @cached_property
     def positive_bias(self) -> Tensor | None:
-        return None if self.bias is None else self.bias.clamp(min=0)
+        bias = self.bias
+        return None if bias is None else self.rho("b+", lambda: bias.clamp(min=0))
 
     @cached_property
     def negative_bias(self) -> Tensor | None:
-        return None if self.bias is None else self.bias.clamp(max=0)
+        bias = self.bias
+        return None if bias is None else self.rho("b-", lambda: bias.clamp(max=0))
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, a: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -262,8 +301,21 @@ class LinearOp:
         the engine warns by layer where it exceeds ``Rule.relevance_tolerance``)."""
         self.reports[name] = value.detach()
 
+    def once(self, key: object, make: Callable[[], Any]) -> tuple[Any, bool]:
+        """A term of the rule that does not depend on the signal (a modified forward, a
+        denominator): ``(value, owned)``. While further backward passes over this call
+        follow (several targets), the value is computed once, kept until :meth:`release`
+        and not ``owned`` (the rule must not write into it); otherwise it is made afresh and
+        ``owned``: the rule may use it as a temporary."""
+        if not self.again and key not in self._kept:
+            return make(), True
+        if key not in self._kept:
+            self._kept[key] = make()
+        return self._kept[key], False
+
     def release(self) -> None:
         """Drop the weights computed for this op's backward step (they can be large)."""
+        self._kept.clear()
         for name in ("weight", "bias", "positive_weight", "negative_weight", "positive_bias",
                      "negative_bias"):
             self.__dict__.pop(name, None)
@@ -292,11 +344,13 @@ class LinearOp:
         )[0]
 
     # -- structure -----------------------------------------------------------------------
-    def fuse_affine(self, scale: Tensor, shift: Tensor) -> LinearOp:
-        """The op followed by ``y = scale * z + shift`` per output channel, as one op."""
+    def fuse_affine(self, scale: Tensor, shift: Tensor,
+                    sources: tuple[Tensor | float | None, ...] | None = None) -> LinearOp:
+        """The op followed by ``y = scale * z + shift`` per output channel, as one op;
+        ``sources``: what ``scale`` and ``shift`` are computed from (see :meth:`rho`)."""
         dtype = self._weight.dtype
         return LinearOp(self.kind, self._weight, None, self.options,
-                        (self, scale.to(dtype), shift.to(dtype)))
+                        (self, scale.to(dtype), shift.to(dtype)), sources)
 
     def _scaled_weight(self, scale: Tensor) -> Tensor:
         w = self.weight

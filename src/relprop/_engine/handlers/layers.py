@@ -95,7 +95,8 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
     if producer is not None and producer[0]() is x and producer[2].can_fuse_affine_on(x, channels):
         _, call, op, a = producer
         call.fused = path
-        fused = op.fuse_affine(scale, shift)
+        fused = op.fuse_affine(scale, shift, (var, mean, bound["weight"], bound["bias"],
+                                              float(bound["eps"])))
         value = bound["input"].detach()
         out = LayerFunction.apply(a, fused, call, session,
                                   lambda: func(value, *args[1:], **kwargs))

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Ratios to the plain gradient by process CPU time of interleaved rounds in one process.
+
+On a machine shared with other jobs, wall-clock medians of separate processes
+(``bench/engine.py``) move by 2-5x with the load. This script runs every method once per
+round, rounds interleaved, and reports the minimum process CPU time over the rounds (what
+the issue's first table used): robust to waiting, not to cache and memory-bandwidth
+contention. Warm figures only; the fresh-process first-call column is ``bench/engine.py``'s.
+
+Usage::
+
+    python bench/interleaved.py --models resnet50 --rounds 5 --threads 1
+    python bench/interleaved.py --models efficientnet_b0,vit_b16,llama --small
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (ROOT, ROOT / "src", ROOT / "benchmarks" / "src"):
+    if _path.is_dir() and str(_path) not in sys.path:
+        sys.path.append(str(_path))
+
+from engine import METHODS, _inputs, applies, build_model, make_method  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--models", default="resnet50")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--small", action="store_true")
+    p.add_argument("--methods", default=",".join(m for m in METHODS
+                                                  if not m.startswith(("zennit", "captum"))))
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"process CPU time, min over {args.rounds} interleaved rounds, {args.threads} "
+          f"thread(s), batch {args.batch}, torch {torch.__version__}\n")
+    print("| model | method | min CPU (ms) | / gradient | note |")
+    print("|---|---|---:|---:|---|")
+    for name in args.models.split(","):
+        model, side, classes = build_model(name, False, args.small)
+        model = model.eval().requires_grad_(False)
+        gen = torch.Generator().manual_seed(1234)
+        x, target = _inputs(name, args.batch, side, classes, "cpu", torch.float32, gen)
+        methods = [m for m in args.methods.split(",") if applies(m, name)]
+        runs: dict[str, Any] = {m: make_method(m, model, x, target, classes, args.k)
+                                for m in methods}
+        best = {m: float("inf") for m in methods}
+        for run, _ in runs.values():  # one warm-up each (ρ(W) cache, allocator)
+            run()
+        for _ in range(args.rounds):
+            for m, (run, _) in runs.items():
+                start = time.process_time()
+                run()
+                best[m] = min(best[m], time.process_time() - start)
+        for m in methods:
+            print(f"| {name} | {m} | {best[m] * 1e3:.1f} | {best[m] / best['gradient']:.2f}x "
+                  f"| {runs[m][1]} |", flush=True)
+        if "relprop K targets" in best and "relprop K calls" in best:
+            print(f"| {name} | K targets / K calls | | "
+                  f"{best['relprop K targets'] / best['relprop K calls']:.2f}x | K = {args.k} |",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

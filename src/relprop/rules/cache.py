@@ -1,0 +1,141 @@
+"""Modified weights ``rho(W)`` kept across explanations.
+
+Explaining a dataset batch after batch applies the same rules to the same parameters: the
+positive parts ``W⁺``, ``W⁻``, the weights merged with a BatchNorm, ``W + γW⁺``, ``W²`` are
+computed on the first call and reused after. An entry is keyed on
+
+* what was computed (the op kind, the transform and its parameters),
+* the identity of every tensor it was made from (the parameter, and for merged weights the
+  BatchNorm's running statistics and affine parameters), held by weak reference, and
+* each one's version counter (``t._version``, bumped by every in-place write: an optimizer
+  step, ``load_state_dict``, ``p.data.mul_``), data pointer, dtype, device and geometry,
+
+so a training step invalidates it, a parameter that dies takes its entries with it (no leak)
+and the model is never touched. Only weights that are ``nn.Parameter`` s are cached (a weight
+computed in the forward pass is a new tensor every call). The cache is shared by threads
+(a lock guards it); :func:`clear` empties it and :func:`disabled` turns it off for a block.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["cached", "cacheable", "clear", "detached_from", "disabled", "size"]
+
+#: reentrant: a garbage collection while the lock is held may run a weak reference's callback
+#: in the same thread (the callbacks themselves take no lock: one dict pop is atomic)
+_LOCK = threading.RLock()
+#: (key, source identities) -> (weak references to the sources, their descriptions, the
+#: values compared by value, the kept tensor)
+_ENTRIES: dict[tuple[Any, ...], tuple[tuple[weakref.ref[Tensor], ...], tuple[Any, ...],
+                                      tuple[Tensor, ...], Tensor]] = {}
+_STATE = {"enabled": True}
+
+
+#: detached parameters (the engine detaches parameters that require grad at each call):
+#: id(detached) -> (it, the parameter); an entry goes with its detached tensor
+_DETACHED: dict[int, tuple[weakref.ref[Tensor], weakref.ref[Tensor]]] = {}
+
+
+def detached_from(detached: Tensor, parameter: Tensor) -> None:
+    """Note that ``detached`` is ``parameter.detach()`` (same storage and version counter),
+    so that what is made from it is kept under the parameter."""
+    key = id(detached)
+
+    def forget(_: object) -> None:
+        entry = _DETACHED.get(key)
+        if entry is not None and entry[0]() is None:
+            _DETACHED.pop(key, None)
+
+    with _LOCK:
+        _DETACHED[key] = (weakref.ref(detached, forget), weakref.ref(parameter))
+
+
+def _anchor(t: Tensor) -> Tensor:
+    """The tensor whose identity lasts: a view's base (``W.t()`` of a parameter ``W``), the
+    parameter a detached copy was made from."""
+    t = t._base if t._base is not None else t
+    entry = _DETACHED.get(id(t))
+    if entry is not None and entry[0]() is t:
+        parameter = entry[1]()
+        if parameter is not None:
+            return parameter
+    return t
+
+
+def _describe(t: Tensor) -> tuple[Any, ...]:
+    anchor = _anchor(t)
+    return (id(anchor), anchor._version, t.data_ptr(), t.dtype, t.device, tuple(t.shape),
+            t.stride(), t.storage_offset())
+
+
+def cacheable(weight: Tensor | None) -> bool:
+    """Whether transforms of ``weight`` are worth keeping: a parameter (or a view of one)."""
+    return (_STATE["enabled"] and isinstance(weight, Tensor)
+            and isinstance(_anchor(weight), nn.Parameter) and not weight.is_inference())
+
+
+def cached(key: Hashable, sources: Sequence[Tensor | float | None],
+           make: Callable[[], Tensor], values: Sequence[Tensor] = ()) -> Tensor:
+    """``make()``, or the value it gave before for the same ``key`` and unchanged
+    ``sources`` (tensors keyed by identity and version, other values by equality) and
+    ``values`` (small tensors compared by value: a BatchNorm's running statistics are updated
+    by its kernel without a version bump, so the merged ``scale`` and ``shift`` are)."""
+    tensors = [s for s in sources if isinstance(s, Tensor)]
+    anchors = [_anchor(t) for t in tensors]
+    # one slot per (transform, sources): a new version replaces the old value, never adds
+    slot = (key, tuple(id(a) for a in anchors),
+            tuple(s for s in sources if not isinstance(s, Tensor)))
+    described = tuple(_describe(t) for t in tensors)
+    with _LOCK:
+        entry = _ENTRIES.get(slot)
+    if entry is not None and entry[1] == described \
+            and all(ref() is a for ref, a in zip(entry[0], anchors)) \
+            and all(_same(v, kept) for v, kept in zip(values, entry[2], strict=True)):
+        return entry[3]
+    with torch.no_grad():
+        value = make().detach()
+        copies = tuple(v.detach().clone() for v in values)
+
+    def forget(_: object, slot: tuple[Any, ...] = slot) -> None:
+        _ENTRIES.pop(slot, None)
+
+    refs = tuple(weakref.ref(a, forget) for a in anchors)
+    with _LOCK:
+        _ENTRIES[slot] = (refs, described, copies, value)
+    return value
+
+
+def _same(value: Tensor, kept: Tensor) -> bool:
+    return (value.shape == kept.shape and value.dtype == kept.dtype
+            and value.device == kept.device and torch.equal(value, kept))
+
+
+def clear() -> None:
+    """Forget every kept ``rho(W)``."""
+    with _LOCK:
+        _ENTRIES.clear()
+
+
+def size() -> int:
+    """How many ``rho(W)`` are kept."""
+    with _LOCK:
+        return len(_ENTRIES)
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Compute every ``rho(W)`` afresh inside the block (and keep none)."""
+    before = _STATE["enabled"]
+    _STATE["enabled"] = False
+    try:
+        yield
+    finally:
+        _STATE["enabled"] = before
