@@ -75,7 +75,10 @@ class LayerFunction(torch.autograd.Function):
         nothing = (None,) * 7
         if grad is None:  # only the model's overwrite of this output reaches here
             return nothing
-        a, z = ctx.a.take(), ctx.z.take()
+        if ctx.session.retain:  # the backward pass may run again from this forward pass
+            a, z = ctx.a.peek(), ctx.z.peek()
+        else:
+            a, z = ctx.a.take(), ctx.z.take()
         if ctx.z.stale:  # overwritten in place, yet read before: compute z again
             z = ctx.op.forward(a, ctx.op.weight, ctx.op.bias)
             z = z.relu() if ctx.relu else z

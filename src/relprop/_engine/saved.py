@@ -38,6 +38,11 @@ class Held:
         self.tensor = None
         return tensor
 
+    def peek(self) -> Tensor:
+        """The tensor, kept in the slot (a backward pass that will run again)."""
+        assert self.tensor is not None, "a saved tensor was read after its release"
+        return self.tensor
+
 
 def _storage_key(t: Tensor) -> int:
     try:

@@ -1,0 +1,15 @@
+"""Concepts: which units of a layer carry a prediction, and what each of them looks for.
+
+Concept Relevance Propagation (CRP) and Relevance Maximization (RelMax) of Achtibat et al.
+(*Nature Machine Intelligence* 5, 2023) on relprop's engine:
+
+>>> from relprop import concepts
+>>> c = concepts.explain(model, x, target=y, layer="layer3", units=[12, 40, 7])  # doctest: +SKIP
+>>> c.relevance.shape   # (B, 3, *x.shape[1:])                                   # doctest: +SKIP
+"""
+
+from ._errors import LayerNotOnPathError, UnitIndexError, UnknownLayerError
+from .explain import ConceptExplanation, explain
+
+__all__ = ["explain", "ConceptExplanation", "LayerNotOnPathError", "UnitIndexError",
+           "UnknownLayerError"]
