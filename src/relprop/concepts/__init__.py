@@ -10,6 +10,9 @@ Concept Relevance Propagation (CRP) and Relevance Maximization (RelMax) of Achti
 
 from ._errors import LayerNotOnPathError, UnitIndexError, UnknownLayerError
 from .explain import ConceptExplanation, explain
+from .ranking import ConceptGraph, GraphEdge, UnitRanking, composition, top_units
+from .relmax import References, references
 
-__all__ = ["explain", "ConceptExplanation", "LayerNotOnPathError", "UnitIndexError",
-           "UnknownLayerError"]
+__all__ = ["explain", "ConceptExplanation", "top_units", "UnitRanking", "composition",
+           "ConceptGraph", "GraphEdge", "references", "References", "LayerNotOnPathError",
+           "UnitIndexError", "UnknownLayerError"]

@@ -32,12 +32,13 @@ class Batching:
     chunk: int | None = 32
 
 
-def grad(start: Sequence[Edge], to: Sequence[Edge], seeds: Sequence[Tensor],
-         materialize: bool = False) -> tuple[Tensor | None, ...]:
-    """``torch.autograd.grad`` between graph edges or tensors, keeping the graph."""
+def grad(start: Sequence[Edge], to: Sequence[Edge], seeds: Sequence[Tensor]
+         ) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad`` between graph edges or tensors, keeping the graph (``None``
+    where nothing reaches an edge of ``to``)."""
     call: Any = torch.autograd.grad
     return tuple(call(list(start), list(to), list(seeds), retain_graph=True,
-                      allow_unused=True, materialize_grads=materialize))
+                      allow_unused=True))
 
 
 def _loop(start: Edge, seeds: Tensor, to: Sequence[Edge]) -> list[Tensor | None]:
@@ -55,12 +56,13 @@ def _loop(start: Edge, seeds: Tensor, to: Sequence[Edge]) -> list[Tensor | None]
 
 def _vmapped(start: Edge, seeds: Tensor, to: Sequence[Edge], chunk: int | None
              ) -> list[Tensor | None]:
-    def one(seed: Tensor) -> tuple[Tensor | None, ...]:
-        return grad([start], to, [seed], materialize=True)
+    def one(seed: Tensor) -> tuple[Tensor, ...]:  # vmap returns tensors only: None -> 0-d
+        return tuple(seed.new_zeros(()) if g is None else g for g in grad([start], to, [seed]))
 
     parts: list[Any] = [torch.func.vmap(one)(piece) for piece in (
         seeds.split(chunk) if chunk else (seeds,))]
-    return [torch.cat([p[i] for p in parts]) for i in range(len(to))]
+    return [None if parts[0][i].dim() == 1 else torch.cat([p[i] for p in parts])
+            for i in range(len(to))]
 
 
 def signals(forward: Forward, start: Edge, seeds: Tensor, to: Sequence[Edge],

@@ -139,10 +139,13 @@ def _latest(node: Any, candidates: list[Any]) -> Any:
 
 
 def _listing(sites: dict[str, Site], limit: int = 40) -> str:
-    names = list(sites)
+    names = [n for n in sites if not n.endswith(":input")]
+    if not names:
+        return "(none: no module output depends on the input)"
     text = ", ".join(repr(n) for n in names[:limit])
-    return text + (f" and {len(names) - limit} more" if len(names) > limit else "") \
-        if names else "(none: no module output depends on the input)"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return (f"{text}{more} (the input of a module, e.g. a residual sum read by an "
+            f"activation, is '<module path>:input', e.g. {names[0] + ':input'!r})")
 
 
 @contextmanager
