@@ -31,6 +31,10 @@ class Batching:
     vmap: bool = True
     chunk: int | None = 32
 
+    def __post_init__(self) -> None:
+        if self.chunk is not None and self.chunk < 2:  # one at a time: the loop
+            self.vmap = False
+
 
 def grad(start: Sequence[Edge], to: Sequence[Edge], seeds: Sequence[Tensor]
          ) -> tuple[Tensor | None, ...]:

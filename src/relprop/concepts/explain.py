@@ -133,9 +133,11 @@ def explain(model: nn.Module, x: Tensor, target: Any = None, *, layer: str, unit
     """
     with shared_forward(model, x, target, composite, [layer], strict=strict,
                         forward_kwargs=forward_kwargs) as forward:
+        shape = tuple(forward.layer(layer).activations.shape)  # units checked before passes
+        axis = unit_axis(shape, forward.x.dim(), forward.tokens, unit_dim)
+        groups = concepts(units, count(shape, axis, heads), layer)
         info, full = layer_relevance(forward, layer, unit_dim, heads)
         assert full is not None
-        groups = concepts(units, info.units, layer)
         maps = conditional_maps(forward, info, groups, heads, Batching(chunk=batch_units))
         unit_relevance = per_unit(info.relevance.detach(), info.axis, heads)
         by_concept = torch.stack([unit_relevance[:, list(g)].sum(1) for g in groups], 1)
