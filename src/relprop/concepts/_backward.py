@@ -9,6 +9,7 @@ bypasses the layer (shortcuts, parallel branches).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,8 +64,10 @@ def _vmapped(start: Edge, seeds: Tensor, to: Sequence[Edge], chunk: int | None
     def one(seed: Tensor) -> tuple[Tensor, ...]:  # vmap returns tensors only: None -> 0-d
         return tuple(seed.new_zeros(()) if g is None else g for g in grad([start], to, [seed]))
 
-    parts: list[Any] = [torch.func.vmap(one)(piece) for piece in (
-        seeds.split(chunk) if chunk else (seeds,))]
+    with warnings.catch_warnings():  # ops vmap runs one by one still give the right numbers
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        parts: list[Any] = [torch.func.vmap(one)(piece) for piece in (
+            seeds.split(chunk) if chunk else (seeds,))]
     return [None if parts[0][i].dim() == 1 else torch.cat([p[i] for p in parts])
             for i in range(len(to))]
 

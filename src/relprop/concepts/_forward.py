@@ -75,6 +75,8 @@ class Forward:
     target: Target
     composite: Composite
     sites: dict[str, Site] = field(default_factory=dict)
+    #: token ids: 1 where the ``attention_mask`` keeps a position (padding gets no relevance)
+    keep: Tensor | None = None
     _live: dict[Any, None] | None = None
 
     @property
@@ -144,8 +146,10 @@ def _listing(sites: dict[str, Site], limit: int = 40) -> str:
         return "(none: no module output depends on the input)"
     text = ", ".join(repr(n) for n in names[:limit])
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    inputs = [n for n in sites if n.endswith(":input")]
+    example = f", e.g. {inputs[len(inputs) // 2]!r}" if inputs else ""
     return (f"{text}{more} (the input of a module, e.g. a residual sum read by an "
-            f"activation, is '<module path>:input', e.g. {names[0] + ':input'!r})")
+            f"activation, is '<module path>:input'{example})")
 
 
 @contextmanager
@@ -199,8 +203,11 @@ def shared_forward(model: nn.Module, x: Tensor, target: Any, composite: Composit
         detached = output.detach()
         resolved = as_target(target, detached)
         seed, explained = resolved.seed(detached)
+        mask = kwargs.get("attention_mask")
+        keep = (mask != 0) if tokens and isinstance(mask, Tensor) and mask.shape == x.shape \
+            else None
         yield Forward(session, x_leaf, tokens, output, seed, explained.detach(), resolved,
-                      composite, sites)
+                      composite, sites, keep=keep)
 
 
 def _check_supported(session: Session, output: Tensor, strict: bool) -> None:
@@ -238,4 +245,4 @@ def to_inputs(forward: Forward, grads: tuple[Tensor | None, ...], batch_shape: t
         per_position = (leaf.detach() * grad).sum(dim=-1)
         if tuple(per_position.shape[lead:]) == tuple(x.shape):
             relevance = relevance + per_position.to(relevance.dtype)
-    return relevance
+    return relevance if forward.keep is None else relevance * forward.keep
