@@ -8,11 +8,12 @@ Concept Relevance Propagation (CRP) and Relevance Maximization (RelMax) of Achti
 >>> c.relevance.shape   # (B, 3, *x.shape[1:])                                   # doctest: +SKIP
 """
 
+from . import figures
 from ._errors import LayerNotOnPathError, UnitIndexError, UnknownLayerError
 from .explain import ConceptExplanation, explain
 from .ranking import ConceptGraph, GraphEdge, UnitRanking, composition, top_units
 from .relmax import References, references
 
-__all__ = ["explain", "ConceptExplanation", "top_units", "UnitRanking", "composition",
+__all__ = ["figures", "explain", "ConceptExplanation", "top_units", "UnitRanking", "composition",
            "ConceptGraph", "GraphEdge", "references", "References", "LayerNotOnPathError",
            "UnitIndexError", "UnknownLayerError"]

@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Time K conditional heatmaps (``concepts.explain``) against one heatmap (``relprop.explain``)
+on a ResNet-50-style net, and the floor that FLOPs put under that ratio.
+
+One heatmap costs a forward pass F and a backward pass B. K concepts at a layer L cost the
+same forward pass, one full backward pass (the heatmap and the layer's relevance) and K
+backward passes from L down to the input, each costing the backward FLOPs of the layers that
+run before L. With ``f`` the share of the forward FLOPs below L and ``c = B / F`` (about 1 for
+LRP-0/ε, 2 to 3 for αβ or γ, which run a modified forward and a vjp per layer):
+
+    ratio ≥ 1 + K · f · c / (1 + c)
+
+so "32 units in at most 2x one heatmap" holds by FLOPs only where f ≤ (1 + c) / (c · K):
+layers within the first ~6% of the network's FLOPs for ε (K = 32). Higher up, batching (vmap)
+can only win what the hardware leaves idle on single passes (GPUs, small batches).
+
+    PYTHONPATH=src:. python bench/concepts_timing.py [--size 112] [--device cpu]
+
+Rounds are interleaved (heatmap, then each layer) and medians reported; on a shared machine
+read the ratios, not the seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+import relprop
+from relprop import composites, concepts
+from relprop.rules import Epsilon
+from tests.helpers.models import resnet50
+
+
+def conv_flops(model: nn.Module, x: Tensor) -> list[tuple[str, int]]:
+    """Multiply-adds of every conv/linear call, in execution order."""
+    counted: list[tuple[str, int]] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(module: nn.Module, _: object, out: Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] \
+                * module.kernel_size[1]
+            counted.append((names[module], out.numel() * per_output))
+        elif isinstance(module, nn.Linear):
+            counted.append((names[module], out.numel() * module.in_features))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return counted
+
+
+def share_below(flops: list[tuple[str, int]], layer: str) -> float:
+    """The share of the forward FLOPs spent in layers that run before ``layer``'s output."""
+    total = sum(f for _, f in flops)
+    below = sum(f for name, f in flops if name.startswith(layer + ".") or _before(name, layer))
+    return below / total
+
+
+def _before(name: str, layer: str) -> bool:
+    """Whether module ``name`` runs before ``layer`` (ResNet names: stem, layers.i.j...)."""
+    if not name.startswith("layers."):
+        return name.startswith(("conv1", "bn1"))
+    stage, block = (int(p) for p in name.split(".")[1:3])
+    parts = layer.split(".")
+    top_stage = int(parts[1])
+    top_block = int(parts[2]) if len(parts) > 2 else 10**9
+    return (stage, block) < (top_stage, top_block) or (stage == top_stage and block
+                                                        < top_block)
+
+
+def _median_time(fn: Callable[[], object], samples: list[float]) -> None:
+    start = time.perf_counter()
+    fn()
+    samples.append(time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=112, help="input side (224 = ImageNet)")
+    parser.add_argument("--units", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layers", nargs="+", default=["layers.0", "layers.1", "layers.2",
+                                                         "layers.3"])
+    args = parser.parse_args()
+    model = resnet50().to(args.device)
+    x = torch.randn(1, 3, args.size, args.size, device=args.device)
+    flops = conv_flops(model, x)
+    units = list(range(args.units))
+    for name, composite, c in (("epsilon", composites.uniform(Epsilon(1e-6)), 1.0),
+                               ("default (αβ)", composites.default(), 2.5)):
+        times: dict[str, list[float]] = {"heatmap": []}
+        warnings.simplefilter("ignore")
+        for _ in range(args.rounds):
+            _median_time(lambda: relprop.explain(model, x, 1, composite), times["heatmap"])
+            for layer in args.layers:
+                for mode, chunk in (("vmap", 32), ("loop", 1)):
+                    _median_time(lambda: concepts.explain(
+                        model, x, 1, layer=layer, units=units, composite=composite,
+                        batch_units=chunk), times.setdefault(f"{layer} {mode}", []))
+        base = statistics.median(times["heatmap"])
+        print(f"\n## {name}: ResNet-50-style, 1x3x{args.size}x{args.size}, {args.device}, "
+              f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds\n")
+        print(f"one heatmap: {base * 1e3:.0f} ms\n")
+        print(f"| layer | FLOPs below | floor for {args.units} units (c={c}) | "
+              "vmapped: time, ratio | looped: time, ratio |")
+        print("|---|---|---|---|---|")
+        for layer in args.layers:
+            f = share_below(flops, layer)
+            floor = 1 + args.units * f * c / (1 + c)
+            cells = [f"{statistics.median(times[f'{layer} {m}']) * 1e3:.0f} ms, "
+                     f"{statistics.median(times[f'{layer} {m}']) / base:.1f}x"
+                     for m in ("vmap", "loop")]
+            print(f"| {layer} | {100 * f:.0f}% | {floor:.1f}x | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
