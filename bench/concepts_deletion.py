@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from relprop import composites, concepts
-from relprop_bench.models import VARIANTS, benchmark_images, trained_net
+from relprop_bench.models import VARIANTS, TrainConfig, benchmark_images, trained_net
 from relprop_bench.stats import bootstrap_mean, paired_difference
 
 
@@ -44,17 +44,22 @@ def _logit_without(model: nn.Sequential, layer: str, x: Tensor, classes: Tensor,
         handle.remove()
 
 
+#: training budgets: the benchmark's full one, and the quick one of the localisation preset
+TRAINING = {"full": TrainConfig(), "quick": TrainConfig(n_train=4000, epochs=5)}
+
+
 def run(variant: str, n: int, layers: list[str], ks: list[int], composite_name: str,
-        seed: int) -> None:
-    model, meta = trained_net(VARIANTS[variant], seed)
+        seed: int, training: str) -> None:
+    model, meta = trained_net(VARIANTS[variant], seed, TRAINING[training])
     x, _, _ = benchmark_images(n)
     with torch.no_grad():
         logits = model(x)
     classes = logits.argmax(1)
     original = logits.gather(1, classes[:, None])[:, 0]
     composite = getattr(composites, composite_name)()
-    print(f"## {variant} seed {seed} (test accuracy {meta['test_accuracy']:.3f}), {n} images, "
-          f"predicted class, composite {composite.name}\n")
+    print(f"## {variant} seed {seed}, {training} training (test accuracy "
+          f"{meta['test_accuracy']:.3f}), {n} images, predicted class, composite "
+          f"{composite.name}\n")
     print("| layer | k | relevance (CRP) | activation | random | relevance − activation |")
     print("|---|---|---|---|---|---|")
     gen = torch.Generator().manual_seed(0)
@@ -98,9 +103,10 @@ def main() -> None:
                         help="module names (ReLU outputs of vgg4's 2nd-4th convolutions)")
     parser.add_argument("--k", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--composite", default="default")
+    parser.add_argument("--training", default="full", choices=sorted(TRAINING))
     args = parser.parse_args()
     torch.manual_seed(0)
-    run(args.variant, args.n, args.layers, args.k, args.composite, args.seed)
+    run(args.variant, args.n, args.layers, args.k, args.composite, args.seed, args.training)
 
 
 if __name__ == "__main__":
