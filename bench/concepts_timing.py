@@ -24,17 +24,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-import relprop
-from relprop import composites, concepts
-from relprop.rules import Epsilon
-from tests.helpers.models import resnet50
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "src"):  # tests.helpers.models, and relprop from the checkout
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import relprop  # noqa: E402
+from relprop import composites, concepts  # noqa: E402
+from relprop.rules import Epsilon  # noqa: E402
 
 
 def conv_flops(model: nn.Module, x: Tensor) -> list[tuple[str, int]]:
@@ -80,9 +86,10 @@ def _before(name: str, layer: str) -> bool:
                                                         < top_block)
 
 
-def _median_time(fn: Callable[[], object], samples: list[float]) -> None:
+def _time(fn: Callable[..., object], samples: list[float], *args: object,
+          **kwargs: object) -> None:
     start = time.perf_counter()
-    fn()
+    fn(*args, **kwargs)
     samples.append(time.perf_counter() - start)
 
 
@@ -95,6 +102,8 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", default=["layers.0", "layers.1", "layers.2",
                                                          "layers.3"])
     args = parser.parse_args()
+    from tests.helpers.models import resnet50
+
     model = resnet50().to(args.device)
     x = torch.randn(1, 3, args.size, args.size, device=args.device)
     flops = conv_flops(model, x)
@@ -104,12 +113,11 @@ def main() -> None:
         times: dict[str, list[float]] = {"heatmap": []}
         warnings.simplefilter("ignore")
         for _ in range(args.rounds):
-            _median_time(lambda: relprop.explain(model, x, 1, composite), times["heatmap"])
+            _time(relprop.explain, times["heatmap"], model, x, 1, composite)
             for layer in args.layers:
                 for mode, chunk in (("vmap", 32), ("loop", 1)):
-                    _median_time(lambda: concepts.explain(
-                        model, x, 1, layer=layer, units=units, composite=composite,
-                        batch_units=chunk), times.setdefault(f"{layer} {mode}", []))
+                    _time(concepts.explain, times.setdefault(f"{layer} {mode}", []), model, x,
+                          1, layer=layer, units=units, composite=composite, batch_units=chunk)
         base = statistics.median(times["heatmap"])
         print(f"\n## {name}: ResNet-50-style, 1x3x{args.size}x{args.size}, {args.device}, "
               f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds\n")

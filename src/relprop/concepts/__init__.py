@@ -8,6 +8,7 @@ Concept Relevance Propagation (CRP) and Relevance Maximization (RelMax) of Achti
 >>> c.relevance.shape   # (B, 3, *x.shape[1:])                                   # doctest: +SKIP
 """
 
+from ..errors import InvalidInputError
 from . import figures
 from ._errors import LayerNotOnPathError, UnitIndexError, UnknownLayerError
 from .explain import ConceptExplanation, explain
@@ -16,4 +17,4 @@ from .relmax import References, references
 
 __all__ = ["figures", "explain", "ConceptExplanation", "top_units", "UnitRanking", "composition",
            "ConceptGraph", "GraphEdge", "references", "References", "LayerNotOnPathError",
-           "UnitIndexError", "UnknownLayerError"]
+           "UnitIndexError", "UnknownLayerError", "InvalidInputError"]

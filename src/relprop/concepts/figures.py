@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,8 +80,9 @@ def glocal(c: ConceptExplanation, x: Tensor, refs: References | None = None, *,
 
 
 def _img(image: Tensor, scale: int, title: str) -> str:
-    png = viz.encode_png(viz.upscale(image, scale))
-    data = base64.b64encode(png).decode("ascii")
+    buffer = io.BytesIO()
+    viz.to_pil(viz.upscale(image, scale)).save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(title)}">'
             f"<figcaption>{html.escape(title)}</figcaption></figure>")
 
