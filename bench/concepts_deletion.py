@@ -103,7 +103,7 @@ def main() -> None:
                         help="module names (ReLU outputs of vgg4's 2nd-4th convolutions)")
     parser.add_argument("--k", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--composite", default="default")
-    parser.add_argument("--training", default="full", choices=sorted(TRAINING))
+    parser.add_argument("--training", default="quick", choices=sorted(TRAINING))
     args = parser.parse_args()
     torch.manual_seed(0)
     run(args.variant, args.n, args.layers, args.k, args.composite, args.seed, args.training)

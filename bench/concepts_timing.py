@@ -112,6 +112,9 @@ def main() -> None:
                                ("default (αβ)", composites.default(), 2.5)):
         times: dict[str, list[float]] = {"heatmap": []}
         warnings.simplefilter("ignore")
+        relprop.explain(model, x, 1, composite)  # warm-up: lazy imports, first-call costs
+        concepts.explain(model, x, 1, layer=args.layers[0], units=units[:2],
+                         composite=composite)
         for _ in range(args.rounds):
             _time(relprop.explain, times["heatmap"], model, x, 1, composite)
             for layer in args.layers:

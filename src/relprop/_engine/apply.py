@@ -85,7 +85,8 @@ class LayerFunction(torch.autograd.Function):
         if ctx.relu and ctx.call.rule.reads_grad:
             grad = grad * (z > 0)
         out = _run_rule(ctx.call, ctx.session, ctx.op, a, z, grad)
-        ctx.op.release()
+        if not ctx.session.retain:  # passes that run again reuse the modified weights
+            ctx.op.release()
         return (out, *nothing[1:])
 
 
