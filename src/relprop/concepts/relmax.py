@@ -314,6 +314,7 @@ def _progress(batches: Iterator[Any], show: bool, data: Any, batch_size: int
         return batches
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, Tensor | tuple) \
         else None
-    if isinstance(data, Tensor):
-        total = -(-len(data) // batch_size)
+    if isinstance(data, Tensor | tuple) and len(data) and isinstance(data[0], Tensor):
+        first = data if isinstance(data, Tensor) else data[0]
+        total = -(-len(first) // batch_size)
     return tqdm(batches, total=total, desc="references", unit="batch")
