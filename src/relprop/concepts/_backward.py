@@ -81,10 +81,9 @@ def signals(forward: Forward, start: Edge, seeds: Tensor, to: Sequence[Edge],
     if batching.vmap and not _deposits(forward, to):
         try:
             return list(_vmapped(start, seeds, to, batching.chunk))
-        except RuntimeError as error:  # a rule whose backward cannot be vmapped
-            if "vmap" not in str(error) and "Batching rule" not in str(error):
-                raise
-            batching.vmap = False
+        except RuntimeError:  # a rule whose backward cannot be vmapped (in-place arithmetic,
+            batching.vmap = False  # data-dependent branches): the loop, which raises any
+            # error that is not vmap's
     return _loop(start, seeds, to)
 
 
