@@ -102,3 +102,16 @@ def test_bert_under_attnlrp_with_padding() -> None:
                                  lower="bert.encoder.layer.0.intermediate", k=3,
                                  composite=attnlrp(), **kwargs)
     assert len(graph.children(0)) == 3
+
+
+def test_references_over_token_ids_crop_to_spans() -> None:
+    model, ids = _bert(), torch.randint(3, 100, (9, 10),
+                                        generator=torch.Generator().manual_seed(4))
+    refs = concepts.references(ids, model, "bert.encoder.layer.0.intermediate", [0, 5], k=3,
+                               composite=attnlrp(), batch_size=4, progress=False)
+    assert refs.tokens and refs.maps is not None and refs.maps.shape == (2, 3, 10)
+    for row, unit in enumerate((0, 5)):
+        for j, patch in enumerate(refs.patches(unit)):
+            start, stop = refs.boxes[row, j].tolist()  # type: ignore[union-attr]
+            assert torch.equal(patch, ids[refs.relevance_indices[row, j], start:stop])
+            assert start <= int(refs.maps[row, j].argmax()) < stop
