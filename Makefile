@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml benchmarks/pyproject.toml Makefile
 	# test-only oracles, never runtime dependencies; a failed install fails the setup (their
 	# tests fail, not skip, without them). --no-deps where a package depends on torch.
 	$(PY) -m pip install -q --no-deps zennit==0.5.1
+	# zennit-crp: the oracle of relprop.concepts on plain nets (it needs zennit and tqdm)
+	$(PY) -m pip install -q --no-deps zennit-crp==0.6.0
 	# quantus without its declared deps (torch among them); what `import quantus` and the
 	# Sparseness check need. None of these depends on torch.
 	$(PY) -m pip install -q --no-deps quantus==0.6.0

@@ -5,7 +5,7 @@
 >>> expl.relevance                                   # doctest: +SKIP
 """
 
-from . import composites, methods, metrics, neon, pairwise, rules, targets, text
+from . import composites, concepts, methods, metrics, neon, pairwise, rules, targets, text
 from .errors import (
     InvalidInputError,
     ProbabilityOutputWarning,
@@ -20,8 +20,8 @@ from .explain import Explanation, explain
 __version__ = "0.1.0"
 
 __all__ = [
-    "explain", "Explanation", "composites", "methods", "metrics", "neon", "pairwise", "rules",
-    "targets", "text", "RelpropError",
+    "explain", "Explanation", "composites", "concepts", "methods", "metrics", "neon",
+    "pairwise", "rules", "targets", "text", "RelpropError",
     "UnsupportedOperationError", "UnsupportedOperationWarning", "InvalidInputError",
     "RuleAssignmentError", "ProbabilityOutputWarning", "RuleAssumptionWarning",
 ]

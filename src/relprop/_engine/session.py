@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -55,6 +55,10 @@ class Session:
         #: how often each (module path, module call, op) was seen: names stay unique
         self._op_counts: dict[tuple[str, int, str], int] = {}
         self.record = record
+        #: called as ``on_tensor(name, module, tensor)`` for every tensor a module returns,
+        #: named as in ``layers`` (``path#call[i]``), and for the first argument of a module
+        #: call (``path#call:input``, before the module runs); set before the forward pass
+        self.on_tensor: Callable[[str, nn.Module, Tensor], None] | None = None
         self.thread = threading.get_ident()
         # a compiled submodule wraps the eager one as ``_orig_mod``: name it as the eager one
         self.paths: dict[nn.Module, str] = {
@@ -69,7 +73,8 @@ class Session:
         self.gates: dict[int, weakref.ref[Tensor]] = {}
         self.deposit: Tensor | None = None
         #: True during a backward pass that another one over the same graph follows (several
-        #: targets): saved tensors and the rules' seed-independent terms are kept for it
+        #: targets; :mod:`relprop.concepts` runs one pass per concept): saved tensors and the
+        #: rules' seed-independent terms are kept for it
         self.again = False
         self.ledger: list[LedgerEntry] = []
         self.layers: dict[str, Tensor] = {}
@@ -227,6 +232,11 @@ class Session:
                 path = self._unregistered[module] = (
                     f"{outer}.{type(module).__name__}" if outer else type(module).__name__)
         self.stack.append((path, module, count))
+        first = args[0] if args else None
+        if self.on_tensor is not None and not self.opaque and isinstance(first, Tensor) \
+                and first.requires_grad:
+            self.on_tensor((path or "<model>") + (f"#{count}" if count else "") + ":input",
+                           module, first)
         if self.opaque or self._kind_of(module) is not None:
             # a module taken as one op: run its inner ops plainly, without a graph
             self.opaque += 1
@@ -261,10 +271,14 @@ class Session:
             # ops that bypass the interception mode (custom autograd Functions) get their
             # module named at least
             self.node_info.setdefault(output.grad_fn, (path or "<model>", "?"))
-        if self.record:
+        if self.record or self.on_tensor is not None:
             name = (path or "<model>") + (f"#{count}" if count else "")
             for suffix, tensor in _tensors(output):
-                if tensor.requires_grad:
+                if not tensor.requires_grad:
+                    continue
+                if self.on_tensor is not None:
+                    self.on_tensor(name + suffix, module, tensor)
+                if self.record:
                     self._keep_relevance(name + suffix, tensor)
 
     def _keep_relevance(self, name: str, output: Tensor) -> None:

@@ -64,8 +64,8 @@ class PoolOp:
         """All of each output's signal to its arg-max (the gradient of max pooling)."""
         assert self.indices is not None
         spatial = a.dim() - self.nd  # indices count within each (batch, channel) plane
-        g = torch.zeros_like(a).flatten(spatial)
-        g.scatter_add_(-1, self.indices.flatten(spatial), grad.flatten(spatial))
+        g = torch.zeros_like(a).flatten(spatial)  # out of place: the signal may be vmapped
+        g = g.scatter_add(-1, self.indices.flatten(spatial), grad.flatten(spatial))
         return g.view_as(a)
 
     def average_vjp(self, a: Tensor, grad: Tensor) -> Tensor:
