@@ -1,0 +1,275 @@
+"""Handlers of the statistics family: normalisations and activations that models write with
+elementary ops, and that no module name gives away.
+
+* **A scale computed from a statistic of the stream, held constant** (a normalisation written
+  op by op): ``y = x ⊙ s(x)`` or ``y = x / n(x)``, where ``s`` is computed from a *reduction*
+  of second moments or norms of ``x`` — ``rsqrt(mean(x²) + ε)`` (nGPT/Dory's L2 norm,
+  DeepSeek-V4's and HunYuan-V4's unweighted RMSNorm), ``c / max(‖x‖₂, ε)`` (ZAYA's q/k
+  norm), ``1 / std(x)`` — through elementwise maths with constants (``+ ε``, ``sqrt``,
+  ``rsqrt``, ``reciprocal``, ``clamp``, casts, scaling, a number divided by it). Such a call
+  is one op of kind ``layer_norm`` (:class:`~relprop.rules.NormOp` ``"scaled"``, the
+  multiplier ``s`` held at its value), so the composite's normalisation rule applies —
+  AttnLRP's identity rule by default (Achtibat et al. 2024, §3.3.2: the normalising factor
+  is held constant, which makes the op linear in ``x``): ``R_x = R_y``, exactly as for
+  ``F.rms_norm``. The statistic's own ops then carry no relevance (they are off the path).
+  The statistic must be of the tensor it scales (the same values, up to a cast) or of the
+  input of the constant-weight layer that made it (``W x ⊙ s(x) = W (x ⊙ s(x))``:
+  HunYuan-V4 normalises its hyper-connection logits that way); anything else is a product
+  of two activations, as before. Recognised by what the ops compute, not by names: the
+  statistic is followed from its reduction (``mean``/``sum`` of a square, ``norm``,
+  ``vector_norm``, ``var``, ``std``) through each op to the product.
+* **The Gaussian CDF is a gate**: ``erf`` is an elementwise activation whose output is a
+  gate, as ``sigmoid``'s is. GELU written by hand, ``x · ½(1 + erf(x/√2)) = x · Φ(x)``
+  (Hendrycks & Gimpel 2016; ESM's ``gelu``), is then ``x`` times a gate computed from
+  ``x`` alone, which takes all of the relevance (signal-take-all, Arras et al. 2017): the
+  identity rule that :func:`torch.nn.functional.gelu` gets by default, ``R_x = R_y``.
+* **Activation modules** with scalar parameters or none (``…Activation`` classes such as
+  xIELU, Huang et al. 2024: ``α_p x² + βx`` for ``x > 0``, ``α_n (e^{min(x, ε)} − 1 − x) +
+  βx`` below; ``sqrt(softplus(x))``): one elementwise op of kind ``activation`` (the
+  identity rule by default, the usual LRP choice for elementwise activations), after
+  checking that the module *is* elementwise on the data at hand — its output on the input
+  taken one value at a time equals its output.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from ...rules.ops import NormOp
+from ..apply import UnaryFunction
+from ..paths import on_path
+from . import layers, transformer
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+Handler = Callable[..., Any]
+
+#: reductions that make a statistic of the tensor they reduce
+NORMS = frozenset({"norm", "linalg.vector_norm", "linalg.norm", "var", "std"})
+#: reductions that make a statistic when they reduce a square (``mean(x²)``)
+SUMS = frozenset({"mean", "sum", "nansum", "nanmean"})
+#: how a square is spelled (``x.pow(2)`` is an activation node of one of these names)
+SQUARES = frozenset({"pow", "__pow__", "square", "float_power"})
+#: elementwise maths with constants, casts and views: a statistic stays a statistic
+CHAIN = frozenset({
+    "add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "mul", "__mul__", "__rmul__",
+    "div", "__truediv__", "__rtruediv__", "true_divide", "divide", "rsqrt", "sqrt",
+    "reciprocal", "clamp", "clamp_min", "clamp_max", "clip", "pow", "__pow__", "abs", "neg",
+    "__neg__", "to", "float", "double", "half", "bfloat16", "type", "type_as", "expand",
+    "expand_as", "unsqueeze", "squeeze", "view", "reshape", "contiguous", "clone",
+    "maximum", "minimum",
+})
+#: a tensor scaled by a statistic (``div``: divided by it)
+SCALINGS = frozenset({"mul", "__mul__", "__rmul__", "multiply"})
+DIVISIONS = frozenset({"div", "__truediv__", "true_divide", "divide"})
+#: nodes that only cast or copy: the tensor they make has the values of their input
+_CASTS = frozenset({"ToCopyBackward0", "CloneBackward0", "AliasBackward0"})
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """A tensor computed from a reduction of ``base`` (a graph node) by ``fn`` (a function
+    of a tensor with ``base``'s values, in ``dtype``)."""
+
+    base: Any
+    dtype: torch.dtype
+    fn: Callable[[Tensor], Tensor]
+
+
+def _root(node: Any) -> Any:
+    """``node`` with the casts and copies above it stripped."""
+    while node is not None and type(node).__name__ in _CASTS:
+        node = node.next_functions[0][0]
+    return node
+
+
+def _statistic(session: Session, t: Any) -> Statistic | None:
+    found = session.noted("statistic", t)
+    return found if isinstance(found, Statistic) else None
+
+
+def _remember(session: Session, out: Any, statistic: Statistic) -> None:
+    if isinstance(out, Tensor) and on_path(out):
+        session.note("statistic", out, statistic)
+
+
+def _squared_base(session: Session, t: Any) -> Any:
+    """If ``t`` is ``b²`` (the activation node of ``pow(b, 2)``/``square(b)``), ``b``'s node."""
+    node = getattr(t, "grad_fn", None)
+    if node is None or type(node).__name__ != "UnaryFunctionBackward":
+        return None
+    if session.node_info.get(node, ("", ""))[1] not in SQUARES:
+        return None
+    return node.next_functions[0][0]
+
+
+def _replace(values: tuple[Any, ...], position: int, value: Tensor) -> list[Any]:
+    out = list(values)
+    out[position] = value
+    return out
+
+
+def observe(session: Session, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+            kwargs: dict[str, Any], out: Any) -> None:
+    """After a call: remember the statistics it made (see the module docstring)."""
+    if not isinstance(out, Tensor) or not on_path(out) or not args:
+        return
+    first = args[0]
+    if name in NORMS and on_path(first) and out.numel() < first.numel() \
+            and first.grad_fn is not None:
+        rest, options = args[1:], dict(kwargs)
+        _remember(session, out, Statistic(first.grad_fn, first.dtype,
+                                          lambda t: func(t, *rest, **options)))
+        return
+    if name in SUMS and on_path(first) and out.numel() < first.numel():
+        base = _squared_base(session, first)
+        if base is not None:
+            rest, options = args[1:], dict(kwargs)
+            _remember(session, out, Statistic(base, first.dtype,
+                                              lambda t: func(t.square(), *rest, **options)))
+        return
+    if name not in CHAIN:
+        return
+    found = [(i, _statistic(session, a)) for i, a in enumerate(args) if on_path(a)]
+    if len(found) != 1 or found[0][1] is None or any(on_path(v) for v in kwargs.values()):
+        return
+    position, inner = found[0]
+    assert inner is not None
+    rest, options = tuple(args), dict(kwargs)
+
+    def chained(t: Tensor) -> Tensor:
+        return func(*_replace(rest, position, inner.fn(t)), **options)
+
+    _remember(session, out, Statistic(inner.base, inner.dtype, chained))
+
+
+def _of(session: Session, a: Tensor, statistic: Statistic) -> str | None:
+    """``"same"`` if ``statistic`` is of ``a`` (up to a cast), ``"layer"`` if of the input of
+    the constant-weight layer that made ``a``; ``None`` otherwise."""
+    base, node = _root(statistic.base), _root(a.grad_fn)
+    if node is None or base is None:
+        return None
+    if node is base:
+        return "same"
+    if type(node).__name__ == "LayerFunctionBackward" and _root(node.next_functions[0][0]) \
+            is base:
+        return "layer"
+    return None
+
+
+def _scaled(session: Session, func: Callable[..., Any], name: str,
+            args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
+    """``a ⊙ s`` or ``a / s`` with ``s`` a statistic of ``a``: one ``layer_norm`` op with the
+    multiplier held constant; ``None`` if the call is not that."""
+    if len(args) != 2 or kwargs or not (on_path(args[0]) and on_path(args[1])):
+        return None
+    positions = (1,) if name in DIVISIONS else (1, 0)
+    for position in positions:
+        s, a = args[position], args[1 - position]
+        statistic = _statistic(session, s)
+        if statistic is None or not isinstance(a, Tensor):
+            continue
+        relation = _of(session, a, statistic)
+        try:
+            fits = torch.broadcast_shapes(a.shape, s.shape) == a.shape
+        except RuntimeError:
+            fits = False
+        if relation is None or not fits:
+            continue
+        held = s.detach()
+        multiplier = held.reciprocal() if name in DIVISIONS else held
+
+        def compute(t: Tensor, held: Tensor = held, position: int = position) -> Tensor:
+            return func(*_replace((t, t), position, held))
+
+        gradient: Callable[[Tensor], Tensor] = compute
+        if relation == "same":
+            def gradient(t: Tensor, statistic: Statistic = statistic,
+                         position: int = position) -> Tensor:
+                return func(*_replace((t, t), position, statistic.fn(t.to(statistic.dtype))))
+        op = NormOp("scaled", gradient, multiplier=multiplier, bias=False)
+        call = session.new_call("layer_norm", name)
+        out: Tensor = UnaryFunction.apply(a, op, call, session, compute)
+        return out
+    return None
+
+
+def _scaling(session: Session, func: Callable[..., Any], name: str,
+             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A product or quotient: a tensor scaled by its own statistic (:func:`_scaled`), else
+    what the other families do with it (a product of activations, or the plain op, which
+    the graph check then judges)."""
+    out = _scaled(session, func, name, args, kwargs)
+    if out is not None:
+        return out
+    previous = _PREVIOUS.get(name)
+    if previous is not None:
+        return previous(session, func, name, args, kwargs)
+    return session.unvouched(func(*args, **kwargs))
+
+
+def _erf(session: Session, func: Callable[..., Any], name: str,
+         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``erf``: an elementwise activation whose output is a gate (see the module docstring)."""
+    out = layers._activation(session, func, name, args, kwargs)
+    if isinstance(out, Tensor) and on_path(out):
+        session.mark_gate(out)
+    return out
+
+
+# -- activation modules with scalar parameters ---------------------------------------------
+_ACTIVATION_MODULE = re.compile(r"Activation$")
+
+
+def module_kind(module: nn.Module) -> str | None:
+    """``"activation"`` for a leaf ``…Activation`` module whose parameters and buffers (if
+    any) are all scalars (xIELU, DeepSeek-V4's ``SqrtSoftplusActivation``, Nemotron's
+    ``ReLUSquaredActivation``), checked to be elementwise in :func:`wrap_module_output`
+    (GELU/SiLU-like modules are the transformer family's, which comes first)."""
+    cls = type(module)
+    if cls.__module__.startswith("torch.") or next(module.children(), None) is not None \
+            or not _ACTIVATION_MODULE.search(cls.__name__):
+        return None
+    if any(t.numel() != 1 for t in [*module.parameters(), *module.buffers()]):
+        return None
+    return "activation"
+
+
+def wrap_module_output(session: Session, module: nn.Module, kind: str, args: Any,
+                       output: Any) -> Any:
+    """The module's output as one elementwise op, if it is elementwise on this input (its
+    output on the input's values one at a time is its output); ``None`` otherwise."""
+    a = args[0] if isinstance(args, tuple) and args else None
+    if not (on_path(a) and isinstance(output, Tensor)) or len(args) != 1:
+        return output
+    assert isinstance(a, Tensor)
+    if output.shape != a.shape:
+        return None
+    with torch.no_grad():
+        try:
+            alone = module.forward(a.detach().reshape(-1, 1)).reshape(a.shape)
+        except (RuntimeError, ValueError):
+            return None
+    if not torch.equal(alone, output.detach()):
+        return None
+    return transformer.wrap_module_output(session, module, kind, args, output)
+
+
+_PREVIOUS: dict[str, Handler] = {n: layers.HANDLERS[n] for n in SCALINGS | DIVISIONS
+                                 if n in layers.HANDLERS}
+_PREVIOUS["multiply"] = layers._product
+
+HANDLERS: dict[str, Handler] = {
+    **{n: _scaling for n in SCALINGS | DIVISIONS},
+    "erf": _erf,
+    "special.erf": _erf,
+}
+
+__all__ = ["HANDLERS", "observe", "module_kind", "wrap_module_output", "Statistic"]

@@ -1,0 +1,235 @@
+"""Ops real models write by hand (the statistics family, router renormalisations), against
+float64 oracles: each spelled-out op must give the relevance of the op relprop already has a
+rule for (``F.rms_norm``, ``F.normalize``, ``F.gelu``, an elementwise activation, router
+gates)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import relprop
+from relprop.composites import attnlrp, cp_lrp
+
+COMPOSITES = {"attnlrp": attnlrp, "cp_lrp": lambda: cp_lrp(epsilon=0.0)}
+
+
+class Wrapped(nn.Module):
+    """``head(f(layer(x)))`` with ``f`` the op under test."""
+
+    def __init__(self, f: Callable[[Tensor], Tensor], width: int = 6) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = nn.Linear(5, width, bias=False)
+        self.head = nn.Linear(width, 3, bias=False)
+        self.f = f
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.f(self.layer(x)))
+
+
+def _relevance(f: Callable[[Tensor], Tensor], composite: str, width: int = 6) -> Tensor:
+    model = Wrapped(f, width).double().eval()
+    x = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expl = relprop.explain(model, x, 1, COMPOSITES[composite](), verify=True)
+    if composite == "cp_lrp":  # ε = 0 on bias-free layers: conserves to rounding
+        assert torch.allclose(expl.relevance.sum(1), expl.explained, rtol=1e-10, atol=1e-12)
+    return expl.relevance
+
+
+def _rms(x: Tensor) -> Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def _rms_cast(x: Tensor) -> Tensor:  # DeepSeek-V4's unweighted RMSNorm: statistic in float32
+    return x * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + 1e-6).to(x.dtype)
+
+
+def _l2(x: Tensor) -> Tensor:  # ZAYA's q/k norm: a number over the clamped norm
+    return x * (2.0 / x.norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12))
+
+
+def _l2_div(x: Tensor) -> Tensor:
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+@pytest.mark.parametrize(("by_hand", "reference"), [
+    (_rms, lambda x: F.rms_norm(x, (x.shape[-1],), eps=1e-6)),
+    (_rms_cast, lambda x: F.rms_norm(x, (x.shape[-1],), eps=1e-6)),
+    (_l2, lambda x: 2.0 * F.normalize(x, dim=-1, eps=1e-12)),
+    (_l2_div, lambda x: F.normalize(x, dim=-1, eps=0.0)),
+])
+def test_normalisation_by_hand_equals_the_norm_rule(
+        by_hand: Callable[[Tensor], Tensor], reference: Callable[[Tensor], Tensor],
+        composite: str) -> None:
+    """A scale computed from a statistic of the stream is held constant: the identity rule of
+    ``F.rms_norm``/``F.normalize``, to float64 rounding."""
+    # the float32 statistic of ``_rms_cast`` is the model's own: its scale differs by ~1e-7
+    tolerance = 1e-6 if by_hand is _rms_cast else 1e-10
+    torch.testing.assert_close(_relevance(by_hand, composite), _relevance(reference, composite),
+                               rtol=tolerance, atol=tolerance)
+
+
+def test_normalisation_by_hand_is_one_layer_norm_call() -> None:
+    model = Wrapped(_rms).double().eval()
+    x = torch.randn(2, 5, dtype=torch.float64)
+    expl = relprop.explain(model, x, 0, attnlrp(), record=True)
+    assert expl.rules["<model>:mul"].startswith("NormIdentity"), expl.rules
+
+
+def test_scale_of_another_tensor_is_not_a_normalisation() -> None:
+    """``x ⊙ rsqrt(mean(y²))`` with ``y`` another activation is a product, not a norm."""
+    def other(x: Tensor) -> Tensor:
+        y = torch.tanh(x)
+        return x * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    with pytest.raises(relprop.UnsupportedOperationError, match="rsqrt"):
+        _relevance(other, "attnlrp")
+
+
+def test_elementwise_scale_is_not_a_normalisation() -> None:
+    """``x ⊙ rsqrt(x² + ε)`` (no reduction) is an elementwise function, not a norm."""
+    with pytest.raises(relprop.UnsupportedOperationError, match="rsqrt"):
+        _relevance(lambda x: x * torch.rsqrt(x.pow(2) + 1e-6), "attnlrp")
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+def test_erf_gelu_equals_the_gelu_rule(composite: str) -> None:
+    """GELU written with ``erf`` (ESM) is ``x · Φ(x)`` with ``Φ`` a gate: ``F.gelu``'s rule."""
+    def by_hand(x: Tensor) -> Tensor:
+        return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+    torch.testing.assert_close(_relevance(by_hand, composite), _relevance(F.gelu, composite),
+                               rtol=1e-10, atol=1e-12)
+
+
+class XIELU(nn.Module):
+    """Huang et al. 2024's xIELU as transformers writes it (``XIELUActivation``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alpha_p = nn.Parameter(torch.tensor([0.3]))
+        self.alpha_n = nn.Parameter(torch.tensor([0.2]))
+        self.register_buffer("beta", torch.tensor(0.5))
+        self.register_buffer("eps", torch.tensor(-1e-6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        alpha_p = F.softplus(self.alpha_p)
+        alpha_n = self.beta + F.softplus(self.alpha_n)
+        return torch.where(x > 0, alpha_p * x * x + self.beta * x,
+                           (torch.expm1(torch.min(x, self.eps)) - x) * alpha_n + self.beta * x)
+
+
+XIELUActivation = type("XIELUActivation", (XIELU,), {})
+
+
+def test_xielu_module_is_an_activation_with_the_identity_rule() -> None:
+    """An elementwise ``…Activation`` module with scalar parameters: ``R_x = R_y`` (the identity
+    rule): the relevance at the activation's input equals the one at its output, computed
+    here from the head by LRP-0 written out."""
+    activation = XIELUActivation().double()
+    model = Wrapped(activation).double().eval()
+    x = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expl = relprop.explain(model, x, 1, cp_lrp(epsilon=0.0), record=True)
+    with torch.no_grad():
+        h = model.layer(x)
+        y = activation(h)
+        relevance_y = y * model.head.weight[1]  # LRP-0 on the bias-free head, target 1
+    relevance_h = expl.layers["f"]  # the activation's output relevance…
+    torch.testing.assert_close(relevance_h, relevance_y, rtol=1e-10, atol=1e-12)
+    # …and LRP-0 through the first layer: R_x = x ⊙ Wᵀ (R_h / h)
+    oracle = x * ((relevance_y / h) @ model.layer.weight)
+    torch.testing.assert_close(expl.relevance, oracle, rtol=1e-9, atol=1e-12)
+
+
+def test_activation_module_that_is_not_elementwise_keeps_its_ops() -> None:
+    class MixActivation(nn.Module):  # a name that says activation, but mixes positions
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return x * torch.exp(x.mean(-1, keepdim=True)) * self.scale
+
+    with pytest.raises(relprop.UnsupportedOperationError, match="exp"):
+        _relevance(MixActivation().double(), "attnlrp")
+
+
+def _router(renormalise: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Experts (two linear maps) weighted by router weights computed from the stream."""
+    torch.manual_seed(3)
+    experts = nn.Linear(6, 12, bias=False).double()
+    router = nn.Linear(6, 4, bias=False).double()
+
+    def moe(h: Tensor) -> Tensor:
+        weights = renormalise(router(h))  # (B, 2): top-2 of 4
+        outputs = experts(h).view(len(h), 2, 6)
+        return (weights.unsqueeze(-1) * outputs).sum(1)
+
+    return moe
+
+
+def _gathered_softmax(logits: Tensor) -> Tensor:  # Ernie 4.5, Mistral 4
+    probabilities = F.softmax(logits, dim=-1)
+    index = torch.topk(probabilities, 2, dim=-1).indices
+    picked = torch.gather(probabilities, dim=-1, index=index)
+    return picked / torch.clamp(picked.sum(-1, keepdim=True), min=1e-12)
+
+
+def _gathered_scores(logits: Tensor) -> Tensor:  # DeepSeek-V4: sqrt(softplus) scores
+    scores = F.softplus(logits).sqrt()
+    index = torch.topk(scores + 0.1, 2, dim=-1).indices
+    picked = scores.gather(1, index)
+    return picked / (picked.sum(-1, keepdim=True) + 1e-20)
+
+
+def _sinkhorn(logits: Tensor) -> Tensor:  # DeepSeek-V4's hyper-connection mixing weights
+    comb = torch.softmax(logits[:, :2], dim=-1) + 1e-6
+    comb = comb / (comb.sum(-1, keepdim=True) + 1e-6)
+    return comb / (comb.sum(-1, keepdim=True) + 1e-6)
+
+
+class SqrtSoftplusActivation(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softplus(x).sqrt()
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+@pytest.mark.parametrize("renormalise", [_gathered_softmax, _sinkhorn])
+def test_renormalised_router_weights_are_gates(renormalise: Callable[[Tensor], Tensor],
+                                               composite: str) -> None:
+    """Router weights renormalised by their own sum are gates: the experts take all of the
+    relevance, which equals the relevance with the weights held constant (detached)."""
+    held = _router(lambda logits: renormalise(logits).detach())
+    torch.testing.assert_close(_relevance(_router(renormalise), composite),
+                               _relevance(held, composite), rtol=1e-10, atol=1e-12)
+
+
+def test_sqrt_softplus_router_scores_are_gates() -> None:
+    activation = SqrtSoftplusActivation()
+
+    def scores(logits: Tensor) -> Tensor:
+        s = activation(logits)
+        picked = s.gather(1, torch.topk(s + 0.1, 2, dim=-1).indices)
+        return picked / (picked.sum(-1, keepdim=True) + 1e-20)
+
+    class Model(nn.Module):
+        def __init__(self, renormalise: Callable[[Tensor], Tensor]) -> None:
+            super().__init__()
+            self.activation = activation
+            self.inner = Wrapped(_router(renormalise))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.inner(x)
+
+    x = torch.randn(4, 5, dtype=torch.float64)
+    got = relprop.explain(Model(scores).double().eval(), x, 1, attnlrp()).relevance
+    held = relprop.explain(Model(lambda t: scores(t).detach()).double().eval(), x, 1,
+                           attnlrp()).relevance
+    torch.testing.assert_close(got, held, rtol=1e-10, atol=1e-12)
