@@ -127,7 +127,7 @@ _STATE: weakref.WeakKeyDictionary[Any, _Scans] = weakref.WeakKeyDictionary()
 
 def _kernel_frame() -> FrameType | None:
     """The innermost frame of a function of :data:`KERNELS` above the current op call."""
-    frame: FrameType | None = sys._getframe(3)  # prepare <- interceptor <- torch <- caller
+    frame: FrameType | None = sys._getframe(3)  # _kernel_frame <- prepare <- interceptor <- caller
     for _ in range(_DEPTH):
         if frame is None:
             return None
