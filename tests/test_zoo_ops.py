@@ -50,6 +50,11 @@ def _rms_cast(x: Tensor) -> Tensor:  # DeepSeek-V4's unweighted RMSNorm: statist
     return x * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + 1e-6).to(x.dtype)
 
 
+def _layer(x: Tensor) -> Tensor:  # xLSTM's multi-head LayerNorm
+    centred = x - x.mean(dim=-1, keepdim=True)
+    return centred * torch.rsqrt(x.var(dim=-1, keepdim=True, unbiased=False) + 1e-5)
+
+
 def _l2(x: Tensor) -> Tensor:  # ZAYA's q/k norm: a number over the clamped norm
     return x * (2.0 / x.norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12))
 
@@ -62,6 +67,7 @@ def _l2_div(x: Tensor) -> Tensor:
 @pytest.mark.parametrize(("by_hand", "reference"), [
     (_rms, lambda x: F.rms_norm(x, (x.shape[-1],), eps=1e-6)),
     (_rms_cast, lambda x: F.rms_norm(x, (x.shape[-1],), eps=1e-6)),
+    (_layer, lambda x: F.layer_norm(x, (x.shape[-1],), eps=1e-5)),
     (_l2, lambda x: 2.0 * F.normalize(x, dim=-1, eps=1e-12)),
     (_l2_div, lambda x: F.normalize(x, dim=-1, eps=0.0)),
 ])
@@ -70,8 +76,12 @@ def test_normalisation_by_hand_equals_the_norm_rule(
         composite: str) -> None:
     """A scale computed from a statistic of the stream is held constant: the identity rule of
     ``F.rms_norm``/``F.normalize``, to float64 rounding."""
-    # the float32 statistic of ``_rms_cast`` is the model's own: its scale differs by ~1e-7
+    # the float32 statistic of ``_rms_cast`` is the model's own: its scale differs by ~1e-7;
+    # AttnLRP's NormIdentity(1e-6) stabilises F.layer_norm's centring with its ε, which the
+    # centring written out (``x − mean(x)``, LRP-0) does not: ~1e-5 apart
     tolerance = 1e-6 if by_hand is _rms_cast else 1e-10
+    if by_hand is _layer and composite == "attnlrp":
+        tolerance = 1e-4
     torch.testing.assert_close(_relevance(by_hand, composite), _relevance(reference, composite),
                                rtol=tolerance, atol=tolerance)
 
@@ -233,3 +243,51 @@ def test_sqrt_softplus_router_scores_are_gates() -> None:
     held = relprop.explain(Model(lambda t: scores(t).detach()).double().eval(), x, 1,
                            attnlrp()).relevance
     torch.testing.assert_close(got, held, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+def test_softmax_written_with_logsumexp_is_softmax(composite: str) -> None:
+    """``exp(x − logsumexp(x))`` (Inkling's router) takes the softmax rule."""
+    def by_hand(x: Tensor) -> Tensor:
+        return x * torch.exp(x - torch.logsumexp(x, dim=-1, keepdim=True))
+
+    def reference(x: Tensor) -> Tensor:
+        return x * F.softmax(x, dim=-1)
+
+    torch.testing.assert_close(_relevance(by_hand, composite), _relevance(reference, composite),
+                               rtol=1e-10, atol=1e-12)
+
+
+class MaskedAttention(nn.Module):
+    """One head whose float mask is computed from the input (Inkling's token-conditioned
+    position bias), fused (``F.scaled_dot_product_attention``) or spelled out."""
+
+    def __init__(self, fused: bool) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.q, self.k, self.v, self.m = (nn.Linear(6, 6, bias=False) for _ in range(4))
+        self.head = nn.Linear(6, 3, bias=False)
+        self.fused = fused
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        mask = self.m(x) @ self.m.weight[:, :1].expand(6, x.shape[1])  # (B, T, T)
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(6) + mask
+            out = torch.softmax(scores, dim=-1) @ v
+        return self.head(out.sum(1))
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+def test_attention_mask_from_the_input_takes_the_scores_share(composite: str) -> None:
+    """A float mask computed from the input is a third term of the scores: the fused call
+    gives the relevance of the attention spelled out (product rules, softmax rule, LRP-0
+    on the sum with the mask)."""
+    x = torch.randn(2, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    fused, plain = (MaskedAttention(f).double().eval() for f in (True, False))
+    plain.load_state_dict(fused.state_dict())
+    got = relprop.explain(fused, x, 1, COMPOSITES[composite](), verify=True)
+    want = relprop.explain(plain, x, 1, COMPOSITES[composite]())
+    torch.testing.assert_close(got.relevance, want.relevance, rtol=1e-9, atol=1e-12)

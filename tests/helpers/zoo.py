@@ -116,6 +116,25 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 # constant of finfo(float64).min (transformers' own bug, not relprop's).
 FLOAT64_DEFAULT = {"xglm"}
 
+# Per model type: the output field that holds the logits, where it is not ``logits``
+# (PP-LCNet's classifier returns its logits as ``last_hidden_state``, as its model card reads
+# them). relprop refuses to guess a field other than ``logits`` (a backbone's
+# ``last_hidden_state`` is a feature map); the zoo wraps the model as a user would.
+OUTPUT_FIELDS: dict[str, str] = {"pp_lcnet": "last_hidden_state"}
+
+
+class Field(torch.nn.Module):
+    """``model(x).<field>``: a model whose output to explain is one field of its output."""
+
+    def __init__(self, model: torch.nn.Module, name: str) -> None:
+        super().__init__()
+        self.model, self.name = model, name
+
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        out: torch.Tensor = getattr(self.model(x, **kwargs), self.name)
+        return out
+
+
 # Per model type: config attributes set after construction.
 ATTRIBUTES: dict[str, dict[str, Any]] = {
     "t5": {"decoder_start_token_id": 0},
@@ -213,6 +232,8 @@ def build(arch: Arch) -> tuple[torch.nn.Module, torch.Tensor, Any, dict[str, Any
     # MoE experts as a loop of linear layers (grouped_mm has no float64 kernel)
     model = model_class._from_config(config, experts_implementation="eager")
     model = model.eval().double()
+    if arch.model_type in OUTPUT_FIELDS:
+        model = Field(model, OUTPUT_FIELDS[arch.model_type]).eval()
     generator = torch.Generator().manual_seed(1)
     if arch.head == "image_cls":
         x = torch.randn(BATCH, 3, IMAGE, IMAGE, dtype=torch.float64, generator=generator)
@@ -305,7 +326,7 @@ def _check(arch: Arch) -> Result:
             bool(torch.isfinite(v).all()) for v in expl.sources.values())
         cp = relprop.explain(bias_free(model), x, target, cp_lrp(epsilon=0.0),
                              forward_kwargs=kwargs)
-        scale = cp.explained.abs().sum().clamp_min(1e-12)
+        scale = cp.explained.abs().sum().clamp_min(1e-300)  # PP-LCNet: logits ~1e-37
         result.gap = float((_total(cp) - cp.explained.sum()).abs() / scale)
         if not result.finite:
             result.status = "wrong"

@@ -15,7 +15,9 @@ elementary ops, and that no module name gives away.
   The statistic must be of the tensor it scales (the same values, up to a cast) or of the
   input of the constant-weight layer that made it (``W x ⊙ s(x) = W (x ⊙ s(x))``:
   HunYuan-V4 normalises its hyper-connection logits that way); anything else is a product
-  of two activations, as before. Recognised by what the ops compute, not by names: the
+  of two activations, as before. A LayerNorm written out, ``(x − μ(x)) ⊙ rsqrt(var(x) + ε)``
+  (xLSTM's multi-head norm), is the same with the centring left to LRP-0 (it is linear):
+  ``F.layer_norm``'s identity rule. Recognised by what the ops compute, not by names: the
   statistic is followed from its reduction (``mean``/``sum`` of a square, ``norm``,
   ``vector_norm``, ``var``, ``std``) through each op to the product.
 * **The Gaussian CDF is a gate**: ``erf`` is an elementwise activation whose output is a
@@ -23,6 +25,10 @@ elementary ops, and that no module name gives away.
   (Hendrycks & Gimpel 2016; ESM's ``gelu``), is then ``x`` times a gate computed from
   ``x`` alone, which takes all of the relevance (signal-take-all, Arras et al. 2017): the
   identity rule that :func:`torch.nn.functional.gelu` gets by default, ``R_x = R_y``.
+* **A softmax written with ``logsumexp``**: ``exp(x − logsumexp(x, d, keepdim=True))``
+  (Inkling's router) *is* ``softmax(x, d)``: one op of kind ``softmax`` on ``x`` (its value
+  the model's own), so the composite's softmax rule applies, and the output counts as
+  softmax weights (gates once a router selects them, as for ``F.softmax``).
 * **Activation modules** with scalar parameters or none (``…Activation`` classes such as
   xIELU, Huang et al. 2024: ``α_p x² + βx`` for ``x > 0``, ``α_n (e^{min(x, ε)} − 1 − x) +
   βx`` below; ``sqrt(softplus(x))``): one elementwise op of kind ``activation`` (the
@@ -41,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ...rules.ops import NormOp
+from ...rules.ops import NormOp, SoftmaxOp
 from ..apply import UnaryFunction
 from ..paths import on_path
 from . import layers, transformer
@@ -121,6 +127,7 @@ def observe(session: Session, func: Callable[..., Any], name: str, args: tuple[A
     """After a call: remember the statistics it made (see the module docstring)."""
     if not isinstance(out, Tensor) or not on_path(out) or not args:
         return
+    _log_softmax(session, name, args, kwargs, out)
     first = args[0]
     if name in NORMS and on_path(first) and out.numel() < first.numel() \
             and first.grad_fn is not None:
@@ -150,9 +157,42 @@ def observe(session: Session, func: Callable[..., Any], name: str, args: tuple[A
     _remember(session, out, Statistic(inner.base, inner.dtype, chained))
 
 
+def _log_softmax(session: Session, name: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any], out: Tensor) -> None:
+    """Remember ``logsumexp(x, d, keepdim=True)`` and ``x − logsumexp(x, …)``."""
+    if name == "logsumexp" and on_path(args[0]):
+        bound = dict(zip(("input", "dim", "keepdim"), args))
+        bound.update(kwargs)
+        dim = bound.get("dim")
+        dim = dim[0] if isinstance(dim, list | tuple) and len(dim) == 1 else dim
+        if bound.get("keepdim") and isinstance(dim, int):
+            session.note("logsumexp", out, (args[0], dim))
+    elif name in ("sub", "__sub__") and len(args) == 2 and not kwargs:
+        found = session.noted("logsumexp", args[1])
+        if found is not None and found[0] is args[0]:
+            session.note("log_softmax", out, found)
+
+
+def _exp(session: Session, func: Callable[..., Any], name: str,
+         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``exp(x − logsumexp(x, d))``: ``softmax(x, d)`` as one op (see the module docstring);
+    any other ``exp`` runs as it is, for the graph check to judge."""
+    found = session.noted("log_softmax", args[0]) if len(args) == 1 and not kwargs else None
+    if found is None:
+        return session.unvouched(func(*args, **kwargs))
+    x, dim = found
+    with torch.no_grad():
+        value = func(args[0].detach())
+    call = session.new_call("softmax", "softmax")
+    out: Tensor = UnaryFunction.apply(x, SoftmaxOp(dim), call, session, lambda _: value)
+    session.mark_weights(out, call)
+    return out
+
+
 def _of(session: Session, a: Tensor, statistic: Statistic) -> str | None:
     """``"same"`` if ``statistic`` is of ``a`` (up to a cast), ``"layer"`` if of the input of
-    the constant-weight layer that made ``a``; ``None`` otherwise."""
+    the constant-weight layer that made ``a``, ``"centred"`` if ``a = x − mean(x)`` and the
+    statistic is of ``x`` (``var``); ``None`` otherwise."""
     base, node = _root(statistic.base), _root(a.grad_fn)
     if node is None or base is None:
         return None
@@ -161,6 +201,11 @@ def _of(session: Session, a: Tensor, statistic: Statistic) -> str | None:
     if type(node).__name__ == "LayerFunctionBackward" and _root(node.next_functions[0][0]) \
             is base:
         return "layer"
+    if type(node).__name__ == "SubBackward0":  # x − mean(x): a LayerNorm's centring
+        first, second = (p for p, _ in node.next_functions)
+        if _root(first) is base and type(second).__name__ == "MeanBackward1" \
+                and _root(second.next_functions[0][0]) is base:
+            return "centred"
     return None
 
 
@@ -270,6 +315,7 @@ HANDLERS: dict[str, Handler] = {
     **{n: _scaling for n in SCALINGS | DIVISIONS},
     "erf": _erf,
     "special.erf": _erf,
+    "exp": _exp,
 }
 
 __all__ = ["HANDLERS", "observe", "module_kind", "wrap_module_output", "Statistic"]

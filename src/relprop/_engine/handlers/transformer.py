@@ -20,6 +20,7 @@ from ...errors import UnsupportedOperationError
 from ...rules.ops import ElementwiseOp, NormOp, SoftmaxOp
 from ..apply import ShareFunction, UnaryFunction
 from ..paths import on_path
+from . import layers
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -161,15 +162,19 @@ def attention(session: Session, func: Callable[..., Any], name: str,
             f"scaled_dot_product_attention at '{path}' has dropout_p={bound['dropout_p']}: "
             "attention dropout makes the explanation random; run the model in eval mode")
     mask = bound["attn_mask"]
-    if on_path(mask):
-        if _reaches_input(session, mask):
-            raise UnsupportedOperationError(
-                f"scaled_dot_product_attention at '{path}' has an attention mask that depends "
-                "on the input; relprop has no rule for it")
-        # a position bias added to the scores (T5's relative attention bias: a lookup of
-        # positions, not tokens) is held constant, like a bias: its share is absorbed
-        args, kwargs = _with_mask(args, kwargs, mask.detach())
     call = session.new_call("attention", name)
+    mask_of_input = on_path(mask) and _reaches_input(session, mask)
+    if on_path(mask):
+        if mask_of_input:
+            # a float mask computed from the input is a third term of the scores
+            # (q kᵀ · scale + m(x): Inkling's token-conditioned position bias, Doge's dynamic
+            # mask): it takes its share of the scores' relevance (LRP-0 on the sum), see
+            # rules.Attention, and passes it back through the ops that made it
+            args, kwargs = _with_mask(args, kwargs, ShareFunction.apply(mask, call, 3, session))
+        else:
+            # a position bias added to the scores (T5's relative attention bias: a lookup of
+            # positions, not tokens) is held constant, like a bias: its share is absorbed
+            args, kwargs = _with_mask(args, kwargs, mask.detach())
     qkv = [ShareFunction.apply(t, call, i, session) if on_path(t) else t
            for i, t in enumerate((q, k, v))]
     for t in qkv:
@@ -177,6 +182,8 @@ def attention(session: Session, func: Callable[..., Any], name: str,
             session.approved.add(t.grad_fn)
     rest = {key: value for key, value in kwargs.items() if key not in ("query", "key", "value")}
     out = func(*qkv, *args[3:], **rest)
+    if mask_of_input:  # a mask with a gradient runs the unfused maths: its nodes are ours
+        layers._approve_down_to_shares(session, out.grad_fn)
     session.log_output(call, out)
     return out
 
