@@ -62,10 +62,10 @@ from __future__ import annotations
 import sys
 import weakref
 from collections.abc import Callable
-from types import FrameType
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..paths import on_path
 
@@ -125,15 +125,36 @@ class _Scans:
 _STATE: weakref.WeakKeyDictionary[Any, _Scans] = weakref.WeakKeyDictionary()
 
 
+def _module_call_codes() -> frozenset[CodeType]:
+    call = nn.Module._call_impl.__code__
+    inner = [c for c in call.co_consts if isinstance(c, CodeType) and c.co_name == "inner"]
+    return frozenset({call, nn.Module._wrapped_call_impl.__code__, *inner})
+
+
+#: a module call: the kernels run inside a module's forward, never around one, so the search
+#: for a kernel's frame stops there
+_MODULE_CALLS = _module_call_codes()
+#: code run by a module call directly (``forward`` methods): no kernel above their ops
+_FORWARDS: set[CodeType] = set()
+
+
 def _kernel_frame() -> FrameType | None:
     """The innermost frame of a function of :data:`KERNELS` above the current op call."""
-    frame: FrameType | None = sys._getframe(3)  # _kernel_frame <- prepare <- interceptor <- caller
+    caller = sys._getframe(3)  # _kernel_frame <- prepare <- interceptor <- caller
+    if caller.f_code in _FORWARDS:  # most ops: called by a module's forward
+        return None
+    frame: FrameType | None = caller
     for _ in range(_DEPTH):
         if frame is None:
             return None
-        if frame.f_code.co_name in KERNELS:
+        code = frame.f_code
+        if code.co_name in KERNELS:
             return frame
-        frame = frame.f_back
+        parent = frame.f_back
+        if parent is not None and parent.f_code in _MODULE_CALLS:
+            _FORWARDS.add(code)
+            return None
+        frame = parent
     return None
 
 
