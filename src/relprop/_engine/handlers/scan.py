@@ -60,7 +60,6 @@ each factor); its gated RMSNorm takes the norm rule (``…RMSNormGated``, norms 
 from __future__ import annotations
 
 import sys
-import weakref
 from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
@@ -115,16 +114,6 @@ GATE_FUNCTIONS = frozenset({
 })
 
 
-class _Scans:
-    """The kernel frames running now, with the ids of their parameter tensors."""
-
-    def __init__(self) -> None:
-        self.frames: dict[int, tuple[FrameType, frozenset[int]]] = {}
-
-
-_STATE: weakref.WeakKeyDictionary[Any, _Scans] = weakref.WeakKeyDictionary()
-
-
 def _module_call_codes() -> frozenset[CodeType]:
     call = nn.Module._call_impl.__code__
     inner = [c for c in call.co_consts if isinstance(c, CodeType) and c.co_name == "inner"]
@@ -158,25 +147,16 @@ def _kernel_frame() -> FrameType | None:
     return None
 
 
-def _parameters(session: Session, frame: FrameType) -> frozenset[int]:
-    """The ids of the parameter tensors ``frame``'s kernel was called with, read the first
-    time an op inside it runs (before it can rebind its argument names)."""
-    scans = _STATE.setdefault(session, _Scans())
-    entry = scans.frames.get(id(frame))
-    if entry is not None and entry[0] is frame:
-        return entry[1]
+def _parameters(frame: FrameType) -> frozenset[int]:
+    """The ids of the tensors ``frame``'s kernel holds under its parameters' names now.
+
+    Read at every op (a frame cannot be remembered without keeping its tensors alive): when
+    a kernel rebinds a name (``dt = softplus(dt)``, ``B = B.float()``) the new tensor is
+    computed from the held ones, a constant already; no kernel of :data:`KERNELS` rebinds a
+    parameter's name to anything computed from its value."""
     names = KERNELS[frame.f_code.co_name]
     values = frame.f_locals
-    found = frozenset(id(v) for n in names if isinstance(v := values.get(n), Tensor))
-    live: set[int] = set()
-    walk: FrameType | None = frame
-    while walk is not None:
-        live.add(id(walk))
-        walk = walk.f_back
-    # frames that returned are dropped (the entry holds the frame, so its id stays unique)
-    scans.frames = {k: v for k, v in scans.frames.items() if k in live}
-    scans.frames[id(frame)] = (frame, found)
-    return found
+    return frozenset(id(v) for n in names if isinstance(v := values.get(n), Tensor))
 
 
 def _hold(value: Any, held: Callable[[Tensor], bool]) -> Any:
@@ -214,7 +194,7 @@ def prepare(session: Session, name: str, args: tuple[Any, ...]
         return args, None
     frame = _kernel_frame()
     if frame is not None:
-        parameters = _parameters(session, frame)
+        parameters = _parameters(frame)
         if parameters:
             args = tuple(_hold(v, lambda t: id(t) in parameters) for v in args)
     if name in GATE_FUNCTIONS:
