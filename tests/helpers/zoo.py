@@ -510,9 +510,6 @@ EXPECTED_REFUSALS: dict[str, tuple[str, str]] = {
     'reformer:seq_cls': (
         'autograd node _ReversibleFunctionBackward',
         'autograd node _ReversibleFunctionBackward'),
-    'xlstm:causal_lm': (
-        "op 'rsqrt'",
-        'op rsqrt, var in backbone.blocks.*.mlstm_layer.multihead_norm (its mLSTM is explained)'),
     'yoso:seq_cls': (
         'autograd node YosoCumulationBackward',
         'autograd node YosoCumulationBackward'),
@@ -528,8 +525,6 @@ NON_CONSERVING: dict[str, str] = {
     'granitemoe:causal_lm': 'top-k router weights through ops that drop the gate mark: not '
                             'yet diagnosed',
     'granitemoeshared:causal_lm': 'as granitemoe: not yet diagnosed',
-    'granitemoehybrid:causal_lm': 'as granitemoe (its Mamba layers conserve: with attention '
-                                  'layers only the gap stays)',
     'jetmoe:causal_lm': 'mixture of attention heads routed by top-k: not yet diagnosed',
     'jetmoe:seq_cls': 'mixture of attention heads routed by top-k: not yet diagnosed',
     'cpmant:causal_lm': 'explained since ids moved before the lookup are followed; attention '
