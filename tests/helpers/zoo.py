@@ -100,6 +100,12 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "nemotron_h": {"mamba_num_heads": 4, "mamba_head_dim": 16, "ssm_state_size": 16,
                    "n_groups": 1, "chunk_size": 4},
     "kimi_linear": {"linear_head_dim": 8, "linear_num_heads": 4},
+    # gated delta rule: small heads (the default 8192-channel causal conv takes ~0.5 s), two
+    # value heads per key head
+    **{m: {"linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_num_key_heads": 2,
+           "linear_num_value_heads": 4}
+       for m in ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "qwen4_exp_text",
+                 "lara_mini")},
     "swin": {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4,
              "out_features": None, "out_indices": None},
     "swinv2": {"embed_dim": 16, "num_heads": [1, 2, 2, 4]},
@@ -557,9 +563,7 @@ SLOW: set[str] = {
     'afmoe:causal_lm',
     'cvt:image_cls',
     'efficientnet:image_cls',
-    'falcon_h1:causal_lm',
     'hgnet_v2:image_cls',
-    'kimi_linear:causal_lm',
     'luke:seq_cls',
 }
 
