@@ -291,3 +291,34 @@ def test_attention_mask_from_the_input_takes_the_scores_share(composite: str) ->
     got = relprop.explain(fused, x, 1, COMPOSITES[composite](), verify=True)
     want = relprop.explain(plain, x, 1, COMPOSITES[composite]())
     torch.testing.assert_close(got.relevance, want.relevance, rtol=1e-9, atol=1e-12)
+
+
+class Glu(nn.Module):
+    """OpenAI's clamped SwiGLU, ``(up + 1) · gate·σ(α gate)`` (gpt-oss, MiniMax-M3), or the
+    same written as the sum of its two terms."""
+
+    def __init__(self, expanded: bool) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.gate_up = nn.Linear(5, 12, bias=False)
+        self.head = nn.Linear(6, 3, bias=False)
+        self.expanded = expanded
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        glu = gate * torch.sigmoid(gate * 1.702)
+        return self.head(up * glu + glu if self.expanded else (up + 1.0) * glu)
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+def test_shifted_factor_of_a_product_is_distributed(composite: str) -> None:
+    """``(a + 1) · b`` explains as ``a · b + b``: the constant absorbs nothing (conserves
+    under CP-LRP on a bias-free model) and the relevance is the expanded form's."""
+    x = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    shifted, expanded = (Glu(e).double().eval() for e in (False, True))
+    expanded.load_state_dict(shifted.state_dict())
+    got = relprop.explain(shifted, x, 1, COMPOSITES[composite](), verify=True)
+    want = relprop.explain(expanded, x, 1, COMPOSITES[composite]())
+    torch.testing.assert_close(got.relevance, want.relevance, rtol=1e-10, atol=1e-12)
+    if composite == "cp_lrp":
+        torch.testing.assert_close(got.relevance.sum(1), got.explained, rtol=1e-10, atol=1e-12)

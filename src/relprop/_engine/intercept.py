@@ -32,7 +32,8 @@ SHAPE_OPS = frozenset({
     "permute", "transpose", "contiguous", "__getitem__", "repeat", "clone",
 })
 #: ops after which attention weights are still the same weights (casts, eval-mode dropout)
-_KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "float", "half", "bfloat16", "double", "dropout"}
+_KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "type_as", "float", "half", "bfloat16", "double",
+                              "dropout"}
 #: shape ops that keep a parameter a parameter (``W.t()`` in ``x @ W.t() + b``)
 _KEEPS_CONSTANT = SHAPE_OPS | {"t", "T.__get__", "mT.__get__", "to", "type", "float", "double",
                                "half", "bfloat16", "detach"}

@@ -204,6 +204,8 @@ def prepare(session: Session, name: str, args: tuple[Any, ...]
         if args and on_path(args[0]):  # a router's raw scores (gpt-oss, granitemoe, llama4)
             return args, lambda out: _router_scores(session, out)
         return args, None
+    if name == "type_as" and args and session.is_gate(args[0]):  # a cast: only its dtype
+        return args, lambda out: _mark(session, out)  # is read from the other tensor
     if name in GATHERS and args and _softmax_derived(session, args[0]):
         # probabilities picked by index (a router's top-k indices: Ernie 4.5, Mistral 4)
         return args, lambda out: _mark(session, out)

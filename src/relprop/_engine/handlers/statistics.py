@@ -29,6 +29,14 @@ elementary ops, and that no module name gives away.
   (Inkling's router) *is* ``softmax(x, d)``: one op of kind ``softmax`` on ``x`` (its value
   the model's own), so the composite's softmax rule applies, and the output counts as
   softmax weights (gates once a router selects them, as for ``F.softmax``).
+* **A product with a shifted factor**: ``(a + c) · b`` with ``c`` a number and ``a``, ``b``
+  activations (OpenAI's clamped SwiGLU, ``(up + 1) · glu``: gpt-oss, MiniMax-M3) is
+  ``a · b + c · b``. The second term is linear in ``b`` (LRP-0 gives ``b`` all of its
+  relevance); only ``a · b`` takes the product rule. Taken as written, the constant ``c``
+  would absorb its share of the factor ``a + c`` like a bias, although ``c · b`` is
+  relevance of ``b``. The output keeps the model's value (the two spellings differ by
+  rounding, which a detached correction of ~1e-16 carries). Not where a factor is a gate
+  (``x · ½(1 + erf(·))``: the gate takes no relevance either way).
 * **Activation modules** with scalar parameters or none (``…Activation`` classes such as
   xIELU, Huang et al. 2024: ``α_p x² + βx`` for ``x > 0``, ``α_n (e^{min(x, ε)} − 1 − x) +
   βx`` below; ``sqrt(softplus(x))``): one elementwise op of kind ``activation`` (the
@@ -128,6 +136,7 @@ def observe(session: Session, func: Callable[..., Any], name: str, args: tuple[A
     if not isinstance(out, Tensor) or not on_path(out) or not args:
         return
     _log_softmax(session, name, args, kwargs, out)
+    _note_shift(session, name, args, kwargs, out)
     first = args[0]
     if name in NORMS and on_path(first) and out.numel() < first.numel() \
             and first.grad_fn is not None:
@@ -246,12 +255,51 @@ def _scaled(session: Session, func: Callable[..., Any], name: str,
     return None
 
 
+#: additions of a number: the sum is a shifted activation
+SHIFTS = frozenset({"add", "__add__", "__radd__"})
+
+
+def _note_shift(session: Session, name: str, args: tuple[Any, ...],
+                kwargs: dict[str, Any], out: Tensor) -> None:
+    """Remember ``a + c`` (``c`` a number, ``a`` an activation) as ``(a, c)``."""
+    if name in SHIFTS and len(args) == 2 and not kwargs:
+        for a, c in (args, args[::-1]):
+            if on_path(a) and isinstance(c, int | float) and not isinstance(c, bool) \
+                    and not session.is_gate(a):
+                session.note("shift", out, (a, c))
+
+
+def _shifted_product(session: Session, func: Callable[..., Any], name: str,
+                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
+    """``(a + c) · b`` as ``a · b + c · b`` (see the module docstring); ``None`` if the call
+    is not that."""
+    if name not in SCALINGS or name == "multiply" or len(args) != 2 or kwargs \
+            or not (on_path(args[0]) and on_path(args[1])) \
+            or any(session.is_gate(t) for t in args):
+        return None
+    for position in (0, 1):
+        shift = session.noted("shift", args[position])
+        if shift is None:
+            continue
+        a, c = shift
+        other = args[1 - position]
+        product = layers._product(session, func, name, tuple(_replace(args, position, a)), {})
+        expanded = product + other * c
+        with torch.no_grad():
+            correction = func(*args) - expanded
+        out: Tensor = expanded + correction
+        return out
+    return None
+
+
 def _scaling(session: Session, func: Callable[..., Any], name: str,
              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """A product or quotient: a tensor scaled by its own statistic (:func:`_scaled`), else
-    what the other families do with it (a product of activations, or the plain op, which
-    the graph check then judges)."""
+    """A product or quotient: a tensor scaled by its own statistic (:func:`_scaled`), a
+    product with a shifted factor (:func:`_shifted_product`), else what the other families
+    do with it (a product of activations, or the plain op, which the graph check judges)."""
     out = _scaled(session, func, name, args, kwargs)
+    if out is None:
+        out = _shifted_product(session, func, name, args, kwargs)
     if out is not None:
         return out
     previous = _PREVIOUS.get(name)
