@@ -96,6 +96,10 @@ GATE_KEEPING = frozenset({
     "__radd__", "sub", "__sub__", "scatter", "masked_fill", "where", "topk", "clamp",
     "clamp_min", "clamp_max", "clip",
 })
+#: the largest value of a gate or softmax output: a winner-take-all selection, as top-k
+MAXIMA = frozenset({"max", "amax"})
+#: products with a constant (``weights * route_scale``)
+SCALES = frozenset({"mul", "__mul__", "__rmul__", "multiply"})
 #: selections by index: of a softmax output (by a router's top-k indices), a gate
 GATHERS = frozenset({"gather", "take_along_dim"})
 #: sums: a softmax output plus a constant (``softmax(s) + ε``) may still be renormalised
@@ -196,7 +200,8 @@ def prepare(session: Session, name: str, args: tuple[Any, ...]
     ``topk`` of a gate or softmax output, and of ops computed from gates alone, are gates."""
     if name in ROUTER_NORMALISERS and args and session.is_marked("router_scores", args[0]):
         return args, lambda out: _mark(session, out)  # softmax of the top-k scores: gates
-    if name not in GATE_KEEPING and name not in DIVISIONS:
+    if name not in GATE_KEEPING and name not in DIVISIONS and name not in MAXIMA \
+            and name != "type_as":
         return args, None
     if name == "topk":
         if args and on_path(args[0]) and _gate_like(session, args[0]):
@@ -204,6 +209,14 @@ def prepare(session: Session, name: str, args: tuple[Any, ...]
         if args and on_path(args[0]):  # a router's raw scores (gpt-oss, granitemoe, llama4)
             return args, lambda out: _router_scores(session, out)
         return args, None
+    if name in MAXIMA and args and on_path(args[0]) and _gate_like(session, args[0]):
+        # the top-1 router probability (Switch Transformers): top-k with k = 1
+        return args, lambda out: (_topk_values(session, out) if isinstance(out, tuple)
+                                  else _mark(session, out))
+    if name in SCALES and len(args) == 2 and sum(on_path(a) for a in args) == 1:
+        weights = next(session.weights_call(a) for a in args if on_path(a))
+        if weights is not None:  # softmax weights times a constant: still its weights
+            return args, lambda out: session.mark_weights(out, weights)
     if name == "type_as" and args and session.is_gate(args[0]):  # a cast: only its dtype
         return args, lambda out: _mark(session, out)  # is read from the other tensor
     if name in GATHERS and args and _softmax_derived(session, args[0]):
