@@ -269,6 +269,36 @@ def test_decays_made_of_gates_are_gates() -> None:
     assert torch.allclose(expl.relevance.sum((1, 2)), expl.explained, rtol=1e-10)
 
 
+# ------------------------------------------------ a decay exp(A softplus(W x)) outside a kernel
+class DynamicDecay(nn.Module):
+    """Mamba's discretised decay ``exp(A Δ)``, ``Δ = softplus(W_Δ x)``, written in a module
+    (as Doge's dynamic attention mask is): it weighs the value ``W_v x`` and the output sums
+    over tokens — relevance goes to the value path alone."""
+
+    def __init__(self, d: int = 5, oracle: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.oracle = oracle
+        self.dt = nn.Linear(d, d, bias=False)
+        self.value = nn.Linear(d, d, bias=False)
+        self.A = nn.Parameter(-torch.rand(d))
+        self.out = nn.Linear(d, 2, bias=False)
+        self.double().eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        step = F.softplus(self.dt(x))
+        decay = torch.exp(self.A * (step.detach() if self.oracle else step))
+        return self.out((decay * self.value(x)).sum(1))
+
+
+def test_a_discretised_decay_is_a_constant() -> None:
+    x = _x(2, 4, 5, seed=6)
+    expl = relprop.explain(DynamicDecay(), x, 0, LRP0)
+    expected = _gradient_x_input(DynamicDecay(oracle=True), x, 0)
+    assert torch.allclose(expl.relevance, expected, rtol=1e-10, atol=1e-13)
+    assert torch.allclose(expl.relevance.sum((1, 2)), expl.explained, rtol=1e-10)
+
+
 # ------------------------------------------------------------ what stays refused
 class ExpOfSignal(nn.Module):
     def __init__(self) -> None:

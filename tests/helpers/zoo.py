@@ -472,12 +472,6 @@ EXPECTED_REFUSALS: dict[str, tuple[str, str]] = {
     'deepseek_v4:causal_lm': (
         "op 'div'",
         'op div in model.layers.*.attn_hc'),
-    'doge:causal_lm': (
-        "scaled_dot_product_attention at 'model.layers.0.self_attn' h",
-        "scaled_dot_product_attention at 'model.layers.0.self_attn' has an attention mask tha"),
-    'doge:seq_cls': (
-        "scaled_dot_product_attention at 'model.layers.0.self_attn' h",
-        "scaled_dot_product_attention at 'model.layers.0.self_attn' has an attention mask tha"),
     'dory:causal_lm': (
         "op 'rsqrt'",
         'op rsqrt in model.layers.*.input_layernorm, model.layers.*.pre_feedforward_layernorm'),

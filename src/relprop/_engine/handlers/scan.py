@@ -42,11 +42,15 @@ detached (a view: nothing of the model changes), so everything computed from the
 constant and the rest of the engine sees a linear recurrence (products with one activation
 factor, sums, index writes). What relevance reaches the value stays on the value path.
 
-Around the scans, three more ops:
+Around the scans, four more ops:
 
 * a decay or gate computed *outside* a kernel from gates only (RecurrentGemma's RG-LRU:
   ``a = exp(−8 σ(W x) softplus(Λ))``, ``sqrt(1 − a²)``): ``exp``, ``log``, ``sqrt``, ... of a
   gate are gates, held constant the same way (:data:`GATE_FUNCTIONS`);
+* Mamba's discretised decay ``exp(A Δ)`` with ``Δ = softplus(·)`` and a constant ``A``,
+  written outside a kernel (Doge's dynamic attention mask ``exp(A softplus(W v))``): held
+  constant, as MambaLRP holds ``Δ`` and ``A`` (an additive mask then is a constant term of
+  the scores, like ALiBi's bias);
 * ``cumsum`` of an activation is linear (a lower-triangular matrix of ones): its gradient is
   LRP-0;
 * ``linalg.solve_triangular(A, B)`` with a constant system ``A`` is linear in ``B``
@@ -186,10 +190,37 @@ def _path_tensors(args: tuple[Any, ...]) -> list[Tensor]:
     return out
 
 
+#: products: ``A · Δ`` with ``A`` a constant and ``Δ = softplus(·)`` is a log-decay
+_PRODUCTS = frozenset({"mul", "__mul__", "__rmul__", "multiply"})
+
+
+def _mark_all(session: Session, label: str) -> Callable[[Any], None]:
+    def mark(out: Any) -> None:
+        if on_path(out):
+            session.mark(label, out)
+    return mark
+
+
+def _discretisation(session: Session, name: str, args: tuple[Any, ...]
+                    ) -> tuple[tuple[Any, ...], Callable[[Any], None] | None]:
+    """Mamba's zero-order-hold decay ``exp(A Δ)`` written outside a kernel (Doge's dynamic
+    attention mask ``exp(A softplus(W v))``): the step ``Δ = softplus(·)``, ``A Δ`` with a
+    constant ``A``, and its ``exp`` is a constant of what it steers (MambaLRP's ``Δ``, ``A``)."""
+    if name == "softplus":
+        return args, _mark_all(session, "scan_step")
+    path = [t for t in _path_tensors(args) if not isinstance(t, nn.Parameter)]
+    if name in _PRODUCTS and len(path) == 1 and session.is_marked("scan_step", path[0]):
+        return args, _mark_all(session, "scan_log_decay")
+    if name == "exp" and len(path) == 1 and session.is_marked("scan_log_decay", path[0]):
+        return tuple(_hold(v, lambda t: t is path[0]) for v in args), None
+    return args, None
+
+
 def prepare(session: Session, name: str, args: tuple[Any, ...]
-            ) -> tuple[tuple[Any, ...], None]:
+            ) -> tuple[tuple[Any, ...], Callable[[Any], None] | None]:
     """Before a call: inside a scan kernel its parameters are detached; a gate function of
-    gates alone is computed from them detached (a constant)."""
+    gates alone, and a decay ``exp(A softplus(·))``, are computed from them detached (a
+    constant)."""
     if not _any_on_path(args):
         return args, None
     frame = _kernel_frame()
@@ -200,7 +231,9 @@ def prepare(session: Session, name: str, args: tuple[Any, ...]
     if name in GATE_FUNCTIONS:
         path = _path_tensors(args)
         if path and all(session.is_gate(t) for t in path):
-            args = tuple(_hold(v, session.is_gate) for v in args)
+            return tuple(_hold(v, session.is_gate) for v in args), None
+    if name == "softplus" or name == "exp" or name in _PRODUCTS:
+        return _discretisation(session, name, args)
     return args, None
 
 
