@@ -100,6 +100,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "nemotron_h": {"mamba_num_heads": 4, "mamba_head_dim": 16, "ssm_state_size": 16,
                    "n_groups": 1, "chunk_size": 4},
     "kimi_linear": {"linear_head_dim": 8, "linear_num_heads": 4},
+    # a short-convolution layer and an attention layer (its config has no default list)
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
     # one Mamba layer and one hybrid layer (the default layer list is longer than 2 layers)
     "zamba": {"layers_block_type": ["linear_attention", "hybrid"]},
     "zamba2": {"layers_block_type": ["linear_attention", "hybrid"], "n_mamba_heads": 4,
@@ -425,8 +427,6 @@ SKIPPED: dict[str, str] = {
         'ImportError: needs the detectron2 package',
     'layoutlmv3:seq_cls':
         'RuntimeError: The size of tensor a (32) must match the size of tensor b (768) at non-s',
-    'lfm2_moe:causal_lm':
-        "TypeError: 'NoneType' object is not subscriptable",
     'lilt:seq_cls':
         'RuntimeError: mat1 and mat2 shapes cannot be multiplied (16x30 and 32x8)',
     'llama4:causal_lm':
