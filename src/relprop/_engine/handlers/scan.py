@@ -158,9 +158,14 @@ def _parameters(frame: FrameType) -> frozenset[int]:
     a kernel rebinds a name (``dt = softplus(dt)``, ``B = B.float()``) the new tensor is
     computed from the held ones, a constant already; no kernel of :data:`KERNELS` rebinds a
     parameter's name to anything computed from its value."""
-    names = KERNELS[frame.f_code.co_name]
+    code = frame.f_code
+    names = KERNELS[code.co_name]
     values = frame.f_locals
-    return frozenset(id(v) for n in names if isinstance(v := values.get(n), Tensor))
+    held = {id(v) for n in names if isinstance(v := values.get(n), Tensor)}
+    # a tensor passed as the value too (``key=value``) stays the value: it is not held
+    arguments = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+    held -= {id(v) for n in arguments if n not in names and isinstance(v := values.get(n), Tensor)}
+    return frozenset(held)
 
 
 def _hold(value: Any, held: Callable[[Tensor], bool]) -> Any:
