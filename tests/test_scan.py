@@ -347,3 +347,29 @@ class _CumsumNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.lin(x).cumsum(-1)
+
+
+class TiedKeyValue(nn.Module):
+    """RWKV's WKV called with the same tensor as key (a parameter) and value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Linear(3, 3, bias=False)
+        self.decay, self.first = nn.Parameter(torch.rand(3)), nn.Parameter(torch.rand(3))
+        self.double().eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
+
+        kv = self.proj(x)
+        out, _ = rwkv_linear_attention_cpu(self.decay, self.first, kv, kv)
+        return out[:, -1]
+
+
+def test_a_tensor_passed_as_the_value_is_never_held() -> None:
+    """The value path is never cut: with ``key is value`` the key's ``exp`` is on the
+    relevance path and refused by name (holding it would leave no path to the input)."""
+    pytest.importorskip("transformers")
+    with pytest.raises(relprop.UnsupportedOperationError, match="'exp'"):
+        relprop.explain(TiedKeyValue(), _x(2, 4, 3, seed=7), 0, LRP0)
