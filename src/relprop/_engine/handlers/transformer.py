@@ -220,6 +220,15 @@ def parameter_source(session: Session, value: Any, operands: tuple[Any, ...]) ->
         if not any(tuple(o.shape) == shape for o in streams):
             return value
         name = session.parameter_name(value)
+    elif len(streams) == 1 and _of_sources_only(session, streams[0]):
+        # a constant joining a stream made of sources alone (ProphetNet's n-gram embedding
+        # added to the positions of its predicting stream): part of that learned input
+        name = session.parameter_name(value) if isinstance(value, nn.Parameter) \
+            else f"{session.where()[0] or '<model>'}:constant"
+        try:
+            shape = torch.broadcast_shapes(value.shape, streams[0].shape)
+        except RuntimeError:
+            return value
     else:
         stream = next((o for o in streams if o.dim() == 3 and o.shape[0] == batch), None)
         if stream is None or not _table_of(value, stream, batch):
@@ -231,6 +240,25 @@ def parameter_source(session: Session, value: Any, operands: tuple[Any, ...]) ->
     source = value.detach().expand(*shape).clone().requires_grad_(True)
     session.add_source(name, source, reads_input=False)
     return source
+
+
+def _of_sources_only(session: Session, stream: Tensor, limit: int = 32) -> bool:
+    """Whether ``stream`` is computed from sources (not the input) within ``limit`` graph
+    nodes; ``False`` where the walk goes further (a deep stream: most likely the input's)."""
+    sources = {id(s) for _, s, _ in session.sources}
+    stack, seen = [stream.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if len(seen) > limit:
+            return False
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) not in sources:
+            return False  # the input, or a leaf that is not a source
+        stack.extend(parent for parent, _ in node.next_functions)
+    return bool(seen)
 
 
 def _table_of(value: Tensor, stream: Tensor, batch: int) -> bool:
@@ -254,8 +282,11 @@ def _batch_parameter(value: Any) -> bool:
 
 def remember_expanded(session: Session, parameter: Any, out: Any) -> None:
     """Note ``out = parameter.expand(batch, ...)`` of a parameter shaped like one sample (a
-    class token), so that :func:`joined_source` can recognise it when it is concatenated."""
-    if _batch_parameter(parameter) and isinstance(out, Tensor):
+    class token: ``(1, 1, C)``, or CLIP's ``(C,)`` expanded to ``(B, 1, C)``), so that
+    :func:`joined_source` can recognise it when it is concatenated."""
+    one_sample = isinstance(parameter, nn.Parameter) and isinstance(out, Tensor) \
+        and out.dim() >= 2 and parameter.numel() == out[0].numel()
+    if (_batch_parameter(parameter) or one_sample) and isinstance(out, Tensor):
         session.expanded[id(out)] = (weakref.ref(out), parameter)
 
 
