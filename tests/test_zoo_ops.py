@@ -322,3 +322,33 @@ def test_shifted_factor_of_a_product_is_distributed(composite: str) -> None:
     torch.testing.assert_close(got.relevance, want.relevance, rtol=1e-10, atol=1e-12)
     if composite == "cp_lrp":
         torch.testing.assert_close(got.relevance.sum(1), got.explained, rtol=1e-10, atol=1e-12)
+
+
+def test_softmax_row_of_minus_inf_overwritten_by_the_model_passes_no_signal() -> None:
+    """LED pads its attention window with rows whose scores are all ``-inf`` (their softmax
+    is NaN) and overwrites them with 0 after the softmax: the explanation stays finite and
+    equals the one of the same model that never computes those rows."""
+    class Padded(nn.Module):
+        def __init__(self, skip: bool) -> None:
+            super().__init__()
+            torch.manual_seed(7)
+            self.q, self.v = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+            self.head = nn.Linear(4, 2, bias=False)
+            self.skip = skip
+
+        def forward(self, x: Tensor) -> Tensor:
+            scores = self.q(x) @ x.transpose(-1, -2)
+            dead = torch.zeros_like(scores, dtype=torch.bool)
+            dead[:, -1] = True  # the last query row: all of its keys masked
+            if self.skip:
+                probs = torch.softmax(scores.masked_fill(dead, 0.0), -1).masked_fill(dead, 0.0)
+            else:  # LED adds the dtype's minimum twice: -inf by overflow, through an add
+                low = torch.zeros_like(scores).masked_fill(dead, torch.finfo(x.dtype).min)
+                probs = torch.softmax(scores + low + low, -1).masked_fill(dead, 0.0)
+            return self.head((probs @ self.v(x)).sum(1))
+
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    for composite in COMPOSITES.values():
+        got = relprop.explain(Padded(False).double().eval(), x, 0, composite(), verify=True)
+        want = relprop.explain(Padded(True).double().eval(), x, 0, composite())
+        torch.testing.assert_close(got.relevance, want.relevance, rtol=1e-10, atol=1e-12)
