@@ -352,3 +352,40 @@ def test_softmax_row_of_minus_inf_overwritten_by_the_model_passes_no_signal() ->
         got = relprop.explain(Padded(False).double().eval(), x, 0, composite(), verify=True)
         want = relprop.explain(Padded(True).double().eval(), x, 0, composite())
         torch.testing.assert_close(got.relevance, want.relevance, rtol=1e-10, atol=1e-12)
+
+
+class Sink(nn.Module):
+    """Attention with a learned sink logit ``b``: Granite's ``softmax(s) v ⊙ σ(LSE(s) − b)``,
+    or the softmax over ``[s, b]`` with a zero value for the sink, spelled out."""
+
+    def __init__(self, granite: bool) -> None:
+        super().__init__()
+        torch.manual_seed(8)
+        self.q, self.k, self.v = (nn.Linear(4, 4, bias=False) for _ in range(3))
+        self.sink = nn.Parameter(torch.tensor(0.3))
+        self.head = nn.Linear(4, 2, bias=False)
+        self.granite = granite
+
+    def forward(self, x: Tensor) -> Tensor:
+        scores = self.q(x) @ self.k(x).transpose(-1, -2)
+        if self.granite:
+            scale = torch.sigmoid(torch.logsumexp(scores, dim=-1) - self.sink)
+            out = (torch.softmax(scores, -1) @ self.v(x)) * scale.unsqueeze(-1)
+        else:
+            sink = self.sink.expand(*scores.shape[:-1], 1)
+            probs = torch.softmax(torch.cat([scores, sink], -1), -1)[..., :-1]
+            out = probs @ self.v(x)
+        return self.head(out.sum(1))
+
+
+def test_attention_sink_scale_is_a_constant_gate() -> None:
+    """Under CP-LRP (weights constant) Granite's sink scale, held constant, gives the
+    relevance of the softmax over ``[s, b]`` written out, and conserves."""
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    granite, spelled = (Sink(g).double().eval() for g in (True, False))
+    spelled.load_state_dict(granite.state_dict())
+    got = relprop.explain(granite, x, 0, cp_lrp(epsilon=0.0), verify=True)
+    want = relprop.explain(spelled, x, 0, cp_lrp(epsilon=0.0))
+    torch.testing.assert_close(got.relevance, want.relevance, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got.relevance.sum((1, 2)), got.explained, rtol=1e-10, atol=1e-12)
+    relprop.explain(granite, x, 0, attnlrp(), verify=True)  # explained, not refused

@@ -463,12 +463,6 @@ SKIPPED: dict[str, str] = {
 
 # Refused by relprop with a named error: id -> (fragment of the message, cause).
 EXPECTED_REFUSALS: dict[str, tuple[str, str]] = {
-    'granite_swa:causal_lm': (
-        "op 'logsumexp'",
-        'op logsumexp in model.layers.*.self_attn'),
-    'granitemoe_swa:causal_lm': (
-        "op 'logsumexp'",
-        'op logsumexp, topk in model.layers.*.block_sparse_moe.router, model.layers.*.self_at'),
     'reformer:causal_lm': (
         'autograd node _ReversibleFunctionBackward',
         'autograd node _ReversibleFunctionBackward'),

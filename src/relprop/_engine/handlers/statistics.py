@@ -37,6 +37,12 @@ elementary ops, and that no module name gives away.
   relevance of ``b``. The output keeps the model's value (the two spellings differ by
   rounding, which a detached correction of ~1e-16 carries). Not where a factor is a gate
   (``x · ½(1 + erf(·))``: the gate takes no relevance either way).
+* **A gate computed from a statistic is a constant**: ``σ(logsumexp(s) − b)``, the share of
+  attention mass that an attention sink ``b`` leaves to the tokens (Granite's sliding-window
+  attention: ``softmax(s) v ⊙ σ(LSE(s) − b)`` is softmax over ``[s, b]`` with a zero value
+  for the sink). A gate takes no relevance (signal-take-all); computed from a statistic of
+  the scores (their log-partition function, followed like the norms' statistics), it is
+  held at its value, as a normalisation's statistic is, so its ops need no rule.
 * **Activation modules** with scalar parameters or none (``…Activation`` classes such as
   xIELU, Huang et al. 2024: ``α_p x² + βx`` for ``x > 0``, ``α_n (e^{min(x, ε)} − 1 − x) +
   βx`` below; ``sqrt(softplus(x))``): one elementwise op of kind ``activation`` (the
@@ -66,7 +72,9 @@ if TYPE_CHECKING:
 Handler = Callable[..., Any]
 
 #: reductions that make a statistic of the tensor they reduce
-NORMS = frozenset({"norm", "linalg.vector_norm", "linalg.norm", "var", "std"})
+NORMS = frozenset({"norm", "linalg.vector_norm", "linalg.norm", "var", "std", "logsumexp"})
+#: gates computed from a statistic: held constant (the sink scale of Granite's attention)
+GATES_OF_STATISTICS = frozenset({"sigmoid"})
 #: reductions that make a statistic when they reduce a square (``mean(x²)``)
 SUMS = frozenset({"mean", "sum", "nansum", "nanmean"})
 #: how a square is spelled (``x.pow(2)`` is an activation node of one of these names)
@@ -196,6 +204,15 @@ def _exp(session: Session, func: Callable[..., Any], name: str,
     out: Tensor = UnaryFunction.apply(x, SoftmaxOp(dim), call, session, lambda _: value)
     session.mark_weights(out, call)
     return out
+
+
+def prepare(session: Session, name: str, args: tuple[Any, ...]
+            ) -> tuple[tuple[Any, ...], None]:
+    """Before a call: a gate function of a statistic runs on the statistic held constant."""
+    if name in GATES_OF_STATISTICS and args and on_path(args[0]) \
+            and _statistic(session, args[0]) is not None:
+        return (args[0].detach(), *args[1:]), None
+    return args, None
 
 
 def _of(session: Session, a: Tensor, statistic: Statistic) -> str | None:
@@ -366,4 +383,4 @@ HANDLERS: dict[str, Handler] = {
     "exp": _exp,
 }
 
-__all__ = ["HANDLERS", "observe", "module_kind", "wrap_module_output", "Statistic"]
+__all__ = ["HANDLERS", "observe", "prepare", "module_kind", "wrap_module_output", "Statistic"]
