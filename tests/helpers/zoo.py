@@ -481,7 +481,8 @@ NON_CONSERVING: dict[str, str] = {
     'led:seq2seq': 'sliding-window attention: gap ~6e-5, as longformer; its padded window '
                    'rows (all -inf, NaN after the softmax) now pass no signal',
     'longformer:seq_cls': 'sliding-window attention (scores assembled by as_strided/padding): '
-                          'gap ~3e-5, not yet located',
+                          'gap ~2e-5, lost inside layer 0 self-attention (its local values), '
+                          'not at a rule call (the ledger is clean): not yet located',
 }
 
 # Slow in the default suite (over 2 s on one busy core): run with -m slow.

@@ -243,9 +243,10 @@ def parameter_source(session: Session, value: Any, operands: tuple[Any, ...]) ->
 
 
 def _of_sources_only(session: Session, stream: Tensor, limit: int = 32) -> bool:
-    """Whether ``stream`` is computed from sources (not the input) within ``limit`` graph
-    nodes; ``False`` where the walk goes further (a deep stream: most likely the input's)."""
-    sources = {id(s) for _, s, _ in session.sources}
+    """Whether ``stream`` is computed from sources that do not read the input (position
+    lookups, not token lookups) within ``limit`` graph nodes; ``False`` where the walk goes
+    further (a deep stream: most likely the input's)."""
+    sources = {id(s) for _, s, reads in session.sources if not reads}  # not token lookups
     stack, seen = [stream.grad_fn], set()
     while stack:
         node = stack.pop()
