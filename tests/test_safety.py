@@ -22,8 +22,11 @@ class _Exp(nn.Module):
 
 
 class _Normalise(nn.Module):
+    """A division by a sum of the activations (``x / ‖x‖`` is an L2 normalisation, which
+    relprop recognises: tests/test_zoo_ops.py)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x / x.norm(dim=1, keepdim=True)
+        return x / x.sum(dim=1, keepdim=True)
 
 
 class _Double(torch.autograd.Function):

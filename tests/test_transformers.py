@@ -359,17 +359,25 @@ def test_t5_relative_position_bias_is_held_like_a_bias_and_cp_lrp_conserves() ->
     torch.testing.assert_close(total, expl.explained, rtol=1e-9, atol=1e-12)
 
 
-def test_an_attention_mask_computed_from_the_tokens_is_refused_by_name() -> None:
+def test_an_attention_mask_computed_from_the_tokens_takes_its_share() -> None:
+    """A float mask computed from the tokens is a term of the scores (rules.Attention): its
+    share goes back through its ops — explained where they have rules, refused by name (the
+    op) where they do not. (The share itself is checked against the attention spelled out
+    in tests/test_zoo_ops.py.)"""
     class Masked(torch.nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, bias: Callable[[torch.Tensor], torch.Tensor]) -> None:
             super().__init__()
             self.embed, self.head = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 2)
+            self.bias = bias
 
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             h = self.embed(ids)[:, None]  # (B, 1, T, 8)
-            scores_bias = h.sum(-1, keepdim=True)  # from the tokens themselves
+            scores_bias = self.bias(h.sum(-1, keepdim=True))  # from the tokens themselves
             out = torch.nn.functional.scaled_dot_product_attention(h, h, h, attn_mask=scores_bias)
             return self.head(out[:, 0].mean(1))
 
-    with pytest.raises(relprop.UnsupportedOperationError, match="attention mask that depends"):
-        relprop.explain(Masked().eval(), torch.randint(0, 20, (2, 5)), 0)
+    ids = torch.randint(0, 20, (2, 5))
+    expl = relprop.explain(Masked(lambda b: b).eval(), ids, 0, verify=True)
+    assert torch.isfinite(expl.relevance).all() and expl.relevance.abs().sum() > 0
+    with pytest.raises(relprop.UnsupportedOperationError, match="op 'exp'"):
+        relprop.explain(Masked(torch.exp).eval(), ids, 0)

@@ -291,6 +291,7 @@ def _transformer(epsilon: float, conv: Rule | None, softmax: Rule, attention: At
     return Composite([
         (kind("linear"), Epsilon(epsilon)),
         (kind(*CONVS), Epsilon(epsilon) if conv is None else conv),
+        (kind("norm"), Epsilon(epsilon)),  # a BatchNorm no layer absorbs (LeViT, TextNet)
         (kind("softmax"), softmax),
         (kind("product"), Product(gates_take_none=True)),
         (kind("layer_norm"), NormIdentity(epsilon)),

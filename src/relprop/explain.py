@@ -284,6 +284,8 @@ def _backward(session: Session, output: Tensor, seed: Tensor, tokens: bool
             flat = relevance.reshape(-1).index_add(0, moved[valid],
                                                    per_position[valid].to(relevance.dtype))
             relevance = flat.view(x.shape)
+            if bool((~valid).any()):  # ids the model added (CPM-Ant's prompt, padding):
+                sources[f"{path}:added ids"] = per_position * ~valid  # a source of their own
             continue
         name = path
         while name in sources:

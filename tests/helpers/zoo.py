@@ -87,9 +87,31 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "zaya": {"num_experts_per_tok": 1},
     "kolibri1_1": {"num_attention_heads": 2, "head_dim": 16, "num_key_value_heads": 2},
     "gemma4_assistant": {"hidden_size_per_layer_input": 0},
-    "bamba": {"mamba_n_heads": 4, "mamba_d_head": 16},
-    "granitemoehybrid": {"mamba_n_heads": 4, "mamba_d_head": 16},
-    "mamba2": {"num_heads": 4, "head_dim": 16, "n_groups": 1},
+    # state-space models: small states, and chunks of 4 tokens so that the chunked scans
+    # (SSD) carry a state from one chunk to the next
+    "bamba": {"mamba_n_heads": 4, "mamba_d_head": 16, "mamba_d_state": 16,
+              "mamba_chunk_size": 4},
+    "granitemoehybrid": {"mamba_n_heads": 4, "mamba_d_head": 16, "mamba_d_state": 16,
+                         "mamba_chunk_size": 4},
+    "mamba2": {"num_heads": 4, "head_dim": 16, "n_groups": 1, "state_size": 16,
+               "chunk_size": 4},
+    "falcon_h1": {"mamba_n_heads": 4, "mamba_d_head": 16, "mamba_d_ssm": 64,
+                  "mamba_d_state": 16, "mamba_chunk_size": 4},
+    "nemotron_h": {"mamba_num_heads": 4, "mamba_head_dim": 16, "ssm_state_size": 16,
+                   "n_groups": 1, "chunk_size": 4},
+    "kimi_linear": {"linear_head_dim": 8, "linear_num_heads": 4},
+    # a short-convolution layer and an attention layer (its config has no default list)
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
+    # one Mamba layer and one hybrid layer (the default layer list is longer than 2 layers)
+    "zamba": {"layers_block_type": ["linear_attention", "hybrid"]},
+    "zamba2": {"layers_block_type": ["linear_attention", "hybrid"], "n_mamba_heads": 4,
+               "mamba_d_state": 16, "chunk_size": 4},
+    # gated delta rule: small heads (the default 8192-channel causal conv takes ~0.5 s), two
+    # value heads per key head
+    **{m: {"linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_num_key_heads": 2,
+           "linear_num_value_heads": 4}
+       for m in ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "qwen4_exp_text",
+                 "lara_mini")},
     "swin": {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4,
              "out_features": None, "out_indices": None},
     "swinv2": {"embed_dim": 16, "num_heads": [1, 2, 2, 4]},
@@ -105,6 +127,25 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 # Built and run with float64 as torch's default dtype: their float64 forward makes a float32
 # constant of finfo(float64).min (transformers' own bug, not relprop's).
 FLOAT64_DEFAULT = {"xglm"}
+
+# Per model type: the output field that holds the logits, where it is not ``logits``
+# (PP-LCNet's classifier returns its logits as ``last_hidden_state``, as its model card reads
+# them). relprop refuses to guess a field other than ``logits`` (a backbone's
+# ``last_hidden_state`` is a feature map); the zoo wraps the model as a user would.
+OUTPUT_FIELDS: dict[str, str] = {"pp_lcnet": "last_hidden_state"}
+
+
+class Field(torch.nn.Module):
+    """``model(x).<field>``: a model whose output to explain is one field of its output."""
+
+    def __init__(self, model: torch.nn.Module, name: str) -> None:
+        super().__init__()
+        self.model, self.name = model, name
+
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        out: torch.Tensor = getattr(self.model(x, **kwargs), self.name)
+        return out
+
 
 # Per model type: config attributes set after construction.
 ATTRIBUTES: dict[str, dict[str, Any]] = {
@@ -199,10 +240,17 @@ def build(arch: Arch) -> tuple[torch.nn.Module, torch.Tensor, Any, dict[str, Any
             part.use_cache = False  # hybrid linear-attention caches need an attention layer
     names = getattr(modeling_auto, HEADS[arch.head])[arch.model_type]
     model_class = getattr(transformers, names if isinstance(names, str) else names[0])
+    expected = getattr(model_class, "config_class", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if isinstance(expected, type) and not isinstance(config, expected) \
+            and isinstance(text, expected):
+        config = text  # a text model of a multimodal config, as AutoModelFor... builds it
     torch.manual_seed(0)
     # MoE experts as a loop of linear layers (grouped_mm has no float64 kernel)
     model = model_class._from_config(config, experts_implementation="eager")
     model = model.eval().double()
+    if arch.model_type in OUTPUT_FIELDS:
+        model = Field(model, OUTPUT_FIELDS[arch.model_type]).eval()
     generator = torch.Generator().manual_seed(1)
     if arch.head == "image_cls":
         x = torch.randn(BATCH, 3, IMAGE, IMAGE, dtype=torch.float64, generator=generator)
@@ -295,7 +343,7 @@ def _check(arch: Arch) -> Result:
             bool(torch.isfinite(v).all()) for v in expl.sources.values())
         cp = relprop.explain(bias_free(model), x, target, cp_lrp(epsilon=0.0),
                              forward_kwargs=kwargs)
-        scale = cp.explained.abs().sum().clamp_min(1e-12)
+        scale = cp.explained.abs().sum().clamp_min(1e-300)  # PP-LCNet: logits ~1e-37
         result.gap = float((_total(cp) - cp.explained.sum()).abs() / scale)
         if not result.finite:
             result.status = "wrong"
@@ -379,8 +427,6 @@ SKIPPED: dict[str, str] = {
         'ImportError: needs the detectron2 package',
     'layoutlmv3:seq_cls':
         'RuntimeError: The size of tensor a (32) must match the size of tensor b (768) at non-s',
-    'lfm2_moe:causal_lm':
-        "TypeError: 'NoneType' object is not subscriptable",
     'lilt:seq_cls':
         'RuntimeError: mat1 and mat2 shapes cannot be multiplied (16x30 and 32x8)',
     'llama4:causal_lm':
@@ -399,12 +445,6 @@ SKIPPED: dict[str, str] = {
         "StrictDataclassClassValidationError: Class validation error for validator 'validate_ar",
     'perceiver':
         'slow: its default latents (256 x 1280) take over a minute per explanation',
-    'qwen3_5:causal_lm':
-        "AttributeError: 'Qwen3_5Config' object has no attribute 'vocab_size'",
-    'qwen3_5_moe:causal_lm':
-        "AttributeError: 'Qwen3_5MoeConfig' object has no attribute 'vocab_size'",
-    'qwen4_exp:causal_lm':
-        "AttributeError: 'Qwen4ExpConfig' object has no attribute 'vocab_size'",
     'shieldgemma2:image_cls':
         "RuntimeError: Expected tensor for argument #1 'indices' to have one of the following s",
     'siglip2:image_cls':
@@ -419,175 +459,30 @@ SKIPPED: dict[str, str] = {
         'ValueError: Input language unknown. Please call `XmodPreTrainedModel.set_default_langu',
     'xmod:seq_cls':
         'ValueError: Input language unknown. Please call `XmodPreTrainedModel.set_default_langu',
-    'zamba2:causal_lm':
-        "StrictDataclassClassValidationError: Class validation error for validator 'validate_la",
-    'zamba2:seq_cls':
-        "StrictDataclassClassValidationError: Class validation error for validator 'validate_la",
-    'zamba:causal_lm':
-        "StrictDataclassClassValidationError: Class validation error for validator 'validate_la",
-    'zamba:seq_cls':
-        "StrictDataclassClassValidationError: Class validation error for validator 'validate_la",
 }
 
 # Refused by relprop with a named error: id -> (fragment of the message, cause).
 EXPECTED_REFUSALS: dict[str, tuple[str, str]] = {
-    'apertus:causal_lm': (
-        "op 'expm1'",
-        'op expm1, min in model.layers.*.mlp.act_fn'),
-    'apertus1p5_text:causal_lm': (
-        "op 'expm1'",
-        'op expm1, min in model.layers.*.mlp.act_fn'),
-    'bailing_hybrid:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, div, exp, sqrt in model.layers.*.self_attn.Func.Func'),
-    'bamba:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, exp in model.layers.*.mamba.Func.Func.Func.Func'),
-    'deepseek_v4:causal_lm': (
-        "op 'div'",
-        'op div in model.layers.*.attn_hc'),
-    'doge:causal_lm': (
-        "scaled_dot_product_attention at 'model.layers.0.self_attn' h",
-        "scaled_dot_product_attention at 'model.layers.0.self_attn' has an attention mask tha"),
-    'doge:seq_cls': (
-        "scaled_dot_product_attention at 'model.layers.0.self_attn' h",
-        "scaled_dot_product_attention at 'model.layers.0.self_attn' has an attention mask tha"),
-    'dory:causal_lm': (
-        "op 'rsqrt'",
-        'op rsqrt in model.layers.*.input_layernorm, model.layers.*.pre_feedforward_layernorm'),
-    'ernie4_5_moe:causal_lm': (
-        "op 'div'",
-        'op div in model.layers.*.mlp.gate'),
-    'esm:seq_cls': (
-        "op 'erf'",
-        'op erf in esm.encoder.layer.*.intermediate'),
-    'falcon_h1:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, exp in model.layers.*.mamba.Func.Func.Func.Func'),
-    'falcon_mamba:causal_lm': (
-        "op 'exp'",
-        'op exp in backbone.layers.*.mixer.Func.Func.Func.Func'),
-    'granite_swa:causal_lm': (
-        "op 'logsumexp'",
-        'op logsumexp in model.layers.*.self_attn'),
-    'granitemoe_swa:causal_lm': (
-        "op 'logsumexp'",
-        'op logsumexp, topk in model.layers.*.block_sparse_moe.router, model.layers.*.self_at'),
-    'granitemoehybrid:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, exp, topk in model.layers.*.block_sparse_moe.router, model.layers.*.mamba'),
-    'hy_v4:causal_lm': (
-        "op 'rsqrt'",
-        'op rsqrt in model.hc_head.input_norm, model.layers.*.attn_hc.input_norm, model.layer'),
-    'inkling_text:causal_lm': (
-        "scaled_dot_product_attention at 'model.layers.0.self_attn' h",
-        "scaled_dot_product_attention at 'model.layers.0.self_attn' has an attention mask tha"),
-    'jamba:causal_lm': (
-        "op 'exp'",
-        'op exp in model.layers.*.mamba.Func.Func.Func.Func'),
-    'jamba:seq_cls': (
-        "op 'exp'",
-        'op exp in model.layers.*.mamba.Func.Func.Func.Func'),
-    'kimi_linear:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, exp, log in model.layers.*.self_attn.Func.Func, model.layers.*.self_attn.'),
-    'lara_mini:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, exp, linalg.solve_triangular, rsqrt in model.layers.*.linear_attn.Func.Fu'),
-    'mamba:causal_lm': (
-        "op 'exp'",
-        'op exp in backbone.layers.*.mixer.Func.Func.Func.Func'),
-    'mamba2:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, exp in backbone.layers.*.mixer.Func.Func.Func.Func'),
-    'mistral4:seq_cls': (
-        "op 'div'",
-        'op div in model.layers.*.mlp.gate'),
-    'nemotron_h:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, exp in model.layers.*.mixer.Func.Func.Func.Func'),
-    'olmo_hybrid:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, exp, linalg.solve_triangular, rsqrt in model.layers.*.linear_attn.Func.Fu'),
-    'pp_lcnet:image_cls': (
-        'the model returned BaseModelOutputWithNoAttention with field',
-        "InvalidInputError: the model returned BaseModelOutputWithNoAttention with fields ['l"),
-    'qwen3_5:seq_cls': (
-        "op 'cumsum'",
-        'op cumsum, exp, linalg.solve_triangular, rsqrt in model.language_model.layers.*.line'),
-    'qwen3_5_moe_text:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, exp, linalg.solve_triangular, rsqrt in model.layers.*.linear_attn.Func.Fu'),
-    'qwen3_5_text:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, exp, linalg.solve_triangular, rsqrt in model.layers.*.linear_attn.Func.Fu'),
-    'qwen3_5_text:seq_cls': (
-        "op 'cumsum'",
-        'op cumsum, exp, linalg.solve_triangular, rsqrt in model.layers.*.linear_attn.Func.Fu'),
-    'qwen3_next:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, exp, linalg.solve_triangular, rsqrt in model.layers.*.linear_attn.Func.Fu'),
-    'qwen3_next:seq_cls': (
-        "op 'cumsum'",
-        'op cumsum, exp, linalg.solve_triangular, rsqrt in model.layers.*.linear_attn.Func.Fu'),
-    'qwen4_exp_text:causal_lm': (
-        "op 'cumsum'",
-        'op cumsum, exp, linalg.solve_triangular, rsqrt in model.layers.*.linear_attn.Func.Fu'),
-    'recurrent_gemma:causal_lm': (
-        "op 'exp'",
-        'op exp in model.layers.*.temporal_block.rg_lru'),
     'reformer:causal_lm': (
         'autograd node _ReversibleFunctionBackward',
         'autograd node _ReversibleFunctionBackward'),
     'reformer:seq_cls': (
         'autograd node _ReversibleFunctionBackward',
         'autograd node _ReversibleFunctionBackward'),
-    'rwkv:causal_lm': (
-        "op 'div'",
-        'op div, exp in rwkv.blocks.*.attention'),
-    'xlstm:causal_lm': (
-        "op 'div'",
-        'op div, exp, rsqrt, var in backbone.blocks.*.mlstm_layer.mlstm_backend, backbone.blo'),
     'yoso:seq_cls': (
         'autograd node YosoCumulationBackward',
         'autograd node YosoCumulationBackward'),
-    'zaya:causal_lm': (
-        "op 'norm'",
-        'op norm in model.layers.*.self_attn.qk_norm'),
 }
 
 # Explained, but CP-LRP (ε = 0) on the bias-free copy does not conserve: id -> cause.
 NON_CONSERVING: dict[str, str] = {
-    'gpt_oss:causal_lm': 'router gates fine; attention sinks (softmax over extra logits) absorb',
-    'gpt_oss:seq_cls': 'router gates fine; attention sinks (softmax over extra logits) absorb',
-    'granitemoe:causal_lm': 'top-k router weights through ops that drop the gate mark: not '
-                            'yet diagnosed',
-    'granitemoeshared:causal_lm': 'as granitemoe: not yet diagnosed',
-    'jetmoe:causal_lm': 'mixture of attention heads routed by top-k: not yet diagnosed',
-    'jetmoe:seq_cls': 'mixture of attention heads routed by top-k: not yet diagnosed',
-    'cpmant:causal_lm': 'explained since ids moved before the lookup are followed; attention '
-                        'masked with masked_fill of a tensor: not yet diagnosed',
-    'longformer:seq_cls': 'explained since padded ids are followed; sliding-window attention '
-                          '(scores assembled by as_strided/padding): not yet diagnosed',
-    'clip:image_cls':
-        'CLIP vision tower (pre-LayerNorm on embeddings, class_embedding): not yet diagnosed',
-    'flaubert:seq_cls': 'XLM family: not yet diagnosed',
-    'levit:image_cls': 'attention bias table, hard-swish: not yet diagnosed',
-    'longt5:seq2seq': 'transient-global attention (side tokens from segment means)',
-    'metaclip_2:image_cls':
-        'CLIP vision tower (pre-LayerNorm on embeddings, class_embedding): not yet diagnosed',
-    'minimax_m3_vl_text:causal_lm':
-        'MoE routing weights multiply expert outputs: not yet diagnosed',
-    'phimoe:causal_lm':
-        'MoE sparsemixer routing weights multiply expert outputs: not yet diagnosed',
-    'phimoe:seq_cls': 'MoE sparsemixer routing weights multiply expert outputs: not yet diagnosed',
-    'prophetnet:causal_lm': 'n-gram stream / relative position buckets: not yet diagnosed',
-    'prophetnet:seq2seq': 'n-gram stream / relative position buckets: not yet diagnosed',
-    'swiftformer:image_cls': 'BatchNorm-heavy CNN: not yet diagnosed (small gap)',
-    'switch_transformers:seq2seq': 'top-1 router probability multiplies the expert output',
-    'textnet:image_cls': 'BatchNorm-heavy CNN: not yet diagnosed (small gap)',
-    'xlm:causal_lm': 'sinusoidal/learned positions times the padding mask: not yet diagnosed',
-    'xlm:seq_cls': 'sinusoidal/learned positions times the padding mask: not yet diagnosed',
+    'dory:causal_lm': 'gap 1.0e-6 at the tolerance: its L2 norms run in float32 inside the '
+                      'float64 model (x.float(), type_as), relevance crosses them in float32',
+    'led:seq2seq': 'sliding-window attention: gap ~6e-5, as longformer; its padded window '
+                   'rows (all -inf, NaN after the softmax) now pass no signal',
+    'longformer:seq_cls': 'sliding-window attention (scores assembled by as_strided/padding): '
+                          'gap ~2e-5, lost inside layer 0 self-attention (its local values), '
+                          'not at a rule call (the ledger is clean): not yet located',
 }
 
 # Slow in the default suite (over 2 s on one busy core): run with -m slow.
@@ -595,16 +490,11 @@ SLOW: set[str] = {
     'afmoe:causal_lm',
     'cvt:image_cls',
     'efficientnet:image_cls',
-    'falcon_h1:causal_lm',
     'hgnet_v2:image_cls',
-    'kimi_linear:causal_lm',
     'luke:seq_cls',
 }
 
 # Raw exceptions and wrong results: relprop bugs, reported (/tmp/zoo-findings.md); the test
 # expects them to fail (strict xfail), so a fix shows up as "now works: remove".
 KNOWN_BROKEN: dict[str, str] = {
-    "led:seq2seq": "non-finite relevance at the positions LED pads internally to its "
-                   "attention window (refused by name since the finiteness check; cause not "
-                   "yet found)",
 }

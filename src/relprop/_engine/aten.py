@@ -42,6 +42,7 @@ SAME_AS_TORCH = frozenset({
     "relu", "relu_", "clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_",
     "clamp_max", "clone", "to", "contiguous", "softmax", "layer_norm", "rms_norm",
     "scaled_dot_product_attention", "lstm", "gru", "cat", "concat", "expand",
+    "exp", "erf", "div", "logsumexp",
     *handlers.layers.ACTIVATIONS,
 })
 #: aten names of ops that torch spells otherwise (``_softmax(self, dim, half_to_float)``

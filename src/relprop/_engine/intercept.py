@@ -32,8 +32,11 @@ SHAPE_OPS = frozenset({
     "view", "reshape", "expand", "expand_as", "view_as", "unsqueeze", "squeeze", "flatten",
     "permute", "transpose", "contiguous", "__getitem__", "repeat", "clone",
 })
-#: ops after which attention weights are still the same weights (casts, eval-mode dropout)
-_KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "float", "half", "bfloat16", "double", "dropout"}
+#: ops after which attention weights are still the same weights (casts, eval-mode dropout,
+#: masked positions set to 0 after the softmax: CPM-Ant)
+_KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "type_as", "float", "half", "bfloat16", "double",
+                              "dropout", "masked_fill", "narrow", "select", "split", "chunk",
+                              "unbind"}
 #: shape ops that keep a parameter a parameter (``W.t()`` in ``x @ W.t() + b``)
 _KEEPS_CONSTANT = SHAPE_OPS | {"t", "T.__get__", "mT.__get__", "to", "type", "float", "double",
                                "half", "bfloat16", "detach"}

@@ -42,6 +42,7 @@ class Session:
         self._buffer_ids: set[int] | None = None
         self._unvouched: set[Any] = set()
         self._marks: dict[str, dict[int, weakref.ref[Tensor]]] = {}
+        self._notes: dict[str, dict[int, tuple[weakref.ref[Tensor], Any]]] = {}
         #: integer tensors made from the token ids by moving them (transpose, pad, cat…):
         #: id -> (the tensor, its map: for each element, the flat input position, or -1)
         self.id_maps: dict[int, tuple[weakref.ref[Tensor], Tensor]] = {}
@@ -183,6 +184,15 @@ class Session:
         ref = self._marks.get(label, {}).get(id(t))
         return ref is not None and ref() is t
 
+    def note(self, label: str, t: Tensor, value: Any) -> None:
+        """Remember ``value`` about ``t`` under ``label`` for an op family (a statistic)."""
+        self._notes.setdefault(label, {})[id(t)] = (weakref.ref(t), value)
+
+    def noted(self, label: str, t: Any) -> Any:
+        """What :meth:`note` remembered about ``t`` under ``label``, or ``None``."""
+        entry = self._notes.get(label, {}).get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else None
+
     def is_gate(self, t: Any) -> bool:
         ref = self.gates.get(id(t))
         return ref is not None and ref() is t
@@ -196,6 +206,7 @@ class Session:
         self.weights.clear()
         self.constants.clear()
         self._unvouched.clear()
+        self._notes.clear()
 
     # -- module context ------------------------------------------------------------------
     def where(self) -> tuple[str, nn.Module | None, int]:

@@ -92,7 +92,11 @@ class SoftmaxOp:
 
     def gradient(self, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         """``c_i = s_i (G_i − Σ_j s_j G_j)``, in the output's precision: PyTorch's fused
-        softmax backward where input and output share a dtype, else spelled out."""
+        softmax backward where input and output share a dtype, else spelled out. A row whose
+        inputs are all ``-inf`` has no weights (NaN; LED pads its window with such rows and
+        overwrites them after the softmax): it passes no signal."""
+        if not bool(torch.isfinite(z).all()):
+            z = torch.nan_to_num(z, nan=0.0)
         if a.dtype == z.dtype:
             return torch.ops.aten._softmax_backward_data(grad.to(z.dtype), z, self.dim, a.dtype)
         weighted = z * grad.to(z.dtype)

@@ -116,6 +116,11 @@ class Attention(Rule):
     so PyTorch's fused backward computes it without building the attention matrix.
     With ``through_scores=False`` (CP-LRP) the attention weights are constant:
     ``c_v = ∂O/∂v ᵀ G`` and queries and keys take nothing.
+
+    A float mask ``m`` computed from the input (``softmax(q kᵀ · scale + m) v``) is a third
+    term of the scores: LRP-0 on the sum ``s = q kᵀ · scale + m`` gives it ``m ⊙ ∂R/∂s``,
+    i.e. ``c_m = ½ ∂O/∂m ᵀ G`` (the scores' share before the product rule halves it between
+    ``q`` and ``k``), and nothing under CP-LRP.
     """
 
     kinds = frozenset({"attention"})
@@ -128,7 +133,10 @@ class Attention(Rule):
         return (0.25, 0.25, 0.5) if self.through_scores else (0.0, 0.0, 1.0)
 
     def propagate(self, op: ShareOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor | None:
-        """The signal of input ``op.position`` (query, key, value)."""
+        """The signal of input ``op.position`` (query, key, value, or a float mask computed
+        from the input: the scores' share, ``½`` with ``through_scores``, else 0)."""
+        if op.position == 3:
+            return scaled_signal(grad, 0.5 if self.through_scores else 0.0)
         return scaled_signal(grad, self.shares()[op.position])
 
 

@@ -5,7 +5,11 @@
 * :mod:`~relprop._engine.handlers.transformer` — embeddings (sources), softmax,
   LayerNorm/RMSNorm, fused attention, modules taken as one op (RMSNorm-like, GELU-like);
 * :mod:`~relprop._engine.handlers.recurrent` — ``torch.lstm``/``torch.gru``, replayed step by
-  step.
+  step;
+* :mod:`~relprop._engine.handlers.scan` — selective state-space scans and linear attention
+  (their input-dependent parameters held constant, MambaLRP);
+* :mod:`~relprop._engine.handlers.statistics` — normalisations and activations written op by
+  op (a scale computed from a statistic of the stream, ``erf`` in GELU, xIELU-like modules).
 
 A family contributes handlers by op name, and optionally *claims* (calls it takes before the
 in-place machinery, such as an in-place ReLU merged into its layer), argument hooks run before
@@ -17,7 +21,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from . import layers, mixing, norms, recurrent, transformer
+from . import layers, mixing, norms, recurrent, scan, statistics, transformer
 
 #: the op families, in order of precedence (a later family's handler of the same op name
 #: wins). A family module may define ``HANDLERS`` (op name -> handler), ``claim(name, args,
@@ -31,6 +35,8 @@ FAMILIES: tuple[ModuleType, ...] = (
     transformer,
     norms,
     mixing,
+    scan,
+    statistics,
 )
 
 

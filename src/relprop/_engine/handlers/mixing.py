@@ -93,8 +93,17 @@ GATE_KEEPING = frozenset({
     "index_select", "gather", "take_along_dim", "repeat", "repeat_interleave", "split",
     "chunk", "unbind", "cat", "concat", "concatenate", "stack", "sum", "mul", "__mul__",
     "__rmul__", "multiply", "div", "__truediv__", "true_divide", "divide", "add", "__add__",
-    "__radd__", "sub", "__sub__", "scatter", "masked_fill", "where", "topk",
+    "__radd__", "sub", "__sub__", "scatter", "masked_fill", "where", "topk", "clamp",
+    "clamp_min", "clamp_max", "clip",
 })
+#: the largest value of a gate or softmax output: a winner-take-all selection, as top-k
+MAXIMA = frozenset({"max", "amax"})
+#: products with a constant (``weights * route_scale``)
+SCALES = frozenset({"mul", "__mul__", "__rmul__", "multiply"})
+#: selections by index: of a softmax output (by a router's top-k indices), a gate
+GATHERS = frozenset({"gather", "take_along_dim"})
+#: sums: a softmax output plus a constant (``softmax(s) + ε``) may still be renormalised
+PLUS = frozenset({"add", "__add__", "__radd__"})
 #: divisions: a gate divided by a gate (top-k renormalisation) holds the divisor constant
 DIVISIONS = frozenset({"div", "__truediv__", "true_divide", "divide", "div_",
                        "__itruediv__", "__idiv__", "true_divide_", "divide_"})
@@ -151,13 +160,48 @@ def _router_scores(session: Session, out: Any) -> None:
         session.mark("router_scores", values)
 
 
+def _softmax_derived(session: Session, t: Any) -> bool:
+    """A softmax output, or one plus a constant (``softmax(s) + ε``: DeepSeek-V4's
+    hyper-connection mixing matrix before its Sinkhorn normalisation)."""
+    return session.weights_call(t) is not None or session.is_marked("softmax_plus", t)
+
+
+def _renormalisable(session: Session, t: Any) -> bool:
+    """What a division by its own sum turns into weights that sum to 1, a gate: a softmax
+    output (plus a constant), or scores selected by index (a router's top-k scores,
+    DeepSeek-V4's ``sqrt(softplus(·))`` router)."""
+    return _softmax_derived(session, t) or type(t.grad_fn).__name__ == "GatherBackward0"
+
+
+def _sum_of(divisor: Any, numerator: Tensor) -> bool:
+    """Whether ``divisor`` is computed from ``numerator`` alone by sums, adds of constants,
+    casts and clamps (``w.sum(-1, keepdim=True) + ε``): a renormalisation of ``numerator``."""
+    node = getattr(divisor, "grad_fn", None)
+    for _ in range(8):
+        if node is None or type(node).__name__ not in _OWN_SUM_NODES:
+            return False
+        parents = [p for p, _ in node.next_functions if p is not None]
+        if len(parents) != 1:
+            return False
+        node = parents[0]
+        if node is numerator.grad_fn:
+            return True
+    return False
+
+
+#: the nodes of a sum, an add of a constant, a cast or a clamp (an activation node)
+_OWN_SUM_NODES = frozenset({"SumBackward0", "SumBackward1", "AddBackward0", "AddBackward1",
+                            "ToCopyBackward0", "UnaryFunctionBackward", "ClampMinBackward0"})
+
+
 def prepare(session: Session, name: str, args: tuple[Any, ...]
             ) -> tuple[tuple[Any, ...], Callable[[Any], None] | None]:
     """Before a call: a gate divided by a gate holds the divisor constant; the outputs of
     ``topk`` of a gate or softmax output, and of ops computed from gates alone, are gates."""
     if name in ROUTER_NORMALISERS and args and session.is_marked("router_scores", args[0]):
         return args, lambda out: _mark(session, out)  # softmax of the top-k scores: gates
-    if name not in GATE_KEEPING and name not in DIVISIONS:
+    if name not in GATE_KEEPING and name not in DIVISIONS and name not in MAXIMA \
+            and name != "type_as":
         return args, None
     if name == "topk":
         if args and on_path(args[0]) and _gate_like(session, args[0]):
@@ -165,6 +209,27 @@ def prepare(session: Session, name: str, args: tuple[Any, ...]
         if args and on_path(args[0]):  # a router's raw scores (gpt-oss, granitemoe, llama4)
             return args, lambda out: _router_scores(session, out)
         return args, None
+    if name in MAXIMA and args and on_path(args[0]) and _gate_like(session, args[0]):
+        # the top-1 router probability (Switch Transformers): top-k with k = 1
+        return args, lambda out: (_topk_values(session, out) if isinstance(out, tuple)
+                                  else _mark(session, out))
+    if name in SCALES and len(args) == 2 and sum(on_path(a) for a in args) == 1:
+        weights = next(session.weights_call(a) for a in args if on_path(a))
+        if weights is not None:  # softmax weights times a constant: still its weights
+            return args, lambda out: session.mark_weights(out, weights)
+    if name == "type_as" and args and session.is_gate(args[0]):  # a cast: only its dtype
+        return args, lambda out: _mark(session, out)  # is read from the other tensor
+    if name in GATHERS and args and _softmax_derived(session, args[0]):
+        # probabilities picked by index (a router's top-k indices: Ernie 4.5, Mistral 4)
+        return args, lambda out: _mark(session, out)
+    if name in PLUS and len(args) == 2 and sum(on_path(a) for a in args) == 1 \
+            and any(session.weights_call(a) is not None for a in args):
+        return args, lambda out: session.mark("softmax_plus", out)
+    if name in DIVISIONS and len(args) >= 2 and on_path(args[0]) and on_path(args[1]) \
+            and not session.is_gate(args[0]) and _renormalisable(session, args[0]) \
+            and _sum_of(args[1], args[0]):
+        # a softmax output renormalised by its own sum (Sinkhorn): a gate, the sum held
+        return (args[0], args[1].detach(), *args[2:]), lambda out: _mark(session, out)
     if name in DIVISIONS and len(args) >= 2 and session.is_gate(args[0]) \
             and on_path(args[1]) and session.is_gate(args[1]):
         args = (args[0], args[1].detach(), *args[2:])

@@ -20,6 +20,7 @@ from ...errors import UnsupportedOperationError
 from ...rules.ops import ElementwiseOp, NormOp, SoftmaxOp
 from ..apply import ShareFunction, UnaryFunction
 from ..paths import on_path
+from . import layers
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -161,15 +162,19 @@ def attention(session: Session, func: Callable[..., Any], name: str,
             f"scaled_dot_product_attention at '{path}' has dropout_p={bound['dropout_p']}: "
             "attention dropout makes the explanation random; run the model in eval mode")
     mask = bound["attn_mask"]
-    if on_path(mask):
-        if _reaches_input(session, mask):
-            raise UnsupportedOperationError(
-                f"scaled_dot_product_attention at '{path}' has an attention mask that depends "
-                "on the input; relprop has no rule for it")
-        # a position bias added to the scores (T5's relative attention bias: a lookup of
-        # positions, not tokens) is held constant, like a bias: its share is absorbed
-        args, kwargs = _with_mask(args, kwargs, mask.detach())
     call = session.new_call("attention", name)
+    mask_of_input = on_path(mask) and _reaches_input(session, mask)
+    if on_path(mask):
+        if mask_of_input:
+            # a float mask computed from the input is a third term of the scores
+            # (q kᵀ · scale + m(x): Inkling's token-conditioned position bias, Doge's dynamic
+            # mask): it takes its share of the scores' relevance (LRP-0 on the sum), see
+            # rules.Attention, and passes it back through the ops that made it
+            args, kwargs = _with_mask(args, kwargs, ShareFunction.apply(mask, call, 3, session))
+        else:
+            # a position bias added to the scores (T5's relative attention bias: a lookup of
+            # positions, not tokens) is held constant, like a bias: its share is absorbed
+            args, kwargs = _with_mask(args, kwargs, mask.detach())
     qkv = [ShareFunction.apply(t, call, i, session) if on_path(t) else t
            for i, t in enumerate((q, k, v))]
     for t in qkv:
@@ -177,6 +182,8 @@ def attention(session: Session, func: Callable[..., Any], name: str,
             session.approved.add(t.grad_fn)
     rest = {key: value for key, value in kwargs.items() if key not in ("query", "key", "value")}
     out = func(*qkv, *args[3:], **rest)
+    if mask_of_input:  # a mask with a gradient runs the unfused maths: its nodes are ours
+        layers._approve_down_to_shares(session, out.grad_fn)
     session.log_output(call, out)
     return out
 
@@ -213,6 +220,15 @@ def parameter_source(session: Session, value: Any, operands: tuple[Any, ...]) ->
         if not any(tuple(o.shape) == shape for o in streams):
             return value
         name = session.parameter_name(value)
+    elif len(streams) == 1 and _of_sources_only(session, streams[0]):
+        # a constant joining a stream made of sources alone (ProphetNet's n-gram embedding
+        # added to the positions of its predicting stream): part of that learned input
+        name = session.parameter_name(value) if isinstance(value, nn.Parameter) \
+            else f"{session.where()[0] or '<model>'}:constant"
+        try:
+            shape = torch.broadcast_shapes(value.shape, streams[0].shape)
+        except RuntimeError:
+            return value
     else:
         stream = next((o for o in streams if o.dim() == 3 and o.shape[0] == batch), None)
         if stream is None or not _table_of(value, stream, batch):
@@ -224,6 +240,26 @@ def parameter_source(session: Session, value: Any, operands: tuple[Any, ...]) ->
     source = value.detach().expand(*shape).clone().requires_grad_(True)
     session.add_source(name, source, reads_input=False)
     return source
+
+
+def _of_sources_only(session: Session, stream: Tensor, limit: int = 32) -> bool:
+    """Whether ``stream`` is computed from sources that do not read the input (position
+    lookups, not token lookups) within ``limit`` graph nodes; ``False`` where the walk goes
+    further (a deep stream: most likely the input's)."""
+    sources = {id(s) for _, s, reads in session.sources if not reads}  # not token lookups
+    stack, seen = [stream.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if len(seen) > limit:
+            return False
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) not in sources:
+            return False  # the input, or a leaf that is not a source
+        stack.extend(parent for parent, _ in node.next_functions)
+    return bool(seen)
 
 
 def _table_of(value: Tensor, stream: Tensor, batch: int) -> bool:
@@ -247,8 +283,11 @@ def _batch_parameter(value: Any) -> bool:
 
 def remember_expanded(session: Session, parameter: Any, out: Any) -> None:
     """Note ``out = parameter.expand(batch, ...)`` of a parameter shaped like one sample (a
-    class token), so that :func:`joined_source` can recognise it when it is concatenated."""
-    if _batch_parameter(parameter) and isinstance(out, Tensor):
+    class token: ``(1, 1, C)``, or CLIP's ``(C,)`` expanded to ``(B, 1, C)``), so that
+    :func:`joined_source` can recognise it when it is concatenated."""
+    one_sample = isinstance(parameter, nn.Parameter) and isinstance(out, Tensor) \
+        and out.dim() >= 2 and parameter.numel() == out[0].numel()
+    if (_batch_parameter(parameter) or one_sample) and isinstance(out, Tensor):
         session.expanded[id(out)] = (weakref.ref(out), parameter)
 
 
