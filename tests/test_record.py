@@ -13,6 +13,7 @@ from torch import Tensor, nn
 import relprop
 from relprop import composites as C
 from relprop import rules as R
+from tests.helpers.netgen import NEW_OPTIONS, build
 
 
 class Block(nn.Module):
@@ -78,7 +79,7 @@ def _pair(bias_free: bool, seed: int = 0) -> tuple[Net, Net, Tensor]:
 
 def _gradient_times_activation(model: Net, x: Tensor, target: int) -> dict[str, Tensor]:
     """``output · ∂logit/∂output`` at every module output, by plain autograd (out-of-place net:
-    each module call makes a tensor of its own)."""
+    each module call makes a tensor of its own; :func:`_plain_record` for any net)."""
     outputs: dict[str, Tensor] = {}
     counts: dict[str, int] = {}
 
@@ -182,3 +183,53 @@ def test_ledger_of_a_product_written_in_place_is_that_of_the_product() -> None:
     for a, b in zip(ours, reference):
         assert a.relevance_in == pytest.approx(b.relevance_in, rel=1e-10, abs=1e-14)
         assert a.relevance_out == pytest.approx(b.relevance_out, rel=1e-10, abs=1e-14)
+
+
+def _plain_record(model: nn.Module, x: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """``output · ∂f/∂output`` at every module output by plain autograd, for nets that write
+    into outputs in place: the value is copied when the module returns, and the hook, set
+    before any later write, gets the gradient of that version."""
+    values: dict[str, Tensor] = {}
+    grads: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name: str):  # type: ignore[no-untyped-def]
+        def keep(_: nn.Module, __: object, out: object) -> None:
+            if not isinstance(out, Tensor) or not out.requires_grad:
+                return
+            count = counts.get(name, 0)
+            counts[name] = count + 1
+            key = name + (f"#{count}" if count else "")
+            values[key] = out.detach().clone()
+            out.register_hook(lambda g: grads.__setitem__(key, grads.get(key, 0) + g))
+        return keep
+
+    handles = [m.register_forward_hook(hook(n or "<model>")) for n, m in model.named_modules()]
+    try:
+        x = x.detach().clone().requires_grad_(True)
+        model(x).gather(1, target[:, None]).sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: v * grads[k] if k in grads else torch.zeros_like(v) for k, v in values.items()}
+
+
+def test_layers_are_gradient_times_activation_on_generated_nets() -> None:
+    """The fuzz grammar's ReLU-only nets (in-place ReLUs, ``+=`` residuals, slices written in
+    place, channels-last...): every recorded module output under LRP-0."""
+    nets = checked = 0
+    for seed in range(120):
+        net = build(seed, NEW_OPTIONS)
+        if not net.relu_only or net.unsupported_ops:
+            continue
+        expl = relprop.explain(net.model, net.x, net.target, composite=C.uniform(R.Zero()),
+                               record=True)
+        oracle = _plain_record(net.model, net.x, net.target)
+        for name, relevance in expl.layers.items():
+            scale = float(oracle[name].abs().max()) if oracle[name].numel() else 0.0
+            torch.testing.assert_close(relevance, oracle[name], rtol=0,
+                                       atol=1e-9 * scale + 1e-12,
+                                       msg=f"seed {seed}: {name} ({net.features})")
+            checked += 1
+        nets += 1
+    assert nets >= 40 and checked >= 300
