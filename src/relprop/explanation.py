@@ -32,6 +32,9 @@ class Explanation:
     target: Target
     method: str
     rules: dict[str, str] = field(default_factory=dict)
+    #: with ``record=True``: relevance at each module output, by module path (``#1``, ``#2``…
+    #: for its repeated calls), as the module returned it, before any in-place write of the model;
+    #: a layer merged with the BatchNorm after it has no output of its own and no entry
     layers: dict[str, Tensor] = field(default_factory=dict)
     conservation: list[LedgerEntry] = field(default_factory=list)
     #: for token inputs: the token strings per sample (set by :mod:`relprop.text` helpers)

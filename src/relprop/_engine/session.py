@@ -79,6 +79,8 @@ class Session:
         self.again = False
         self.ledger: list[LedgerEntry] = []
         self.layers: dict[str, Tensor] = {}
+        #: recorded module outputs: id -> (the output, its names in ``layers``)
+        self._kept: dict[int, list[tuple[weakref.ref[Tensor], str]]] = {}
         self.interceptor: Any = None  # the TorchFunctionMode routing this session's ops
         #: embedding outputs where relevance ends: (module path, output, looks up the input)
         self.sources: list[tuple[str, Tensor, bool]] = []
@@ -207,6 +209,7 @@ class Session:
         self.constants.clear()
         self._unvouched.clear()
         self._notes.clear()
+        self._kept.clear()
 
     # -- module context ------------------------------------------------------------------
     def where(self) -> tuple[str, nn.Module | None, int]:
@@ -293,13 +296,30 @@ class Session:
                     self._keep_relevance(name + suffix, tensor)
 
     def _keep_relevance(self, name: str, output: Tensor) -> None:
-        detached = output.detach()
+        """Record under ``name`` the relevance flowing through ``output``, as the module returned
+        it: the value is a held slot (copied only if the model writes into it later), and the
+        hook sits on this version's graph node (a hook registered before an in-place write gets
+        the gradient of the value before it). Several hooks of one name add up."""
+        held = self.saved.hold(output)
 
-        def keep(grad: Tensor | None) -> None:
-            self.layers[name] = detached * grad if grad is not None else torch.zeros_like(
-                detached)
+        def keep(grad: Tensor | None) -> None:  # may fire more than once (reads_input)
+            value = held.tensor
+            assert value is not None
+            part = torch.zeros_like(value) if grad is None else value * grad
+            before = self.layers.get(name)
+            self.layers[name] = part if before is None else before + part
 
         output.register_hook(keep)
+        self._kept.setdefault(id(output), []).append((weakref.ref(output), name))
+
+    def merged(self, x: Tensor, out: Tensor) -> None:
+        """A ReLU was merged into the layer that made ``x`` (``out``: the merged node's output,
+        ``x`` itself if in place): relevance that reached ``x`` now flows through ``out``; at
+        ``x`` it is ``z · g · [z > 0] = relu(z) · g``, so names recorded at ``x`` also take
+        ``out``'s (the relevance of other readers of ``x`` still arrives at ``x``)."""
+        for ref, name in list(self._kept.get(id(x), ())):
+            if ref() is x:
+                self._keep_relevance(name, out)
 
     @contextmanager
     def installed(self, mode: Any) -> Iterator[None]:
@@ -333,10 +353,12 @@ class Session:
         the relevance arriving at ``out`` is recorded when its gradient is."""
         if not self.record or not out.requires_grad:
             return
-        detached = out.detach()
+        held = self.saved.hold(out)  # copied if the model writes into ``out`` later
 
         def open_entry(grad: Tensor | None) -> None:
-            arrived = torch.zeros_like(detached) if grad is None else detached * grad
+            value = held.tensor
+            assert value is not None
+            arrived = torch.zeros_like(value) if grad is None else value * grad
             per_sample = _per_sample(arrived)
             self._open[call.index] = entry = LedgerEntry(
                 call.name, repr(call.rule), per_sample, [0.0] * len(per_sample))

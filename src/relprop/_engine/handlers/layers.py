@@ -137,9 +137,13 @@ def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
         return out
     _, call, op, a = producer
     if inplace:  # ``x`` becomes the merged node's output, for every later reader of it
-        return LayerFunction.apply(a, op, call, session, None, True, x)
-    value = x.detach()
-    return LayerFunction.apply(a, op, call, session, lambda: torch.relu(value), True)
+        out = LayerFunction.apply(a, op, call, session, None, True, x)
+    else:
+        value = x.detach()
+        out = LayerFunction.apply(a, op, call, session, lambda: torch.relu(value), True)
+    if session.record:
+        session.merged(x, out)
+    return out
 
 
 def _relu_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool | None:
