@@ -79,6 +79,25 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
     Works inside ``torch.inference_mode()`` and on inputs made there; a ``torch.compile``d
     model is explained through the eager module it wraps (same function, eager speed).
     """
+    model, x, tokens, composite, x_leaf = _checked_call(model, x, composite)
+    kwargs = dict(forward_kwargs or {})
+    session = Session(model, x_leaf, record, MODULES)
+    with eager(model):
+        try:
+            with session.installed(Interceptor(session, composite.elementwise_ops())):
+                output = _select_output(model(session.model_input(), **kwargs))
+        except (RuntimeError, TypeError) as error:
+            _explain_forward_error(model, x, tokens, kwargs, error)
+            raise
+        return _explain_output(session, model, x, output, target, composite, tokens, kwargs,
+                               strict, verify)
+
+
+def _checked_call(model: nn.Module, x: Any, composite: Composite | None
+                  ) -> tuple[nn.Module, Tensor, bool, Composite, Tensor]:
+    """What every explanation checks before its forward pass: the eager model, the input
+    (token ids or features), the composite (the default one for its kind of input) and the
+    input leaf that collects relevance: ``(model, x, tokens, composite, x_leaf)``."""
     _check_model(model)
     model = eager_module(model)
     x = usable_input(x)
@@ -92,18 +111,8 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
         raise InvalidInputError(
             f"composite must be a relprop Composite, got {type(composite).__name__}"
         )
-    kwargs = dict(forward_kwargs or {})
     x_leaf = x if tokens else x.detach().requires_grad_(True)
-    session = Session(model, x_leaf, record, MODULES)
-    with eager(model):
-        try:
-            with session.installed(Interceptor(session, composite.elementwise_ops())):
-                output = _select_output(model(session.model_input(), **kwargs))
-        except (RuntimeError, TypeError) as error:
-            _explain_forward_error(model, x, tokens, kwargs, error)
-            raise
-        return _explain_output(session, model, x, output, target, composite, tokens, kwargs,
-                               strict, verify)
+    return model, x, tokens, composite, x_leaf
 
 
 def _explain_output(session: Session, model: nn.Module, x: Tensor, output: Any, target: Any,

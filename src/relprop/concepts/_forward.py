@@ -22,20 +22,15 @@ from .._engine import (
     MODULES,
     Interceptor,
     Session,
-    check_input,
-    check_model,
     check_output,
-    check_token_ids,
     eager,
-    eager_module,
     find_unsupported,
     select_output,
-    usable_input,
     warn_if_probabilities,
 )
-from ..composites import Composite, default
-from ..errors import InvalidInputError, UnsupportedOperationError, UnsupportedOperationWarning
-from ..explain import _explain_forward_error
+from ..composites import Composite
+from ..errors import UnsupportedOperationError, UnsupportedOperationWarning
+from ..explain import _checked_call, _explain_forward_error
 from ..targets import Target, as_target
 from ._errors import LayerNotOnPathError, UnknownLayerError
 
@@ -160,20 +155,8 @@ def shared_forward(model: nn.Module, x: Tensor, target: Any, composite: Composit
 
     ``watch``: layer names whose values are copied as they are made (cheap: only those).
     """
-    check_model(model)
-    model = eager_module(model)
-    x = usable_input(x)
-    tokens = not x.is_floating_point() and not x.is_complex()
-    if tokens:
-        check_token_ids(x)
-    else:
-        check_input(x)
-    composite = default(tokens) if composite is None else composite
-    if not isinstance(composite, Composite):
-        raise InvalidInputError(
-            f"composite must be a relprop Composite, got {type(composite).__name__}")
+    model, x, tokens, composite, x_leaf = _checked_call(model, x, composite)
     kwargs = dict(forward_kwargs or {})
-    x_leaf = x if tokens else x.detach().requires_grad_(True)
     session = Session(model, x_leaf, False, MODULES)
     session.again = True
     sites: dict[str, Site] = {}
