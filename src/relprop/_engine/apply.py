@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..rules.ops import LinearOp, PoolOp, ShareOp
 from .records import OpCall
+from .session import carried
 
 if TYPE_CHECKING:
     from .session import Session
@@ -31,12 +32,12 @@ def _run_rule(call: OpCall, session: Session, op: Any, a: Tensor, z: Tensor,
     out = rule.propagate(op, a, z, grad)
     if out is None:
         if session.record:
-            session.log(call, z * grad, torch.zeros_like(a))
+            session.log(call, carried(z, grad), torch.zeros_like(a))
         return None
     if not rule.factorizes:
-        return session.relevance_to_grad(call, out, a, z * grad)
+        return session.relevance_to_grad(call, out, a, carried(z, grad))
     if session.record:
-        session.log(call, z * grad, a * out)
+        session.log(call, carried(z, grad), carried(a, out))
     change = getattr(op, "reports", {}).get("relevance_change")
     if change is not None:  # judged after the backward pass, all layers at once
         call.relevance_change = change

@@ -33,10 +33,11 @@ SHAPE_OPS = frozenset({
     "permute", "transpose", "contiguous", "__getitem__", "repeat", "clone",
 })
 #: ops after which attention weights are still the same weights (casts, eval-mode dropout,
-#: masked positions set to 0 after the softmax: CPM-Ant)
+#: masked positions set to 0 after the softmax: CPM-Ant; padded with constants and re-viewed
+#: into diagonal bands: Longformer's and LED's sliding-window ``_pad_and_diagonalize``)
 _KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "type_as", "float", "half", "bfloat16", "double",
                               "dropout", "masked_fill", "narrow", "select", "split", "chunk",
-                              "unbind"}
+                              "unbind", "pad"}
 #: shape ops that keep a parameter a parameter (``W.t()`` in ``x @ W.t() + b``)
 _KEEPS_CONSTANT = SHAPE_OPS | {"t", "T.__get__", "mT.__get__", "to", "type", "float", "double",
                                "half", "bfloat16", "detach"}

@@ -358,7 +358,7 @@ class Session:
         def open_entry(grad: Tensor | None) -> None:
             value = held.tensor
             assert value is not None
-            arrived = torch.zeros_like(value) if grad is None else value * grad
+            arrived = torch.zeros_like(value) if grad is None else carried(value, grad)
             per_sample = _per_sample(arrived)
             self._open[call.index] = entry = LedgerEntry(
                 call.name, repr(call.rule), per_sample, [0.0] * len(per_sample))
@@ -371,7 +371,8 @@ class Session:
         entry = self._open.get(call.index)
         if entry is None:
             return
-        sums = [0.0] * len(entry.relevance_out) if grad is None else _per_sample(factor * grad)
+        sums = [0.0] * len(entry.relevance_out) if grad is None \
+            else _per_sample(carried(factor, grad))
         if len(sums) != len(entry.relevance_out):  # a factor shared by the batch
             sums = [float("nan")] * len(entry.relevance_out)
         entry.relevance_out = [a + b for a, b in zip(entry.relevance_out, sums)]
@@ -394,7 +395,7 @@ class Session:
             return torch.zeros_like(a)
         nonzero = a != 0
         grad = relevance / torch.where(nonzero, a, torch.ones_like(a)) * nonzero
-        self.log(call, relevance_in, a * grad)
+        self.log(call, relevance_in, carried(a, grad))
         return grad
 
 
@@ -405,6 +406,13 @@ def _tensors(output: Any, suffix: str = "") -> Iterator[tuple[str, Tensor]]:
     elif isinstance(output, tuple | list):
         for i, item in enumerate(output):
             yield from _tensors(item, f"{suffix}[{i}]")
+
+
+def carried(value: Tensor, signal: Tensor) -> Tensor:
+    """The relevance ``value ⊙ signal`` a signal carries at a tensor, for the ledger: 0 where
+    the signal is 0, also where the value is not finite (a softmax row whose inputs are all
+    ``-inf`` is NaN; LED and Longformer overwrite such rows, and no signal reaches them)."""
+    return torch.where(signal == 0, torch.zeros_like(signal), value * signal)
 
 
 def _per_sample(t: Tensor) -> list[float]:
