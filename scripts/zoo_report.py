@@ -132,7 +132,9 @@ def write_markdown(results: list[zoo.Result], path: Path, seconds: float) -> Non
         f"{time.strftime('%Y-%m-%d')}; total {seconds:.0f} s.",
         "",
         f"**{len(explained)} of {built} built explained** "
-        f"({len(conserving)} of them conserve within {zoo.TOLERANCE:g}); "
+        f"({len(conserving)} of them conserve: within {zoo.TOLERANCE:g}, or "
+        f"{zoo.FLOAT32_TOLERANCE:g} where the model runs ops in float32 inside the float64 "
+        f"model, {', '.join(sorted(zoo.FLOAT32_INSIDE))}); "
         f"{len(refused)} refused with a named error; {len(raw)} raw errors or wrong "
         f"results; {len(skipped)} of {len(results)} not built here (skipped).",
         "",

@@ -17,7 +17,9 @@ vocabulary 99, images 32×32), random weights under ``torch.manual_seed(0)``, ``
 
 Which architectures relprop refuses (and why), which it explains but does not conserve on,
 and which are skipped (not buildable here) is recorded in :data:`EXPECTED_REFUSALS`,
-:data:`NON_CONSERVING` and :data:`SKIPPED`; ``tests/test_zoo.py`` holds every architecture to
+:data:`NON_CONSERVING` and :data:`SKIPPED` (models that run ops in float32 inside the
+float64 model, :data:`FLOAT32_INSIDE`, are held to :data:`FLOAT32_TOLERANCE`);
+``tests/test_zoo.py`` holds every architecture to
 its entry, ``scripts/zoo_report.py`` writes ``bench/ZOO.md``.
 """
 
@@ -54,6 +56,10 @@ IMAGE = 32
 LABELS = 3
 TOKEN = 7  # the next-token / decoder logit explained
 TOLERANCE = 1e-6  # conservation, relative (float64)
+#: conservation, relative, of models that run some of their ops in float32 inside the float64
+#: model (:data:`FLOAT32_INSIDE`): each such op rounds the relevance it passes to float32
+#: (unit roundoff 6e-8, relative), a few dozen of them ~1e-6; 1e-5 is ~170 roundoffs
+FLOAT32_TOLERANCE = 1e-5
 
 # Sizes set wherever a config has the field (directly or through its attribute_map).
 SHRINK: dict[str, Any] = {
@@ -289,8 +295,12 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def tolerance(self) -> float:
+        return FLOAT32_TOLERANCE if self.arch.id in FLOAT32_INSIDE else TOLERANCE
+
+    @property
     def conserves(self) -> bool:
-        return self.gap <= TOLERANCE
+        return self.gap <= self.tolerance
 
 
 def _plain(model: torch.nn.Module, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
@@ -476,13 +486,14 @@ EXPECTED_REFUSALS: dict[str, tuple[str, str]] = {
 
 # Explained, but CP-LRP (ε = 0) on the bias-free copy does not conserve: id -> cause.
 NON_CONSERVING: dict[str, str] = {
-    'dory:causal_lm': 'gap 1.0e-6 at the tolerance: its L2 norms run in float32 inside the '
-                      'float64 model (x.float(), type_as), relevance crosses them in float32',
-    'led:seq2seq': 'sliding-window attention: gap ~6e-5, as longformer; its padded window '
-                   'rows (all -inf, NaN after the softmax) now pass no signal',
-    'longformer:seq_cls': 'sliding-window attention (scores assembled by as_strided/padding): '
-                          'gap ~2e-5, lost inside layer 0 self-attention (its local values), '
-                          'not at a rule call (the ledger is clean): not yet located',
+}
+
+# Explained models that run some ops in float32 inside the float64 model: held to
+# FLOAT32_TOLERANCE. Dory's gap (1.0e-6) is float32 rounding at its norms (each norm's
+# ledger entry is off by ~1e-7 relative, both signs); with the norms kept in float64
+# (``Tensor.float`` as the identity) the gap is 1e-15.
+FLOAT32_INSIDE: dict[str, str] = {
+    'dory:causal_lm': 'its L2 norms run in float32 (x.float(), type_as)',
 }
 
 # Slow in the default suite (over 2 s on one busy core): run with -m slow.
