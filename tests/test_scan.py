@@ -373,3 +373,33 @@ def test_a_tensor_passed_as_the_value_is_never_held() -> None:
     pytest.importorskip("transformers")
     with pytest.raises(relprop.UnsupportedOperationError, match="'exp'"):
         relprop.explain(TiedKeyValue(), _x(2, 4, 3, seed=7), 0, LRP0)
+
+
+class _SigmoidStream(nn.Module):
+    """A sigmoid whose output is the stream itself (not a gate of anything), then functions
+    of it: outside a recurrent block they are activations and carry relevance."""
+
+    def __init__(self, unsupported: bool) -> None:
+        super().__init__()
+        self.first = nn.Linear(4, 4, bias=False)
+        self.last = nn.Linear(4, 3, bias=False)
+        self.unsupported = unsupported
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(torch.sigmoid(self.first(x)))
+        if self.unsupported:
+            h = torch.cumprod(h, dim=1)
+        return self.last(h)
+
+
+def test_functions_of_a_sigmoid_stream_are_not_held_outside_recurrent_blocks() -> None:
+    """Found by the fuzzer: ``cumprod(tanh(sigmoid(x)))`` was held constant as a decay made of
+    gates, so the output 'did not depend on the input' instead of naming ``cumprod``."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    model = _SigmoidStream(unsupported=False).double().eval()
+    lrp0 = relprop.composites.uniform(relprop.rules.Zero())
+    expl = relprop.explain(model, x, target=0, composite=lrp0)
+    assert torch.allclose(expl.relevance.sum(1), expl.explained, rtol=1e-9, atol=1e-12)
+    with pytest.raises(relprop.UnsupportedOperationError, match="cumprod"):
+        relprop.explain(_SigmoidStream(unsupported=True).double().eval(), x, target=0)

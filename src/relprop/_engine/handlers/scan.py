@@ -46,7 +46,9 @@ Around the scans, four more ops:
 
 * a decay or gate computed *outside* a kernel from gates only (RecurrentGemma's RG-LRU:
   ``a = exp(−8 σ(W x) softplus(Λ))``, ``sqrt(1 − a²)``): ``exp``, ``log``, ``sqrt``, ... of a
-  gate are gates, held constant the same way (:data:`GATE_FUNCTIONS`);
+  gate are gates, held constant the same way (:data:`GATE_FUNCTIONS`), inside a recurrent
+  block only (its class name says so: ``…Rglru``, ``…SSM``, ``…Mamba…``); elsewhere a
+  sigmoid's output may be the stream itself, and its functions are activations;
 * Mamba's discretised decay ``exp(A Δ)`` with ``Δ = softplus(·)`` and a constant ``A``,
   written outside a kernel (Doge's dynamic attention mask ``exp(A softplus(W v))``): held
   constant, as MambaLRP holds ``Δ`` and ``A`` (an additive mask then is a constant term of
@@ -63,6 +65,7 @@ each factor); its gated RMSNorm takes the norm rule (``…RMSNormGated``, norms 
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from types import CodeType, FrameType
@@ -221,6 +224,20 @@ def _discretisation(session: Session, name: str, args: tuple[Any, ...]
     return args, None
 
 
+#: modules whose gates steer a recurrence (RecurrentGemma's ``…Rglru``, linear recurrent
+#: units, state-space and Mamba blocks), by class name
+_RECURRENT_BLOCK = re.compile(r"rglru|recurrent|lru|ssm|mamba|scan", re.IGNORECASE)
+
+
+def _in_recurrent_block(session: Session) -> bool:
+    """Whether the op runs inside a recurrent block. Only there is a function of gates a
+    gate (a decay steering the recurrence); elsewhere a sigmoid's output may be the stream
+    itself (``tanh(sigmoid(x))`` as activations), and holding its functions constant would
+    cut the relevance of everything after them."""
+    return any(module is not None and _RECURRENT_BLOCK.search(type(module).__name__)
+               for _, module, _ in session.stack)
+
+
 def prepare(session: Session, name: str, args: tuple[Any, ...]
             ) -> tuple[tuple[Any, ...], Callable[[Any], None] | None]:
     """Before a call: inside a scan kernel its parameters are detached; a gate function of
@@ -233,7 +250,7 @@ def prepare(session: Session, name: str, args: tuple[Any, ...]
         parameters = _parameters(frame)
         if parameters:
             args = tuple(_hold(v, lambda t: id(t) in parameters) for v in args)
-    if name in GATE_FUNCTIONS:
+    if name in GATE_FUNCTIONS and _in_recurrent_block(session):
         path = _path_tensors(args)
         if path and all(session.is_gate(t) for t in path):
             return tuple(_hold(v, session.is_gate) for v in args), None
