@@ -92,7 +92,7 @@ def test_svg_charts() -> None:
 def test_tensor_samples_accepts_channel_maps() -> None:
     maps = torch.randn(3, 2, 5, 5)
     samples = TensorSamples(maps, torch.rand(3, 1, 5, 5))
-    assert torch.equal(samples.heatmap(1), maps[1].sum(0))
+    assert torch.allclose(samples.heatmap(1), maps[1].sum(0))
     image = samples.image(0)
     assert image is not None and image.shape == (5, 5, 3) and image.dtype == torch.uint8
     assert samples.name(2) == "#2"

@@ -192,11 +192,13 @@ def test_top_units_rank_the_layer_relevance_the_engine_records() -> None:
     recorded = relprop.explain(model, x, 1, LRP0, record=True).layers["layers.1"]
     per_channel = recorded.sum((2, 3))
     expected = per_channel.sort(dim=1, descending=True)
-    assert torch.equal(ranking.units, expected.indices[:, :5])
+    # the units picked carry the 5 largest relevances (compared by value: the two paths
+    # round differently, so near-ties may swap indices)
+    _close(per_channel.gather(1, ranking.units), expected.values[:, :5])
     _close(ranking.relevance, expected.values[:, :5])
     _close(ranking.total, per_channel.sum(1))
     by_abs = concepts.top_units(model, x, 1, "layers.1", k=3, composite=LRP0, by="abs")
-    assert torch.equal(by_abs.units, per_channel.abs().topk(3, dim=1).indices)
+    _close(per_channel.abs().gather(1, by_abs.units), per_channel.abs().topk(3, dim=1).values)
 
 
 def test_composition_splits_an_upper_unit_over_lower_units() -> None:
