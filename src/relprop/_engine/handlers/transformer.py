@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ...errors import UnsupportedOperationError
 from ...rules.ops import ElementwiseOp, NormOp, SoftmaxOp
 from ..apply import ShareFunction, UnaryFunction
-from ..paths import on_path
+from ..paths import graph_nodes, on_path
 from . import layers
 
 if TYPE_CHECKING:
@@ -127,17 +127,7 @@ def _reaches_input(session: Session, t: Tensor) -> bool:
     """Whether ``t`` is computed from the explained input (or its token lookups), not only
     from sources such as position embeddings."""
     inputs = {id(session.x)} | {id(s) for _, s, reads in session.sources if reads}
-    stack, seen = [t.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)
-        if variable is not None and id(variable) in inputs:
-            return True
-        stack.extend(parent for parent, _ in node.next_functions)
-    return False
+    return any(id(getattr(node, "variable", None)) in inputs for node in graph_nodes(t))
 
 
 def _with_mask(args: tuple[Any, ...], kwargs: dict[str, Any], mask: Tensor
@@ -247,19 +237,14 @@ def _of_sources_only(session: Session, stream: Tensor, limit: int = 32) -> bool:
     lookups, not token lookups) within ``limit`` graph nodes; ``False`` where the walk goes
     further (a deep stream: most likely the input's)."""
     sources = {id(s) for _, s, reads in session.sources if not reads}  # not token lookups
-    stack, seen = [stream.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if len(seen) > limit:
+    walked = 0
+    for walked, node in enumerate(graph_nodes(stream), start=1):
+        if walked > limit:
             return False
         variable = getattr(node, "variable", None)
         if variable is not None and id(variable) not in sources:
             return False  # the input, or a leaf that is not a source
-        stack.extend(parent for parent, _ in node.next_functions)
-    return bool(seen)
+    return walked > 0
 
 
 def _table_of(value: Tensor, stream: Tensor, batch: int) -> bool:
