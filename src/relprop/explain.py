@@ -12,6 +12,7 @@ from ._engine import (
     MODULES,
     Interceptor,
     Session,
+    collector_paused,
     eager,
     eager_module,
     find_unsupported,
@@ -33,6 +34,7 @@ from .errors import (
     UnsupportedOperationWarning,
 )
 from .explanation import Explanation
+from .rules.ops import seeded_grad
 from .targets import Target, as_target
 
 __all__ = ["explain", "Explanation"]
@@ -82,7 +84,7 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
     model, x, tokens, composite, x_leaf = _checked_call(model, x, composite)
     kwargs = dict(forward_kwargs or {})
     session = Session(model, x_leaf, record, MODULES)
-    with eager(model):
+    with eager(model), collector_paused():
         try:
             with session.installed(Interceptor(session, composite.elementwise_ops())):
                 output = _select_output(model(session.model_input(), **kwargs))
@@ -270,8 +272,7 @@ def _backward(session: Session, output: Tensor, seed: Tensor, tokens: bool
     x = session.x
     leaves = [t for _, t, _ in session.sources]
     inputs = leaves if tokens else [x, *leaves]
-    grads = torch.autograd.grad(output, inputs, seed, allow_unused=True,
-                                retain_graph=session.again)
+    grads = seeded_grad(output, inputs, seed, allow_unused=True, retain_graph=session.again)
     if tokens:
         relevance = torch.zeros(x.shape, dtype=output.dtype, device=output.device)
     else:

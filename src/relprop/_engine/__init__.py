@@ -29,7 +29,7 @@ from .checks import (
     select_output,
     warn_if_probabilities,
 )
-from .eager import eager, eager_module, usable_input
+from .eager import collector_paused, eager, eager_module, usable_input
 from .graph import find_unsupported
 from .handlers import MODULES
 from .intercept import Interceptor, short_name
@@ -39,6 +39,7 @@ from .session import Session
 __all__ = [
     "check_relevance_changes",
     "check_input", "check_model", "check_output", "check_token_ids", "select_output",
-    "warn_if_probabilities", "eager", "eager_module", "usable_input", "find_unsupported",
+    "warn_if_probabilities", "collector_paused", "eager", "eager_module", "usable_input",
+    "find_unsupported",
     "MODULES", "Interceptor", "short_name", "LedgerEntry", "OpCall", "Session",
 ]

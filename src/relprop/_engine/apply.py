@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..rules.ops import LinearOp, PoolOp, ShareOp
 from .records import OpCall
+from .saved import storage_key
 from .session import carried
 
 if TYPE_CHECKING:
@@ -110,8 +111,16 @@ class InPlaceWrite(torch.autograd.Function):
 
 def _own(z: Tensor, a: Tensor) -> Tensor:
     """``z`` as a tensor of its own: a custom function's output that is a view (max_pool1d's
-    squeezed result) or its input cannot be written in place by the model afterwards."""
-    return z.clone() if z is a or z._base is not None else z
+    squeezed result, a 3-D ``F.linear``'s) or its input cannot be written in place by the
+    model afterwards. A view of a temporary the op made is detached (the same memory, no
+    longer a view: no copy); a view of the input's memory is copied."""
+    if z is a:
+        return z.clone()
+    if z._base is None:
+        return z
+    if storage_key(z) in (0, storage_key(a)):  # the input's memory, or no plain storage
+        return z.clone()
+    return z.detach()
 
 
 class UnaryFunction(torch.autograd.Function):

@@ -41,6 +41,16 @@ _KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "type_as", "float", "half", "bfloat1
 #: shape ops that keep a parameter a parameter (``W.t()`` in ``x @ W.t() + b``)
 _KEEPS_CONSTANT = SHAPE_OPS | {"t", "T.__get__", "mT.__get__", "to", "type", "float", "double",
                                "half", "bfloat16", "detach"}
+#: reads of a tensor's metadata: they make no tensor and no graph node, so they skip the
+#: handlers (a module hook reading ``output.grad_fn`` under the mode is one such call per module)
+METADATA = frozenset({
+    "grad_fn.__get__", "requires_grad.__get__", "is_leaf.__get__", "shape.__get__",
+    "dtype.__get__", "device.__get__", "ndim.__get__", "layout.__get__", "is_cuda.__get__",
+    "is_sparse.__get__", "is_quantized.__get__", "is_meta.__get__", "_base.__get__",
+    "_version.__get__", "names.__get__", "dim", "ndimension", "size", "numel", "nelement",
+    "stride", "storage_offset", "is_contiguous", "is_floating_point", "is_complex",
+    "is_signed", "element_size", "data_ptr", "get_device", "__len__",
+})
 
 
 def short_name(func: Callable[..., Any]) -> str:
@@ -110,11 +120,11 @@ class Interceptor(TorchFunctionMode):
                            args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
                            ) -> Any:
         session = self.session
-        if session.opaque:  # inside a module relprop treats as one op
-            return func(*args, **(kwargs or {}))
         name = self._names.get(func)
         if name is None:
             name = self._names[func] = short_name(func)
+        if session.opaque or name in METADATA:  # inside a module taken as one op; metadata
+            return func(*args, **(kwargs or {}))
         kwargs = kwargs or {}
         afters = []
         for prepare in handlers.PREPARES:

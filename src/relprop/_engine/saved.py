@@ -41,7 +41,8 @@ class Held:
         return tensor
 
 
-def _storage_key(t: Tensor) -> int:
+def storage_key(t: Tensor) -> int:
+    """The address of ``t``'s storage (0 for tensors without a plain one)."""
     try:
         return t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):  # sparse, meta, ... have no plain storage
@@ -58,7 +59,7 @@ class SavedTensors:
         """Keep ``tensor``; detached unless asked (an op's output must be, or the slot would
         keep the op's own graph node alive; an input may keep its history)."""
         held = Held(tensor.detach() if detach else tensor, owner)
-        key = _storage_key(tensor)
+        key = storage_key(tensor)
         if key:
             self._by_storage.setdefault(key, []).append(weakref.ref(held))
         return held
@@ -66,7 +67,7 @@ class SavedTensors:
     def protect(self, tensor: Tensor, overwritten_by: object = None) -> None:
         """Before ``tensor``'s storage is written: every slot sharing it gets a private copy,
         except slots owned by ``overwritten_by``, which are marked stale instead."""
-        key = _storage_key(tensor)
+        key = storage_key(tensor)
         refs = self._by_storage.pop(key, None) if key else None
         for ref in refs or ():
             held = ref()

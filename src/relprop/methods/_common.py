@@ -23,6 +23,7 @@ from .._engine import check_model as _check_model
 from .._engine import check_output as _check_output
 from ..errors import InvalidInputError
 from ..explain import Explanation
+from ..rules.ops import seeded_grad
 from ..targets import Target, as_target
 from ._bound import samples_of_copies
 
@@ -79,7 +80,7 @@ def clean_gradient(model: nn.Module, x: Tensor, target: TargetLike) -> tuple[Ten
         output = model(fed)
     _check_output(output)
     reference = resolve(output, target, x.shape[0])
-    (grad,) = torch.autograd.grad(output, x_leaf, reference.seed, allow_unused=True)
+    (grad,) = seeded_grad(output, [x_leaf], reference.seed, allow_unused=True)
     return (torch.zeros_like(x) if grad is None else grad), reference
 
 
@@ -119,7 +120,7 @@ def score_gradient(model: nn.Module, points: Tensor, seed: Tensor) -> Tensor:
             f"{tuple(output.shape)}, expected {tuple(seed.shape)}: each sample's output must "
             "depend on that sample only"
         )
-    (grad,) = torch.autograd.grad(output, points, seed, allow_unused=True)
+    (grad,) = seeded_grad(output, [points], seed, allow_unused=True)
     return torch.zeros_like(points) if grad is None else grad
 
 

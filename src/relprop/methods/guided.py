@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from .._engine import check_output as _check_output
 from .._engine import short_name
 from ..explain import Explanation
+from ..rules.ops import seeded_grad
 from ._bound import bound_method
 from ._common import TargetLike, check_call, differentiable, resolve
 
@@ -127,7 +128,7 @@ def _modified_gradient(kind: str, model: nn.Module, x: Tensor,
     if mode.relus == 0:
         warnings.warn(f"{kind}: the model applies no ReLU to anything computed from x, so "
                       "the result is the plain gradient", stacklevel=3)
-    (grad,) = torch.autograd.grad(output, x_leaf, reference.seed, allow_unused=True)
+    (grad,) = seeded_grad(output, [x_leaf], reference.seed, allow_unused=True)
     return reference.explanation(torch.zeros_like(x) if grad is None else grad, kind)
 
 

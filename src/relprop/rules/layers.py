@@ -93,10 +93,11 @@ class Epsilon(LayerRule):
     def _propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         if self.epsilon == 0:  # LRP-0, but only through outputs that carry relevance
             return op.vjp(a, (z != 0).to(grad.dtype).mul_(grad), owned=True)
-        # z / (z + ε sign z) = 1 − ε / (|z| + ε): one temporary, in place, 0 at z = 0
+        # z / (z + ε sign z) = |z| / (|z| + ε): three passes over z, 0 at z = 0
         def ratio_of_z() -> Tensor:
             epsilon = self._epsilon_for(z)
-            return z.abs().add_(epsilon).reciprocal_().mul_(epsilon).neg_().add_(1.0)
+            size = z.abs()
+            return size.div_(size + epsilon)
 
         ratio, owned = op.once(("epsilon", id(self)), ratio_of_z)
         return op.vjp(a, ratio.mul_(grad) if owned else ratio * grad, owned=True)
