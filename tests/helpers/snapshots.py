@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import torch
@@ -20,6 +21,9 @@ def snapshot(model: nn.Module) -> dict[str, Any]:
                   for m in model.modules()],
         "grad_mode": torch.is_grad_enabled(),
         "function_modes": len(torch.overrides._get_current_function_mode_stack()),
+        "global_module_hooks": (len(nn.modules.module._global_forward_hooks),
+                                len(nn.modules.module._global_forward_pre_hooks)),
+        "garbage_collector": gc.isenabled(),
     }
 
 

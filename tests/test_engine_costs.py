@@ -1,0 +1,133 @@
+"""What the engine does to keep a call cheap must not change what it computes: module hooks
+installed once globally, the seed's backward as the gradient of ``<seed, output>``, the
+garbage collector paused, view outputs detached instead of copied."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import relprop
+from relprop import composites as C
+from relprop import rules as R
+from relprop.rules.ops import seeded_grad
+from tests.helpers.snapshots import assert_unchanged, snapshot
+
+ROOT = Path(__file__).resolve().parents[1]
+LRP0 = C.uniform(R.Epsilon(0.0))
+
+
+def _gradient_times_input(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    leaf = x.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(leaf)[:, target].sum(), leaf)
+    return leaf.detach() * grad
+
+
+def test_seeded_grad_is_autograd_grad() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    unused = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    out = torch.tanh(a @ b)
+    seed = torch.randn(3, 5, dtype=torch.float64, generator=gen)
+    expected = torch.autograd.grad(out, [a, b], seed, retain_graph=True)
+    got = seeded_grad(out, [a, b, unused], seed, allow_unused=True)
+    assert got[2] is None
+    for e, g in zip(expected, got[:2]):
+        assert g is not None and torch.allclose(e, g, rtol=1e-14, atol=1e-15)
+    with pytest.raises(ValueError, match=r"seed of shape \(5, 3\)"):
+        seeded_grad(out, [a], seed.T)
+
+
+def test_first_explanation_in_a_fresh_process_imports_no_sympy() -> None:
+    # torch.autograd.grad with a tensor seed imports torch's symbolic-shapes module (and
+    # sympy, about 0.6 s) the first time: relprop's first call must not pay that
+    code = (
+        "import sys, torch, relprop\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(),"
+        " torch.nn.Linear(8, 3)).eval()\n"
+        "x = torch.randn(2, 8)\n"
+        "relprop.explain(m, x, 0)\n"
+        "relprop.methods.gradient(m, x, 0)\n"
+        "print('sympy' in sys.modules)\n"
+    )
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120, check=True)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_garbage_collector_state_is_restored(enabled: bool) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        relprop.explain(model, torch.randn(2, 4), 0)
+        assert gc.isenabled() is enabled
+        with pytest.raises(relprop.errors.InvalidInputError):
+            relprop.explain(model, torch.randn(2, 4), 7)  # no class 7
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+class _Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(6, 6, bias=False)
+        self.act = nn.ReLU()
+        self.second = nn.Linear(6, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.act(self.first(x)))
+
+
+def test_modules_with_hooks_of_their_own_are_explained_with_their_hooks() -> None:
+    torch.manual_seed(0)
+    model = _Scaled().double().eval()
+    # the model's own hooks change what the modules compute: 3x the input of `second`,
+    # and the output of `first` shifted by a constant pattern
+    model.second.register_forward_pre_hook(lambda m, args: (args[0] * 3.0,))
+    shift = torch.linspace(-0.5, 0.5, 6, dtype=torch.float64)
+    model.first.register_forward_hook(lambda m, args, out: out + shift)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    before = snapshot(model)
+    expl = relprop.explain(model, x, 1, LRP0)
+    assert_unchanged(before, snapshot(model))
+    assert torch.allclose(expl.output, model(x), rtol=0, atol=1e-12)
+    # LRP-0 on a ReLU net is gradient x input of the function the model computes
+    assert torch.allclose(expl.relevance, _gradient_times_input(model, x, 1), atol=1e-12)
+    assert "first" in " ".join(expl.rules) and "second" in " ".join(expl.rules)
+
+
+class _WritesIntoLinear(nn.Module):
+    """A token-wise linear layer (its output is a view of a 2-D matmul) that the model then
+    writes into in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(5, 4, dtype=torch.float64))
+        self.b = nn.Parameter(torch.randn(5, dtype=torch.float64))
+        self.head = nn.Linear(5, 2, bias=False).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.w, self.b)
+        y.mul_(2.0)
+        return self.head(torch.relu(y).sum(dim=1))
+
+
+def test_a_view_output_the_model_writes_into_keeps_its_values() -> None:
+    torch.manual_seed(1)
+    model = _WritesIntoLinear().eval()
+    x = torch.randn(3, 7, 4, dtype=torch.float64)
+    expl = relprop.explain(model, x, 0, LRP0)
+    assert torch.allclose(expl.output, model(x), rtol=0, atol=1e-12)
+    assert torch.allclose(expl.relevance, _gradient_times_input(model, x, 0), atol=1e-12)
