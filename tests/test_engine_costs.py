@@ -131,3 +131,16 @@ def test_a_view_output_the_model_writes_into_keeps_its_values() -> None:
     expl = relprop.explain(model, x, 0, LRP0)
     assert torch.allclose(expl.output, model(x), rtol=0, atol=1e-12)
     assert torch.allclose(expl.relevance, _gradient_times_input(model, x, 0), atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", [torch.sigmoid, F.silu, F.softplus, torch.tanh])
+def test_identity_rule_gives_inputs_of_zero_no_relevance(activation: object) -> None:
+    a = torch.tensor([[0.0, 1e-45, -2.0, 0.5]], dtype=torch.float32)
+    grad = torch.tensor([[1.0, 1.0, 3.0, -2.0]])
+    z = activation(a)  # type: ignore[operator]
+    c = R.Pass().propagate(object(), a, z, grad)
+    assert torch.isfinite(c).all()
+    assert c[0, 0] == 0  # exactly 0: no relevance, whatever f(0) is
+    expected = z[0, 2:] / a[0, 2:] * grad[0, 2:]
+    assert torch.allclose(c[0, 2:], expected, rtol=1e-6)
+    assert torch.allclose((a * c)[0, 2:], (z * grad)[0, 2:], rtol=1e-6)  # R_in = R_out

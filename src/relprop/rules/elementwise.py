@@ -3,6 +3,7 @@ is the rule), and BatchNorm taken as an elementwise affine layer."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .base import LayerRule, Rule
@@ -30,8 +31,10 @@ class Pass(LayerRule):
             raise ValueError(
                 f"Pass needs input and output of one shape, got {a.shape} -> {z.shape}"
             )
-        ratio = z / a  # z / 0 is masked: an input of exactly 0 takes no relevance
-        return ratio.masked_fill_(a == 0, 0.0).mul_(grad)
+        # an input of exactly 0 takes no relevance: there z / a is 0/0 = NaN (f(0) = 0) or
+        # ±inf (sigmoid, softplus), set to 0 by one pass after the product (as is an overflow
+        # of z / a for a tiny a, which could not carry the signal either)
+        return torch.div(z, a).mul_(grad).nan_to_num_(0.0, 0.0, 0.0)
 
 
 class Gradient(Rule):

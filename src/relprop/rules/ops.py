@@ -113,7 +113,8 @@ class SoftmaxOp:
         if not bool(torch.isfinite(z).all()):
             z = torch.nan_to_num(z, nan=0.0)
         if a.dtype == z.dtype:
-            return torch.ops.aten._softmax_backward_data(grad.to(z.dtype), z, self.dim, a.dtype)
+            return torch.ops.aten._softmax_backward_data.default(  # the overload: no lookup
+                grad.to(z.dtype), z, self.dim, a.dtype)
         weighted = z * grad.to(z.dtype)
         return (weighted - z * weighted.sum(dim=self.dim, keepdim=True)).to(a.dtype)
 
@@ -356,7 +357,7 @@ class LinearOp:
             return g
         nd = a.dim() - 2
         transposed = self.kind == "conv_transpose"
-        return torch.ops.aten.convolution_backward(
+        return torch.ops.aten.convolution_backward.default(
             grad, a, weight, None,
             _tuple(o["stride"], nd), _tuple(o["padding"], nd), _tuple(o["dilation"], nd),
             transposed, _tuple(o.get("output_padding", 0), nd), o["groups"],
