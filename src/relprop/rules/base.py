@@ -69,11 +69,20 @@ def positive_contributions(op: LinearOp, a: Tensor, nonneg: bool) -> Tensor:
 
 
 def signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,
-                s_pos: Tensor | None, s_neg: Tensor | None) -> Tensor:
+                s_pos: Tensor | None, s_neg: Tensor | None,
+                whole: Tensor | None = None) -> Tensor:
     """``c_j`` with ``a_j c_j = sum_k (a_j w_jk)^+ s_pos_k + (a_j w_jk)^- s_neg_k``.
 
     For ``a_j > 0`` the positive contributions are ``a_j w^+``, for ``a_j < 0`` they are
     ``a_j w^-``: this is what makes γ, αβ and z⁺ correct on inputs of both signs.
+
+    The branch for ``a_j < 0``, ``W⁻ s_pos + W⁺ s_neg``, is ``W (s_pos + s_neg)`` minus the
+    branch for ``a_j > 0`` (``W = W⁺ + W⁻``, and a vjp is linear in the weight). A caller
+    that has ``whole = W (s_pos + s_neg)`` anyway (``op.input_vjp(a, op.weight, ...)``) may
+    pass it to save the branch's vjps, but only where the signals are bounded by the
+    carried signal (γ: ``|s| ≤ |R / z|``): where ``s`` can be huge (αβ's ``R / z⁻`` on an
+    output with no negative contributions, ``z⁻`` at the stabiliser), the difference would
+    cancel to noise, while the direct branch multiplies those ``s`` by exact zeros.
     """
     def pull(weight_for_pos: Tensor, weight_for_neg: Tensor) -> Tensor:
         terms = [op.input_vjp(a, w, s) for w, s in ((weight_for_pos, s_pos),
@@ -81,10 +90,12 @@ def signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,
         return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
     w_pos, w_neg = op.positive_weight, op.negative_weight
+    positive = pull(w_pos, w_neg)
     if nonneg:
-        return pull(w_pos, w_neg)
+        return positive
+    negative = pull(w_neg, w_pos) if whole is None else whole - positive
     # where a_j = 0 the relevance a_j c_j is 0 whichever branch c_j comes from
-    return torch.where(a > 0, pull(w_pos, w_neg), pull(w_neg, w_pos))
+    return torch.where(a > 0, positive, negative)
 
 
 def _short_repr(value: Any) -> str:

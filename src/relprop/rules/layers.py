@@ -159,7 +159,8 @@ class Gamma(LayerRule):
                 rho = op.rho(("w+γw+", gamma), lambda: torch.add(
                     w, op.positive_weight, alpha=gamma))
                 return op.input_vjp(a, rho, s_pos)
-            return op.input_vjp(a, w, s_pos) + gamma * signed_vjp(op, a, False, s_pos, None)
+            whole = op.input_vjp(a, w, s_pos)
+            return whole + gamma * signed_vjp(op, a, False, s_pos, None, whole)
         positive_out = z >= 0
         denom, _ = op.once(("gamma±", id(self)), lambda: self._denominator(op, z, p))
         s = relevance.div_(denom)
@@ -170,7 +171,8 @@ class Gamma(LayerRule):
             rho_neg = op.rho(("w+γw-", gamma), lambda: torch.add(
                 w, op.negative_weight, alpha=gamma))
             return op.input_vjp(a, rho_pos, s_pos) + op.input_vjp(a, rho_neg, s_neg)
-        return op.input_vjp(a, w, s) + gamma * signed_vjp(op, a, nonneg, s_pos, s_neg)
+        whole = op.input_vjp(a, w, s)  # s = s_pos + s_neg
+        return whole + gamma * signed_vjp(op, a, nonneg, s_pos, s_neg, whole)
 
     def _denominator(self, op: LinearOp, z: Tensor, p: Tensor) -> Tensor:
         """``z_k + γ (sum_j (a_j w_jk)^σk + b_k^σk)``, stabilised, for outputs of both signs."""
