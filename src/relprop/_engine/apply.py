@@ -79,7 +79,7 @@ class LayerFunction(torch.autograd.Function):
             return nothing
         again = ctx.session.again  # another target's pass follows: keep what it reads
         a, z = ctx.a.take(again), ctx.z.take(again)
-        ctx.op.again = again
+        ctx.op.again, ctx.op.clipped = again, ctx.relu
         if ctx.z.stale:  # overwritten in place, yet read before: compute z again
             z = ctx.op.forward(a, ctx.op.weight, ctx.op.bias)
             z = z.relu() if ctx.relu else z

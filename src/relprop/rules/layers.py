@@ -144,7 +144,7 @@ class Gamma(LayerRule):
         gamma, w = self.gamma, op.weight
         nonneg, _ = op.once(("nonneg", "a"), lambda: is_nonnegative(a))
         relevance = z * grad
-        p, owned = op.once(("positive", nonneg), lambda: positive_contributions(op, a, nonneg))
+        p, owned = op.once(("positive", nonneg), lambda: _positive_sum(op, a, z, nonneg))
         positive_only, _ = op.once(("nonneg", "z"), lambda: is_nonnegative(z))
         if positive_only or not bool(z.clamp(max=0).mul_(grad).any()):
             # positive outputs only (a ReLU follows): one vjp with rho(W) = W + γW⁺
@@ -180,6 +180,19 @@ class Gamma(LayerRule):
         n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
         denom_neg = torch.add(z, op.add_bias(n, op.negative_bias), alpha=self.gamma)
         return stabilize(torch.where(z >= 0, denom_pos, denom_neg), self.stabilizer)
+
+
+def _positive_sum(op: LinearOp, a: Tensor, z: Tensor, nonneg: bool) -> Tensor:
+    """``P_k = sum_j (a_j w_jk)^+`` (bias excluded) for γ. On inputs of both signs it is
+    ``(z_k − b_k + sum_j |a_j| |w_jk|) / 2``: one forward with ``|W|`` instead of two with
+    ``W⁺`` and ``W⁻``. γ's denominators hold ``z`` (``z + γ P`` on positive outputs, where
+    ``P ≥ z > 0``), so the rounding of the difference stays small against them; not where
+    ``z`` is a merged ReLU's ``max(0, z)``."""
+    if nonneg or op.clipped:
+        return positive_contributions(op, a, nonneg)
+    magnitude = op.forward(a.abs(), op.rho("|w|", lambda: op.weight.abs()))
+    unbiased = z if op.bias is None else op.add_bias(z, -op.bias)
+    return magnitude.add_(unbiased).mul_(0.5).clamp_(min=0)
 
 
 class AlphaBeta(LayerRule):

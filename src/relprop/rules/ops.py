@@ -200,6 +200,8 @@ class LinearOp:
         self._sources = sources
         #: True while another backward pass over the same call follows (several targets)
         self.again = False
+        #: True where the ``z`` a rule gets is ``max(0, z)``: a ReLU merged into this op
+        self.clipped = False
         self._kept: dict[object, Any] = {}
 
     def _weight_sources(self) -> tuple[Tensor | float | None, ...] | None:
