@@ -93,9 +93,13 @@ class Epsilon(LayerRule):
     def _propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
         if self.epsilon == 0:  # LRP-0, but only through outputs that carry relevance
             return op.vjp(a, (z != 0).to(grad.dtype).mul_(grad), owned=True)
-        # z / (z + ε sign z) = |z| / (|z| + ε): three passes over z, 0 at z = 0
+        # z / (z + ε sign z) = |z| / (|z| + ε): three passes over z (two behind a merged
+        # ReLU, where z ≥ 0), 0 at z = 0
         def ratio_of_z() -> Tensor:
             epsilon = self._epsilon_for(z)
+            if op.clipped:
+                denominator = z + epsilon
+                return torch.div(z, denominator, out=denominator)
             size = z.abs()
             return size.div_(size + epsilon)
 
