@@ -37,7 +37,10 @@ def stabilize(denominator: Tensor, epsilon: float | Tensor) -> Tensor:
     """``z + ε·sign(z)`` with ``sign(0) = +1``: moves the denominator away from 0, keeping its
     sign (``torch.sign(0) = 0`` would leave 0/0 = NaN). A denominator that stays exactly 0
     (ε = 0) becomes ``inf``: every contribution to it is 0, so the share is 0, not NaN."""
-    out = torch.where(denominator >= 0, denominator + epsilon, denominator - epsilon)
+    if isinstance(epsilon, Tensor):
+        out = torch.where(denominator >= 0, denominator + epsilon, denominator - epsilon)
+    else:  # ±ε picked per element, then one addition
+        out = denominator + torch.where(denominator >= 0, epsilon, -epsilon)
     if isinstance(epsilon, Tensor) or epsilon == 0:
         return out.masked_fill_(out == 0, float("inf"))
     return out

@@ -165,25 +165,30 @@ class Gamma(LayerRule):
                 return op.input_vjp(a, rho, s_pos)
             whole = op.input_vjp(a, w, s_pos)
             return whole + gamma * signed_vjp(op, a, False, s_pos, None, whole)
-        positive_out = z >= 0
-        denom, _ = op.once(("gamma±", id(self)), lambda: self._denominator(op, z, p))
+        (positive_out, denom), _ = op.once(("gamma±", id(self)),
+                                           lambda: self._denominator(op, z, p))
         s = relevance.div_(denom)
-        s_pos, s_neg = s.masked_fill(~positive_out, 0.0), s.masked_fill(positive_out, 0.0)
+        s_neg = s.masked_fill(positive_out, 0.0)
         if nonneg:  # rho(W) = W + γW⁺ for positive outputs, W + γW⁻ for negative ones
             rho_pos = op.rho(("w+γw+", gamma), lambda: torch.add(
                 w, op.positive_weight, alpha=gamma))
             rho_neg = op.rho(("w+γw-", gamma), lambda: torch.add(
                 w, op.negative_weight, alpha=gamma))
+            s_pos = s.sub_(s_neg)  # exact: s − 0 = s, s − s = 0
             return op.input_vjp(a, rho_pos, s_pos) + op.input_vjp(a, rho_neg, s_neg)
         whole = op.input_vjp(a, w, s)  # s = s_pos + s_neg
+        s_pos = s.sub_(s_neg)
         return whole + gamma * signed_vjp(op, a, nonneg, s_pos, s_neg, whole)
 
-    def _denominator(self, op: LinearOp, z: Tensor, p: Tensor) -> Tensor:
-        """``z_k + γ (sum_j (a_j w_jk)^σk + b_k^σk)``, stabilised, for outputs of both signs."""
-        denom_pos = torch.add(z, op.add_bias(p, op.positive_bias), alpha=self.gamma)
-        n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
-        denom_neg = torch.add(z, op.add_bias(n, op.negative_bias), alpha=self.gamma)
-        return stabilize(torch.where(z >= 0, denom_pos, denom_neg), self.stabilizer)
+    def _denominator(self, op: LinearOp, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z >= 0, z_k + γ (sum_j (a_j w_jk)^σk + b_k^σk))``, stabilised, for outputs of
+        both signs. With ``Q = P + b⁺`` the negative contributions and bias are
+        ``N + b⁻ = z − Q`` (``z = P + N + b⁺ + b⁻``), so ``z_k + γ · (Q or z − Q)``."""
+        positive_out = z >= 0
+        favoured = op.add_bias(p, op.positive_bias)
+        favoured = torch.where(positive_out, favoured, z - favoured)
+        denominator = torch.add(z, favoured, alpha=self.gamma, out=favoured)
+        return positive_out, stabilize(denominator, self.stabilizer)
 
 
 def _positive_sum(op: LinearOp, a: Tensor, z: Tensor, nonneg: bool) -> Tensor:
