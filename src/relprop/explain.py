@@ -163,9 +163,22 @@ def _explain_output(session: Session, model: nn.Module, x: Tensor, output: Any, 
     return Explanation(
         relevance=relevance.detach(), output=detached, explained=explained.detach(),
         target=resolved, method=f"lrp:{composite.name}",
-        rules={call.name: repr(call.rule) for call in session.calls},
+        rules=_rule_names(session),
         layers=session.layers, conservation=session.ledger, sources=sources,
     )
+
+
+def _rule_names(session: Session) -> dict[str, str]:
+    """Each call's rule by its repr, made once per rule (a composite has a few rules, a
+    model hundreds of calls)."""
+    reprs: dict[int, str] = {}
+    names = {}
+    for call in session.calls:
+        key = id(call.rule)
+        if key not in reprs:
+            reprs[key] = repr(call.rule)
+        names[call.name] = reprs[key]
+    return names
 
 
 def _relevance_for(session: Session, output: Tensor, x: Tensor, seed: Tensor,

@@ -284,10 +284,13 @@ class Session:
                 self._post_hook(module, args, wrapped)
                 return wrapped
         path, _, count = self.stack.pop()
-        if isinstance(output, Tensor) and output.grad_fn is not None:
-            # ops that bypass the interception mode (custom autograd Functions) get their
-            # module named at least
-            self.node_info.setdefault(output.grad_fn, (path or "<model>", "?"))
+        if isinstance(output, Tensor):
+            with torch._C.DisableTorchFunction():  # a metadata read: past the interceptor
+                node = output.grad_fn
+            if node is not None:
+                # ops that bypass the interception mode (custom autograd Functions) get their
+                # module named at least
+                self.node_info.setdefault(node, (path or "<model>", "?"))
         if self.record or self.on_tensor is not None:
             name = (path or "<model>") + (f"#{count}" if count else "")
             for suffix, tensor in _tensors(output):

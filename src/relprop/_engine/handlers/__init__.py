@@ -49,6 +49,8 @@ class ModuleOps:
         self._families = [f for f in families if hasattr(f, "module_kind")]
 
     def kind(self, module: Any) -> tuple[ModuleType, str] | None:
+        if type(module).__module__.startswith("torch."):  # PyTorch's own modules call
+            return None  # functional ops, which have handlers: no family takes them whole
         for family in self._families:
             found = family.module_kind(module)
             if found is not None:
