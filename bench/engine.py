@@ -605,14 +605,23 @@ A plain input gradient costs one forward F plus one input-vjp per layer (≈ F):
 - uniform ε: rescales the signal elementwise, no extra product: floor 1.0x (goal ≤ 1.05x);
 - z⁺ on convolutions (epsilon_plus_flat): one modified forward with W⁺ per layer: (2F + F) /
   2F = 1.5x; where a layer's input has both signs (the first layer, inputs after a SiLU or
-  GELU), z⁺ needs two forwards (a⁺W⁺, a⁻W⁻) and two vjps: up to 2.5x for that layer;
+  GELU), z⁺ needs two forwards (a⁺W⁺, a⁻W⁻) and two vjps: (F + 2F + 2F) / 2F = 2.5x for
+  that layer;
 - γ (epsilon_gamma_box): a modified forward; where outputs of both signs carry relevance a
-  second vjp (W + γW⁻): 2.0x; 1.5x where every output has one sign (a ReLU follows); the
-  z^B first layer adds three forwards and three vjps of that layer;
+  second vjp (W + γW⁻): 2.0x; 1.5x where every output has one sign (a ReLU follows); on
+  inputs of both signs one forward with |W| and three vjps (W s, W⁺ s⁺ + W⁻ s⁻, and the
+  a < 0 branch as their difference): (F + F + 3F) / 2F = 2.5x; the z^B first layer adds
+  three forwards and three vjps of that layer;
 - attnlrp: ε on linear layers (1.0x) plus the softmax and norm rules (elementwise): ≈ 1.0x,
   goal ≤ 1.1x;
 - K targets: F + K·(backward) against K·(F + backward); with backward ≈ F (ε) that is
   (1 + K) / 2K = 0.55x at K = 10; z⁺/γ share their modified forward too (lower floor).
+
+Beyond FLOPs, relprop pays a fixed cost per intercepted op (routing the call to its rule,
+the op's autograd node, its saved tensors, the rule's Python in the backward pass): about
+0.1 ms of CPU time per op on this machine (`bench/interleaved.py --overhead` measures it
+and counts each model's ops). A network of many small ops at batch 1 (EfficientNet-B0:
+~240 ops, a 80 ms gradient) pays ~25-30 ms of it; at batch 8 it is a few per cent.
 """
 
 
