@@ -429,8 +429,14 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
     peak = mem.stop()
     first, warm = times[:3], times[3:] or times
+    kept = 0  # relprop's rho(W) cache: memory held across calls, inside the peak
+    if "relprop" in sys.modules:
+        from relprop.rules import cache
+
+        kept = cache.nbytes()
     return {"status": "ok", "time_s": statistics.median(warm), "first_s": statistics.median(first),
-            "times_s": times, "peak_bytes": max(peak, 0), "mem": mem.kind, "note": note}
+            "times_s": times, "peak_bytes": max(peak, 0), "mem": mem.kind, "note": note,
+            "cache_bytes": kept}
 
 
 def run_worker(args: argparse.Namespace, model: str, batch: int, method: str) -> dict[str, Any]:
@@ -524,18 +530,20 @@ def _header(args: argparse.Namespace) -> None:
           "three, 'warm' = median of the rest")
     print()
     print("| model | batch | method | warm (ms) | first 3 (ms) | first / warm | time / grad "
-          "| peak extra mem (MiB) | mem / grad | note |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
+          "| peak extra mem (MiB) | mem / grad | of which ρ(W) cache (MiB) | mem / grad "
+          "without it | note |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 
 
 def _row(model: str, batch: int, m: str, r: dict[str, Any], gt: float | None,
          gm: float | None) -> str:
     if r["status"] != "ok":
-        return f"| {model} | {batch} | {m} | – | – | – | – | – | – | {r['status']} |"
+        return f"| {model} | {batch} | {m} | – | – | – | – | – | – | – | – | {r['status']} |"
     t, first, mem = r["time_s"], r["first_s"], r["peak_bytes"]
+    kept = r.get("cache_bytes", 0)
     return (f"| {model} | {batch} | {m} | {t * 1e3:.1f} | {first * 1e3:.1f} "
             f"| {_ratio(first, t)} | {_ratio(t, gt)} | {mem / 2**20:.1f} | {_ratio(mem, gm)} "
-            f"| {r.get('note', '')} |")
+            f"| {kept / 2**20:.1f} | {_ratio(max(mem - kept, 0), gm)} | {r.get('note', '')} |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,3 +140,27 @@ def test_a_parameter_dying_while_the_cache_is_locked_does_not_hang() -> None:
         del model
         gc.collect()
     assert cache.size() == 0
+
+
+def test_the_budget_bounds_what_is_kept_and_not_the_maps() -> None:
+    model = _model()
+    before = cache.budget()
+    try:
+        relprop.explain(model, _x(), 1, COMPOSITES["epsilon_gamma_box"]())
+        full = cache.nbytes()
+        assert full > 0 and cache.size() > 0
+        cache.clear()
+        cache.set_budget(full // 3)
+        third = relprop.explain(model, _x(), 1, COMPOSITES["epsilon_gamma_box"]()).relevance
+        assert 0 < cache.nbytes() <= full // 3
+        cache.clear()
+        cache.set_budget(0)
+        none = relprop.explain(model, _x(), 1, COMPOSITES["epsilon_gamma_box"]()).relevance
+        assert cache.size() == 0 and cache.nbytes() == 0
+        fresh = _fresh(model, _x(), "epsilon_gamma_box")
+        torch.testing.assert_close(third, fresh, rtol=0, atol=0)
+        torch.testing.assert_close(none, fresh, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="budget"):
+            cache.set_budget(-1)
+    finally:
+        cache.set_budget(before)
