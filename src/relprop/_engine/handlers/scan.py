@@ -71,6 +71,8 @@ from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
+import torch.nn.functional as F
+import torch.overrides
 from torch import Tensor, nn
 
 from ..paths import on_path
@@ -132,12 +134,17 @@ def _module_call_codes() -> frozenset[CodeType]:
 _MODULE_CALLS = _module_call_codes()
 #: code run by a module call directly (``forward`` methods): no kernel above their ops
 _FORWARDS: set[CodeType] = set()
+#: files of torch's Python wrappers between a functional call and the interceptor
+_TORCH_WRAPPERS = frozenset({torch.overrides.__file__, F.__file__})
 
 
 def _kernel_frame() -> FrameType | None:
     """The innermost frame of a function of :data:`KERNELS` above the current op call."""
-    caller = sys._getframe(3)  # _kernel_frame <- prepare <- interceptor <- caller
-    if caller.f_code in _FORWARDS:  # most ops: called by a module's forward
+    caller: FrameType | None = sys._getframe(3)  # _kernel_frame <- prepare <- interceptor
+    # past torch's own Python wrappers (F.relu -> handle_torch_function) to the op's caller
+    while caller is not None and caller.f_code.co_filename in _TORCH_WRAPPERS:
+        caller = caller.f_back
+    if caller is None or caller.f_code in _FORWARDS:  # most ops: called by a module's forward
         return None
     frame: FrameType | None = caller
     for _ in range(_DEPTH):
