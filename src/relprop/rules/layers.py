@@ -144,8 +144,17 @@ class Gamma(LayerRule):
         super().__init__(stabilizer)
         self.gamma = float(gamma)
 
+    def _rho(self, op: LinearOp, sign: str) -> Tensor:
+        """``W + γW⁺`` (``sign = "+"``) or ``W + γW⁻``, kept across calls."""
+        def make() -> Tensor:
+            w, _ = op.weight_for_transform()
+            part = op.positive_weight if sign == "+" else op.negative_weight
+            return torch.add(w, part, alpha=self.gamma)
+
+        return op.rho((f"w+γw{sign}", self.gamma), make)
+
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        gamma, w = self.gamma, op.weight
+        gamma = self.gamma
         nonneg, _ = op.once(("nonneg", "a"), lambda: is_nonnegative(a))
         relevance = z * grad
         p, owned = op.once(("positive", nonneg), lambda: _positive_sum(op, a, z, nonneg))
@@ -160,23 +169,18 @@ class Gamma(LayerRule):
             denom, _ = op.once(("gamma+", id(self)), denominator)
             s_pos = relevance.div_(denom)
             if nonneg:
-                rho = op.rho(("w+γw+", gamma), lambda: torch.add(
-                    w, op.positive_weight, alpha=gamma))
-                return op.input_vjp(a, rho, s_pos)
-            whole = op.input_vjp(a, w, s_pos)
+                return op.input_vjp(a, self._rho(op, "+"), s_pos)
+            whole = op.input_vjp(a, op.weight, s_pos)
             return whole + gamma * signed_vjp(op, a, False, s_pos, None, whole)
         (positive_out, denom), _ = op.once(("gamma±", id(self)),
                                            lambda: self._denominator(op, z, p))
         s = relevance.div_(denom)
         s_neg = s.masked_fill(positive_out, 0.0)
         if nonneg:  # rho(W) = W + γW⁺ for positive outputs, W + γW⁻ for negative ones
-            rho_pos = op.rho(("w+γw+", gamma), lambda: torch.add(
-                w, op.positive_weight, alpha=gamma))
-            rho_neg = op.rho(("w+γw-", gamma), lambda: torch.add(
-                w, op.negative_weight, alpha=gamma))
+            rho_pos, rho_neg = self._rho(op, "+"), self._rho(op, "-")
             s_pos = s.sub_(s_neg)  # exact: s − 0 = s, s − s = 0
             return op.input_vjp(a, rho_pos, s_pos) + op.input_vjp(a, rho_neg, s_neg)
-        whole = op.input_vjp(a, w, s)  # s = s_pos + s_neg
+        whole = op.input_vjp(a, op.weight, s)  # s = s_pos + s_neg
         s_pos = s.sub_(s_neg)
         return whole + gamma * signed_vjp(op, a, nonneg, s_pos, s_neg, whole)
 

@@ -248,11 +248,25 @@ class LinearOp:
 
     @cached_property
     def positive_weight(self) -> Tensor:
-        return self.rho("w+", lambda: self.weight.clamp(min=0))
+        return self.rho("w+", lambda: self._clamped_weight(min=0))
 
     @cached_property
     def negative_weight(self) -> Tensor:
-        return self.rho("w-", lambda: self.weight.clamp(max=0))
+        return self.rho("w-", lambda: self._clamped_weight(max=0))
+
+    def _clamped_weight(self, **bound: float) -> Tensor:
+        weight, temporary = self.weight_for_transform()
+        return weight.clamp_(**bound) if temporary else weight.clamp(**bound)
+
+    def weight_for_transform(self) -> tuple[Tensor, bool]:
+        """``(W, temporary)``: the weight to build a kept transform from (``W⁺``,
+        ``W + γW⁺``). Where this op merges a BatchNorm and has not made its merged weight,
+        one is made for the transform alone (``temporary``: the caller may write into it),
+        so that a rule that needs only transforms keeps one copy of the weights, not two."""
+        if self._affine is None or "weight" in self.__dict__:
+            return self.weight, False
+        base, scale, _ = self._affine
+        return base._scaled_weight(scale), True
 
     @cached_property
     def positive_bias(self) -> Tensor | None:
