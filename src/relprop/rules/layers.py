@@ -158,13 +158,23 @@ class Gamma(LayerRule):
         nonneg, _ = op.once(("nonneg", "a"), lambda: is_nonnegative(a))
         relevance = z * grad
         p, owned = op.once(("positive", nonneg), lambda: _positive_sum(op, a, z, nonneg))
-        positive_only, _ = op.once(("nonneg", "z"), lambda: is_nonnegative(z))
+        # behind a merged ReLU z ≥ 0 is known: no pass over it
+        positive_only, _ = op.once(("nonneg", "z"), lambda: op.clipped or is_nonnegative(z))
         if positive_only or not bool(z.clamp(max=0).mul_(grad).any()):
             # positive outputs only (a ReLU follows): one vjp with rho(W) = W + γW⁺
             def denominator() -> Tensor:  # in place where p is a temporary
-                scaled = (op.add_bias_(p, op.positive_bias).mul_(gamma) if owned
-                          else op.add_bias(p, op.positive_bias) * gamma)
-                return stabilize_nonnegative_(scaled.add_(z), self.stabilizer)
+                if gamma == 0 or self.stabilizer == 0:
+                    scaled = (op.add_bias_(p, op.positive_bias).mul_(gamma) if owned
+                              else op.add_bias(p, op.positive_bias) * gamma)
+                    return stabilize_nonnegative_(scaled.add_(z), self.stabilizer)
+                # z + γ (P + b⁺ + ε/γ): the bias and the stabiliser in one pass, z in another
+                shift, bias = self.stabilizer / gamma, op.positive_bias
+                if bias is None:
+                    q = p.add_(shift) if owned else p + shift
+                else:
+                    q = (op.add_bias_(p, bias + shift) if owned
+                         else op.add_bias(p, bias + shift))
+                return torch.add(z, q, alpha=gamma, out=q)
 
             denom, _ = op.once(("gamma+", id(self)), denominator)
             s_pos = relevance.div_(denom)
