@@ -15,6 +15,7 @@ from torch import nn
 import relprop
 from relprop import composites, rules
 from relprop_bench.cli import build_parser
+from relprop_bench.conservation import bias_free, ratios
 from relprop_bench.localisation import BenchConfig, MethodSpec, evaluate_model
 from relprop_bench.mobilenet import InvertedResidual
 from relprop_bench.models import (
@@ -146,3 +147,19 @@ def test_conservation_score_is_sum_over_logit() -> None:
     torch.testing.assert_close(scores["lrp0"]["conservation"], ones, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(scores["half"]["conservation"], 0.5 * ones, atol=1e-5, rtol=1e-5)
     assert bool(scores["ones"]["conservation"].isnan().all())  # a control's sum means nothing
+
+
+def test_bias_free_copy_conserves_under_lrp0() -> None:
+    model = _trained_like(build_net(VARIANTS["mobilenet"], seed=2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = bias_free(model)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # a copy
+    zero = torch.zeros(1, 3, 32, 32)
+    assert float(model(zero).abs().max()) > 0  # the trained-like net has constants...
+    assert float(plain(zero).abs().max()) == 0.0  # ...the copy none
+    x, _, _ = benchmark_images(4)
+    with torch.no_grad():
+        top = plain(x).argmax(1)
+    lrp0 = next(s for s in grouped_methods() if s.name == "lrp_0")
+    torch.testing.assert_close(ratios(plain, lrp0, x, top),
+                               torch.ones(4, dtype=torch.float64), atol=1e-4, rtol=1e-4)
