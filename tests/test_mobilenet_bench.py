@@ -91,7 +91,7 @@ def test_method_sets_and_cli() -> None:
     assert set(METHOD_SETS) == {"all", "grouped"}
     names = [s.name for s in grouped_methods()]
     assert len(set(names)) == len(names)
-    for needed in ("default", "old_default", "dw_zero", "dw_epsilon", "gamma_convs",
+    for needed in ("default", "old_default", "dw_gamma", "dw_zero", "dw_epsilon",
                    "montavon2019", "lrp_0", "gradient", "gradient_x_input", "random_baseline"):
         assert needed in names
     with pytest.raises(ValueError, match="unknown method set"):
@@ -107,21 +107,27 @@ def _relevance(model: nn.Module, composite: composites.Composite, x: torch.Tenso
 
 
 @pytest.mark.filterwarnings("ignore::relprop.RuleAssumptionWarning")  # the old default
-def test_grouped_rows_differ_from_the_default_only_on_grouped_convs() -> None:
+def test_default_is_gamma_on_every_conv_of_depthwise_nets_only() -> None:
     x, y, _ = benchmark_images(4)
     vgg = _trained_like(vgg_net(VARIANTS["vgg8-bn"], seed=1))
-    # no grouped convolution: old default, default and every dw_* row are the same composite
+    # no grouped convolution: old default, default and every dw_* row are one composite,
+    # Zennit's EpsilonAlpha2Beta1 (ε dense, α2β1 on every conv)
     default = _relevance(vgg, composites.epsilon_alpha2_beta1(), x, y)
-    for rule in (rules.AlphaBeta(2.0, 1.0), rules.Epsilon(1e-6), rules.ZPlus()):
+    for rule in (rules.AlphaBeta(2.0, 1.0), rules.Gamma(0.25), rules.ZPlus()):
         torch.testing.assert_close(_relevance(vgg, _dense_convs_and(rule), x, y), default)
+    torch.testing.assert_close(_relevance(vgg, composites.lrp_cmp(2.0), x, y), default)
     mobile = _trained_like(build_net(VARIANTS["mobilenet"], seed=1))
-    # the library default is the γ0.25 row rule for rule
-    torch.testing.assert_close(
-        _relevance(mobile, _dense_convs_and(rules.Gamma(0.25)), x, y),
-        _relevance(mobile, composites.epsilon_alpha2_beta1(), x, y),
-    )
-    old = _relevance(mobile, _dense_convs_and(rules.AlphaBeta(2.0, 1.0)), x, y)
-    assert not torch.allclose(old, _relevance(mobile, composites.epsilon_alpha2_beta1(), x, y))
+    # with depthwise convolutions: γ0.25 on every conv, the dense 1x1 and 3x3 ones included
+    gamma_all = _relevance(mobile, _dense_convs_and(rules.Gamma(0.25), rules.Gamma(0.25)), x, y)
+    expl = relprop.explain(mobile, x, y, composites.epsilon_alpha2_beta1())
+    torch.testing.assert_close(expl.relevance, gamma_all)
+    conv_rules = [r for name, r in expl.rules.items() if "conv2d" in name]
+    assert len(conv_rules) == 22 and all(r.startswith("Gamma(") for r in conv_rules)
+    assert not torch.allclose(_relevance(mobile, composites.default(), x, y),
+                              _relevance(mobile, composites.lrp_cmp(2.0), x, y))
+    # lrp_cmp, the paper's composite, keeps αβ on the dense convs (γ on the depthwise ones)
+    torch.testing.assert_close(_relevance(mobile, composites.lrp_cmp(2.0), x, y),
+                               _relevance(mobile, _dense_convs_and(rules.Gamma(0.25)), x, y))
 
 
 def test_conservation_score_is_sum_over_logit() -> None:
@@ -155,8 +161,9 @@ def test_bias_free_copy_conserves_under_lrp0() -> None:
     plain = bias_free(model)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # a copy
     zero = torch.zeros(1, 3, 32, 32)
-    assert float(model(zero).abs().max()) > 0  # the trained-like net has constants...
-    assert float(plain(zero).abs().max()) == 0.0  # ...the copy none
+    with torch.no_grad():
+        assert float(model(zero).abs().max()) > 0  # the trained-like net has constants...
+        assert float(plain(zero).abs().max()) == 0.0  # ...the copy none
     x, _, _ = benchmark_images(4)
     with torch.no_grad():
         top = plain(x).argmax(1)

@@ -212,52 +212,54 @@ def _dense_convs_and(grouped: rules.Rule, convs: rules.Rule | None = None) -> Co
 def grouped_conv_presets() -> list[MethodSpec]:
     """The rule on grouped/depthwise convolutions, everything else as in the default.
 
-    ``default`` is :func:`relprop.composites.epsilon_alpha2_beta1` itself (γ = 0.25 on
-    grouped convolutions since session 5); ``old_default`` is the composite it replaced
-    (α2β1 on every convolution, depthwise included), written out here, not in the library.
+    ``default`` is :func:`relprop.composites.epsilon_alpha2_beta1` itself: γ = 0.25 on every
+    convolution of a net with grouped convolutions (α2β1 on nets without). The others are
+    written out here, not in the library: ``old_default`` (α2β1 on every convolution, the
+    default before session 5), ``dw_gamma`` (γ = 0.25 on the grouped convolutions only, α2β1
+    on the others: the default of sessions 5 to 7) and further rules on the grouped ones.
     """
     table: list[tuple[str, str, str, Callable[[], Composite]]] = [
         (
             "default",
-            "default: γ0.25 on depthwise, α2β1 on convs",
-            "DEFAULT DW-GAMMA",
+            "default: γ0.25 on every conv (depthwise net)",
+            "DEFAULT GAMMA ALL CONVS",
             composites.epsilon_alpha2_beta1,
         ),
         (
             "old_default",
             "old default: α2β1 on every conv",
-            "OLD DEFAULT DW-A2B1",
+            "OLD DEFAULT A2B1",
             lambda: _dense_convs_and(rules.AlphaBeta(2.0, 1.0)),
         ),
         (
+            "dw_gamma",
+            "γ0.25 on depthwise, α2β1 on other convs",
+            "DW-GAMMA",
+            lambda: _dense_convs_and(rules.Gamma(0.25)),
+        ),
+        (
             "dw_zero",
-            "LRP-0 on depthwise, α2β1 on convs",
+            "LRP-0 on depthwise, α2β1 on other convs",
             "DW-LRP0",
             lambda: _dense_convs_and(rules.Epsilon(1e-6)),
         ),
         (
             "dw_epsilon",
-            "ε (0.25 std) on depthwise, α2β1 on convs",
+            "ε (0.25 std) on depthwise, α2β1 on other convs",
             "DW-EPS",
             lambda: _dense_convs_and(rules.Epsilon(0.25, relative_to_std=True)),
         ),
         (
             "dw_zplus",
-            "z⁺ (α1β0) on depthwise, α2β1 on convs",
+            "z⁺ (α1β0) on depthwise, α2β1 on other convs",
             "DW-ZPLUS",
             lambda: _dense_convs_and(rules.ZPlus()),
         ),
         (
             "dw_gamma1",
-            "γ1 on depthwise, α2β1 on convs",
+            "γ1 on depthwise, α2β1 on other convs",
             "DW-GAMMA1",
             lambda: _dense_convs_and(rules.Gamma(1.0)),
-        ),
-        (
-            "gamma_convs",
-            "γ0.25 on every conv",
-            "GAMMA ALL CONVS",
-            lambda: _dense_convs_and(rules.Gamma(0.25), rules.Gamma(0.25)),
         ),
     ]
     return [MethodSpec(n, lab, s, "lrp", _lrp(make)) for n, lab, s, make in table]

@@ -58,7 +58,7 @@ REFERENCES: tuple[tuple[str, str], ...] = (
     ("guided_backprop", "Guided Backprop"),
     ("gradient", "Gradient"),
     ("old_default", "old default (α2β1 on every conv)"),
-    ("default", "default (γ0.25 on depthwise)"),
+    ("dw_gamma", "γ0.25 on depthwise only (sessions 5-7)"),
 )
 #: the composites whose paired differences are tabulated (``epsilon_plus_flat`` is left out:
 #: it is ``lrp_cmp(1, flat_layers=1)`` rule for rule, so its rows would repeat LRP_CMP:α1+♭)
@@ -71,11 +71,11 @@ PAIRED: tuple[str, ...] = (
     "epsilon_gamma_box",
     # the grouped-convolution comparison (--methods grouped)
     "default",
+    "dw_gamma",
     "dw_zero",
     "dw_epsilon",
     "dw_zplus",
     "dw_gamma1",
-    "gamma_convs",
 )
 #: the headline paired differences compared across depth variants (and across results files):
 #: (composite, reference) — does the composites' lead over uniform rules grow with depth?
