@@ -216,7 +216,8 @@ def grouped_conv_presets() -> list[MethodSpec]:
     convolution of a net with grouped convolutions (α2β1 on nets without). The others are
     written out here, not in the library: ``old_default`` (α2β1 on every convolution, the
     default before session 5), ``dw_gamma`` (γ = 0.25 on the grouped convolutions only, α2β1
-    on the others: the default of sessions 5 to 7) and further rules on the grouped ones.
+    on the others: the default from session 5 until this comparison) and further rules on the
+    grouped ones.
     """
     table: list[tuple[str, str, str, Callable[[], Composite]]] = [
         (

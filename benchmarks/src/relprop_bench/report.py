@@ -58,7 +58,7 @@ REFERENCES: tuple[tuple[str, str], ...] = (
     ("guided_backprop", "Guided Backprop"),
     ("gradient", "Gradient"),
     ("old_default", "old default (α2β1 on every conv)"),
-    ("dw_gamma", "γ0.25 on depthwise only (sessions 5-7)"),
+    ("dw_gamma", "γ0.25 on depthwise only (previous default)"),
 )
 #: the composites whose paired differences are tabulated (``epsilon_plus_flat`` is left out:
 #: it is ``lrp_cmp(1, flat_layers=1)`` rule for rule, so its rows would repeat LRP_CMP:α1+♭)
