@@ -107,6 +107,8 @@ def test_cluttered_digits_checks_arguments() -> None:
 def test_vgg_net_shapes_and_depth() -> None:
     x = torch.rand(2, 3, 32, 32)
     for name, config in VARIANTS.items():
+        if config.arch != "vgg":  # tests/test_mobilenet_bench.py
+            continue
         model = vgg_net(config, seed=0)
         convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
         assert len(convs) == config.depth, name

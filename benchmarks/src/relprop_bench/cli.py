@@ -54,7 +54,16 @@ def _add_localisation(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         default=None,
         metavar="VARIANT",
-        help="variants: vgg4 vgg8 vgg8-bn vgg13 (the default) and vgg8-w32 (twice the channels)",
+        help="variants: vgg4 vgg8 vgg8-bn vgg13 (the default), vgg8-w32 (twice the channels) "
+        "and mobilenet (depthwise-separable inverted residual blocks)",
+    )
+    loc.add_argument(
+        "--methods",
+        choices=("all", "grouped"),
+        default=None,
+        help="rows: all (every LRP preset and method, the default) or grouped (the rule on "
+        "grouped/depthwise convs: default vs old default and alternatives, montavon2019, "
+        "LRP-0, Gradient, Gradient x Input, random)",
     )
     loc.add_argument(
         "--steps",
@@ -119,6 +128,8 @@ def _run_localisation(args: argparse.Namespace) -> int:
             changes[key] = getattr(args, key)
     if args.variants is not None:
         changes["variants"] = tuple(args.variants)
+    if args.methods is not None:
+        changes["method_set"] = args.methods
     if args.retrain or args.fast_methods:
         changes.update(
             retrain=args.retrain or config.retrain,

@@ -14,7 +14,10 @@ every other method of :data:`relprop.methods.METHODS`. Each map is scored per im
   highest-scoring other class; :func:`relprop.metrics.target_correlation`). Near 1 means the
   map looks the same whatever class is explained (Sixt et al. 2020): a class-blind map of
   the red digit localises perfectly, so μ alone cannot tell them apart. |ρ|(class), its
-  absolute value per image, also counts a sign-flipped copy of the pattern as the same.
+  absolute value per image, also counts a sign-flipped copy of the pattern as the same;
+* conservation: ``Σ R / f(x)``, the map's total over the explained logit (1 for a
+  conservative rule on a bias-free net; each bias and ε absorbs a share), and
+  ``|Σ R / f(x) − 1|`` per image, its spread.
 
 :func:`run_benchmark` aggregates over seeds with hierarchical bootstrap confidence intervals
 (:mod:`relprop_bench.stats`) and :mod:`relprop_bench.report` writes the markdown table and the
@@ -42,6 +45,7 @@ from relprop.metrics import (
 
 from .models import VARIANTS, TrainConfig, accuracy, benchmark_images, trained_net
 from .presets import (
+    METHOD_SETS,
     MethodSpec,
     controls,
     default_methods,
@@ -90,8 +94,14 @@ class BenchConfig:
     cache: Path | None = None
     retrain: bool = False
     fast_methods: bool = False
+    #: the rows (:data:`relprop_bench.presets.METHOD_SETS`): ``"all"`` or ``"grouped"``
+    method_set: str = "all"
 
     def __post_init__(self) -> None:
+        if self.method_set not in METHOD_SETS:
+            raise ValueError(
+                f"unknown method set {self.method_set!r}; choose from {sorted(METHOD_SETS)}"
+            )
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
@@ -144,10 +154,13 @@ class BenchResult:
     def per_seed(self, variant: str, method: str, metric: str) -> list[Tensor]:
         """The per-image values of ``metric`` for ``method``, one tensor per seed.
 
-        ``class_corr_abs`` is derived here, ``|class_corr|`` image by image, not stored.
+        ``class_corr_abs`` is derived here, ``|class_corr|`` image by image, not stored, and
+        so is ``conservation_err``, ``|conservation − 1|``.
         """
         if metric == "class_corr_abs":
             return [v.abs() for v in self.per_seed(variant, method, "class_corr")]
+        if metric == "conservation_err":
+            return [(v - 1).abs() for v in self.per_seed(variant, method, "conservation")]
         return [
             m.scores[method][metric]
             for m in self.models
@@ -177,7 +190,8 @@ def evaluate_model(
     ``scores[method]`` holds per-image ``mu``, ``mu_w``, ``mu_small`` (μ, NaN where the box
     covers ≥ :data:`SMALL_BOX`), ``area``, ``aopc`` and ``class_corr`` (the correlation with
     the map of each image's runner-up class, computed untimed; its absolute value is
-    derived by :meth:`BenchResult.per_seed`); ``scores[RANDOM_ORDER]`` only
+    derived by :meth:`BenchResult.per_seed`) and ``conservation`` (``Σ R / f(x)``, the
+    map's sum over the explained logit); ``scores[RANDOM_ORDER]`` only
     ``aopc``. ``curves[method]`` is the per-image score drop ``f(x⁰) − f(xᵏ)``,
     ``(n, steps + 1)``. All perturbations share one noise draw (the metric's seed 0), so
     MoRF of every method and the random order replace each pixel with the same value.
@@ -186,7 +200,9 @@ def evaluate_model(
     curves: dict[str, Tensor] = {}
     seconds: dict[str, float] = {}
     with torch.no_grad():
-        contrast = runner_up(torch.cat([model(x) for x in images.split(batch_size)]), labels)
+        outputs = torch.cat([model(x) for x in images.split(batch_size)])
+    contrast = runner_up(outputs, labels)
+    logits = outputs.gather(1, labels[:, None])[:, 0].to(torch.float64)
     for k, spec in enumerate(methods):
         spec.explain(model, images[:2], labels[:2])  # warm-up: first-call costs are not timed
         start = time.perf_counter()
@@ -224,6 +240,11 @@ def evaluate_model(
             "area": local.area_fraction,
             "aopc": morf.aopc_per_sample,
             "class_corr": map_correlation(relevance, other, "sum"),
+            "conservation": (
+                relevance.to(torch.float64).flatten(1).sum(1) / logits
+                if spec.family != "control"  # a random or uniform map's sum means nothing
+                else torch.full_like(logits, float("nan"))
+            ),
         }
         curves[spec.name] = morf.curves[:, :1] - morf.curves
         if progress is not None:
@@ -255,7 +276,9 @@ def run_benchmark(
 ) -> BenchResult:
     """Train (or load) every ``(variant, seed)`` model and score every method on it."""
     start = time.perf_counter()
-    methods = list(default_methods(config.fast_methods) if methods is None else methods)
+    if methods is None:
+        methods = METHOD_SETS[config.method_set](config.fast_methods)
+    methods = list(methods)
     result = BenchResult(config=config, methods=methods, models=[])
     for variant in config.variants:
         net = VARIANTS[variant]

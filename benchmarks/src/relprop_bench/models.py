@@ -29,12 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from .cluttered import make_cluttered_digits
+from .mobilenet import mobilenet_net
 
 __all__ = [
     "VARIANTS",
     "NetConfig",
     "TrainConfig",
     "vgg_net",
+    "build_net",
     "train_net",
     "trained_net",
     "accuracy",
@@ -56,6 +58,10 @@ class NetConfig:
     ``stages``: convolutions per pooling stage; ``None`` is four stages of ``depth // 4``
     (``depth`` a multiple of 4), otherwise they must add up to ``depth`` and the canvas must
     survive ``len(stages)`` halvings.
+
+    ``arch="mobilenet"``: the MobileNetV2-style net of :func:`relprop_bench.mobilenet.
+    mobilenet_net` instead, ``width`` channels in its stem and ``hidden`` in its 1x1 head
+    convolution; ``depth`` is its count of inverted residual (depthwise-separable) blocks.
     """
 
     depth: int = 8
@@ -65,10 +71,19 @@ class NetConfig:
     canvas: int = 32
     classes: int = 10
     stages: tuple[int, ...] | None = None
+    arch: str = "vgg"
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("vgg", "mobilenet"):
+            raise ValueError(f"arch must be 'vgg' or 'mobilenet', got {self.arch!r}")
+        if self.arch == "mobilenet" and (self.depth != 7 or not self.batchnorm or self.stages):
+            raise ValueError("the mobilenet arch has 7 blocks with BatchNorm and no stages")
 
     @property
     def name(self) -> str:
         wide = f"-w{self.width}" if self.width != 16 else ""
+        if self.arch == "mobilenet":
+            return f"mobilenet{wide}"
         return f"vgg{self.depth}{wide}{'-bn' if self.batchnorm else ''}"
 
     @property
@@ -93,6 +108,8 @@ VARIANTS: dict[str, NetConfig] = {
     "vgg8-bn": NetConfig(depth=8, batchnorm=True),
     "vgg13": NetConfig(depth=13, stages=(2, 2, 3, 3, 3)),
     "vgg8-w32": NetConfig(depth=8, width=32),  # twice the channels (not in the default run)
+    # depthwise-separable inverted residual blocks (not in the default run)
+    "mobilenet": NetConfig(arch="mobilenet", depth=7, batchnorm=True, hidden=96),
 }
 
 
@@ -160,6 +177,13 @@ def vgg_net(config: NetConfig = NetConfig(), seed: int = 0) -> nn.Sequential:
     return model.eval()
 
 
+def build_net(config: NetConfig = NetConfig(), seed: int = 0) -> nn.Sequential:
+    """The untrained net of ``config`` (VGG-style or MobileNet-style), initialised from ``seed``."""
+    if config.arch == "mobilenet":
+        return mobilenet_net(config.width, config.hidden, config.classes, config.canvas, seed)
+    return vgg_net(config, seed)
+
+
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 500) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) on ``images``."""
     model.eval()
@@ -220,11 +244,11 @@ def train_net(
     train: TrainConfig = TrainConfig(),
     progress: Progress | None = _stderr,
 ) -> tuple[nn.Sequential, dict[str, Any]]:
-    """Train :func:`vgg_net` on cluttered digits; returns the model (eval mode) and metadata."""
+    """Train :func:`build_net` on cluttered digits; returns the model (eval mode) and metadata."""
     start = time.perf_counter()
     images, labels = training_images(train, seed, config.canvas)
     test_images, test_labels, _ = benchmark_images(1000, config.canvas)
-    model = vgg_net(config, seed)
+    model = build_net(config, seed)
     gen = torch.Generator().manual_seed(seed)
     data_init(model, images[torch.randperm(len(labels), generator=gen)[:256]])
     opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
@@ -277,6 +301,8 @@ def _cache_file(cache: Path, config: NetConfig, seed: int, train: TrainConfig) -
     net = asdict(config)
     if net["stages"] is None:  # added later: the nets from before keep their cached weights
         del net["stages"]
+    if net["arch"] == "vgg":  # likewise
+        del net["arch"]
     key = json.dumps({"net": net, "train": asdict(train), "recipe": 2}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return cache / "localisation" / f"{config.name}-seed{seed}-{digest}.pt"
@@ -297,7 +323,7 @@ def trained_net(
     ``cache/localisation/<name>-seed<seed>-<hash of the configuration>.pt``.
     """
     path = _cache_file(default_cache_dir() if cache is None else Path(cache), config, seed, train)
-    model = vgg_net(config, seed)
+    model = build_net(config, seed)
     if path.is_file() and not retrain:
         blob = torch.load(path, weights_only=True)
         model.load_state_dict(blob["state_dict"])

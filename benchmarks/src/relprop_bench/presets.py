@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from relprop import composites, rules
-from relprop.composites import Composite
+from relprop.composites import CONVS, Composite, grouped_convs, kind
 from relprop.methods import METHODS
 
 __all__ = [
@@ -21,6 +21,9 @@ __all__ = [
     "other_methods",
     "controls",
     "default_methods",
+    "grouped_conv_presets",
+    "grouped_methods",
+    "METHOD_SETS",
     "shuffled",
     "LOW",
     "HIGH",
@@ -190,3 +193,95 @@ def controls() -> list[MethodSpec]:
 def default_methods(fast: bool = False) -> list[MethodSpec]:
     """LRP presets, the other registry methods and the controls, in table order."""
     return lrp_presets() + other_methods(fast) + controls()
+
+
+def _dense_convs_and(grouped: rules.Rule, convs: rules.Rule | None = None) -> Composite:
+    """ε (1e-6) on linear layers, ``grouped`` on grouped/depthwise convolutions, ``convs``
+    (default α2β1) on the other convolutions: the library default with one rule swapped."""
+    conv = rules.AlphaBeta(2.0, 1.0) if convs is None else convs
+    return Composite(
+        [
+            (kind("linear"), rules.Epsilon(1e-6)),
+            (grouped_convs(), grouped),
+            (kind(*CONVS), conv),
+        ],
+        f"eps + {grouped!r} on grouped convs + {conv!r} on convs",
+    )
+
+
+def grouped_conv_presets() -> list[MethodSpec]:
+    """The rule on grouped/depthwise convolutions, everything else as in the default.
+
+    ``default`` is :func:`relprop.composites.epsilon_alpha2_beta1` itself: γ = 0.25 on every
+    convolution of a net with grouped convolutions (α2β1 on nets without). The others are
+    written out here, not in the library: ``old_default`` (α2β1 on every convolution, the
+    default before session 5), ``dw_gamma`` (γ = 0.25 on the grouped convolutions only, α2β1
+    on the others: the default from session 5 until this comparison) and further rules on the
+    grouped ones.
+    """
+    table: list[tuple[str, str, str, Callable[[], Composite]]] = [
+        (
+            "default",
+            "default: γ0.25 on every conv (depthwise net)",
+            "DEFAULT GAMMA ALL CONVS",
+            composites.epsilon_alpha2_beta1,
+        ),
+        (
+            "old_default",
+            "old default: α2β1 on every conv",
+            "OLD DEFAULT A2B1",
+            lambda: _dense_convs_and(rules.AlphaBeta(2.0, 1.0)),
+        ),
+        (
+            "dw_gamma",
+            "γ0.25 on depthwise, α2β1 on other convs",
+            "DW-GAMMA",
+            lambda: _dense_convs_and(rules.Gamma(0.25)),
+        ),
+        (
+            "dw_zero",
+            "LRP-0 on depthwise, α2β1 on other convs",
+            "DW-LRP0",
+            lambda: _dense_convs_and(rules.Epsilon(1e-6)),
+        ),
+        (
+            "dw_epsilon",
+            "ε (0.25 std) on depthwise, α2β1 on other convs",
+            "DW-EPS",
+            lambda: _dense_convs_and(rules.Epsilon(0.25, relative_to_std=True)),
+        ),
+        (
+            "dw_zplus",
+            "z⁺ (α1β0) on depthwise, α2β1 on other convs",
+            "DW-ZPLUS",
+            lambda: _dense_convs_and(rules.ZPlus()),
+        ),
+        (
+            "dw_gamma1",
+            "γ1 on depthwise, α2β1 on other convs",
+            "DW-GAMMA1",
+            lambda: _dense_convs_and(rules.Gamma(1.0)),
+        ),
+    ]
+    return [MethodSpec(n, lab, s, "lrp", _lrp(make)) for n, lab, s, make in table]
+
+
+def grouped_methods(fast: bool = False) -> list[MethodSpec]:
+    """The rows of the grouped-convolution comparison (``--methods grouped``): the presets
+    of :func:`grouped_conv_presets`, montavon2019, uniform LRP-0, Gradient, Gradient × Input,
+    the random map and the uniform map."""
+    keep_lrp = ("montavon2019", "lrp_0")
+    keep_other = ("gradient", "gradient_x_input", "random_baseline")
+    return (
+        grouped_conv_presets()
+        + [s for s in lrp_presets() if s.name in keep_lrp]
+        + [s for s in other_methods(fast) if s.name in keep_other]
+        + [s for s in controls() if s.name == "uniform_map"]
+    )
+
+
+#: the row sets of ``relprop-bench localisation --methods``
+METHOD_SETS: dict[str, Callable[[bool], list[MethodSpec]]] = {
+    "all": default_methods,
+    "grouped": grouped_methods,
+}

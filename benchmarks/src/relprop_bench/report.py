@@ -49,12 +49,16 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("aopc", "AOPC MoRF"),
     ("class_corr", "ρ(class) ↓"),
     ("class_corr_abs", "\\|ρ\\|(class) ↓"),  # escaped: a bare | would split the table cell
+    ("conservation", "ΣR/f"),
+    ("conservation_err", "\\|ΣR/f − 1\\| ↓"),
 )
 #: the rows paired differences are taken against: (method name, column label)
 REFERENCES: tuple[tuple[str, str], ...] = (
     ("lrp_0", "LRP-0 (uniform)"),
     ("guided_backprop", "Guided Backprop"),
     ("gradient", "Gradient"),
+    ("old_default", "old default (α2β1 on every conv)"),
+    ("dw_gamma", "γ0.25 on depthwise only (previous default)"),
 )
 #: the composites whose paired differences are tabulated (``epsilon_plus_flat`` is left out:
 #: it is ``lrp_cmp(1, flat_layers=1)`` rule for rule, so its rows would repeat LRP_CMP:α1+♭)
@@ -65,6 +69,13 @@ PAIRED: tuple[str, ...] = (
     "cmp_alpha2_flat",
     "montavon2019",
     "epsilon_gamma_box",
+    # the grouped-convolution comparison (--methods grouped)
+    "default",
+    "dw_gamma",
+    "dw_zero",
+    "dw_epsilon",
+    "dw_zplus",
+    "dw_gamma1",
 )
 #: the headline paired differences compared across depth variants (and across results files):
 #: (composite, reference) — does the composites' lead over uniform rules grow with depth?
@@ -109,6 +120,12 @@ def _variant_title(result: BenchResult, variant: str) -> str:
     accs = [m.meta["test_accuracy"] for m in result.models if m.variant == variant]
     mean = sum(accs) / len(accs)
     per_seed = ", ".join(f"{a:.1%}" for a in accs)
+    if net.arch == "mobilenet":
+        return (
+            f"### {variant}: MobileNetV2-style, {net.depth} inverted residual blocks "
+            f"(depthwise 3x3 convs), BatchNorm, ReLU6, test accuracy {mean:.1%} "
+            f"(per seed: {per_seed})"
+        )
     stages = "" if net.stages is None else f" in stages of {', '.join(map(str, net.stages))}"
     channels = f", {net.width}/{2 * net.width} channels" if net.width != 16 else ""
     return (
@@ -174,7 +191,7 @@ def _paired_table(result: BenchResult, variant: str) -> list[str]:
     ]
     for spec in composites:
         for ref, ref_label in REFERENCES:
-            if ref not in names:
+            if ref not in names or ref == spec.name:
                 continue
             cells = []
             for metric, _ in METRICS:
@@ -295,7 +312,9 @@ def markdown(result: BenchResult, summary: Summary, command: str = "") -> str:
         "ρ is the Pearson correlation of the map with the map of the runner-up class (the "
         "highest-scoring other class), |ρ| its absolute value per image. Near 1, the map is "
         "the same whatever class it explains (Sixt et al. 2020); ρ near −1 with |ρ| near 1, "
-        "the same pattern with its sign flipped. Lower is more class-specific.",
+        "the same pattern with its sign flipped. Lower is more class-specific. ΣR/f: the "
+        "map's sum over the explained logit (1: conservative), \\|ΣR/f − 1\\| its "
+        "deviation per image.",
     ]
     lines += [
         "",
@@ -351,7 +370,8 @@ def _notes(result: BenchResult) -> list[str]:
     return [
         "- epsilon_plus_flat is LRP_CMP:α1+♭ rule for rule (ε = 1e-6 on the dense layers, z⁺ =",
         "  α1β0 on the convolutions, ♭ on the first layer): their rows agree to the last digit.",
-        "- LRP-0 (uniform) equals Gradient × Input on these ReLU nets (tested to float precision).",
+        "- LRP-0 (uniform) equals Gradient × Input on the VGG nets (ReLU; tested to float",
+        "  precision), not on the MobileNet, whose ReLU6 saturates (zero gradient above 6).",
         "- The uniform map's AOPC is the random order's by construction: it ranks nothing, and",
         "  ties are broken by the same seeded permutation. A pixel-shuffled map lands near it.",
         "- ρ(class) of the controls: the random map is one draw per image whatever the class",
