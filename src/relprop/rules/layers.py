@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -162,37 +163,43 @@ class Gamma(LayerRule):
         positive_only, _ = op.once(("nonneg", "z"), lambda: op.clipped or is_nonnegative(z))
         if positive_only or not bool(z.clamp(max=0).mul_(grad).any()):
             # positive outputs only (a ReLU follows): one vjp with rho(W) = W + γW⁺
-            def denominator() -> Tensor:  # in place where p is a temporary
-                if gamma == 0 or self.stabilizer == 0:
-                    scaled = (op.add_bias_(p, op.positive_bias).mul_(gamma) if owned
-                              else op.add_bias(p, op.positive_bias) * gamma)
-                    return stabilize_nonnegative_(scaled.add_(z), self.stabilizer)
-                # z + γ (P + b⁺ + ε/γ): the bias and the stabiliser in one pass, z in another
-                shift, bias = self.stabilizer / gamma, op.positive_bias
-                if bias is None:
-                    q = p.add_(shift) if owned else p + shift
-                else:
-                    q = (op.add_bias_(p, bias + shift) if owned
-                         else op.add_bias(p, bias + shift))
-                return torch.add(z, q, alpha=gamma, out=q)
-
-            denom, _ = op.once(("gamma+", id(self)), denominator)
+            denom, _ = op.once(("gamma+", id(self)),
+                               partial(self._positive_denominator, op, z, p, owned))
             s_pos = relevance.div_(denom)
+            del denom, p  # temporaries go before the vjps (peak memory)
             if nonneg:
                 return op.input_vjp(a, self._rho(op, "+"), s_pos)
             whole = op.input_vjp(a, op.weight, s_pos)
-            return whole + gamma * signed_vjp(op, a, False, s_pos, None, whole)
+            return signed_vjp(op, a, False, s_pos, None, whole).mul_(gamma).add_(whole)
         (positive_out, denom), _ = op.once(("gamma±", id(self)),
-                                           lambda: self._denominator(op, z, p))
+                                           partial(self._denominator, op, z, p))
         s = relevance.div_(denom)
         s_neg = s.masked_fill(positive_out, 0.0)
+        del positive_out, denom, p
         if nonneg:  # rho(W) = W + γW⁺ for positive outputs, W + γW⁻ for negative ones
             rho_pos, rho_neg = self._rho(op, "+"), self._rho(op, "-")
             s_pos = s.sub_(s_neg)  # exact: s − 0 = s, s − s = 0
-            return op.input_vjp(a, rho_pos, s_pos) + op.input_vjp(a, rho_neg, s_neg)
+            return op.input_vjp(a, rho_pos, s_pos).add_(op.input_vjp(a, rho_neg, s_neg))
         whole = op.input_vjp(a, op.weight, s)  # s = s_pos + s_neg
         s_pos = s.sub_(s_neg)
-        return whole + gamma * signed_vjp(op, a, nonneg, s_pos, s_neg, whole)
+        return signed_vjp(op, a, nonneg, s_pos, s_neg, whole).mul_(gamma).add_(whole)
+
+    def _positive_denominator(self, op: LinearOp, z: Tensor, p: Tensor, owned: bool
+                              ) -> Tensor:
+        """``z_k + γ (P_k + b_k⁺) + ε`` for outputs ``z ≥ 0``, in place where ``p`` is a
+        temporary."""
+        gamma = self.gamma
+        if gamma == 0 or self.stabilizer == 0:
+            scaled = (op.add_bias_(p, op.positive_bias).mul_(gamma) if owned
+                      else op.add_bias(p, op.positive_bias) * gamma)
+            return stabilize_nonnegative_(scaled.add_(z), self.stabilizer)
+        # z + γ (P + b⁺ + ε/γ): the bias and the stabiliser in one pass, z in another
+        shift, bias = self.stabilizer / gamma, op.positive_bias
+        if bias is None:
+            q = p.add_(shift) if owned else p + shift
+        else:
+            q = op.add_bias_(p, bias + shift) if owned else op.add_bias(p, bias + shift)
+        return torch.add(z, q, alpha=gamma, out=q)
 
     def _denominator(self, op: LinearOp, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         """``(z >= 0, z_k + γ (sum_j (a_j w_jk)^σk + b_k^σk))``, stabilised, for outputs of
