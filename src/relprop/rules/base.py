@@ -90,7 +90,7 @@ def signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,
     def pull(weight_for_pos: Tensor, weight_for_neg: Tensor) -> Tensor:
         terms = [op.input_vjp(a, w, s) for w, s in ((weight_for_pos, s_pos),
                                                     (weight_for_neg, s_neg)) if s is not None]
-        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        return terms[0] if len(terms) == 1 else terms[0].add_(terms[1])
 
     w_pos, w_neg = op.positive_weight, op.negative_weight
     positive = pull(w_pos, w_neg)

@@ -282,10 +282,11 @@ class AlphaBeta(LayerRule):
         s_neg = None
         if z_neg is not None and factor is not None:
             op.report("relevance_change", self._change(factor, relevance))
-            s_neg = relevance / z_neg * -self.beta
+            s_neg = torch.div(relevance, z_neg).mul_(-self.beta)
         s_pos = relevance.div_(z_pos)
         if self.alpha != 1:
             s_pos.mul_(self.alpha)
+        del z_pos, z_neg, factor  # temporaries go before the vjps (peak memory)
         return signed_vjp(op, a, nonneg, s_pos, s_neg)
 
 
