@@ -83,8 +83,9 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
     """
     model, x, tokens, composite, x_leaf = _checked_call(model, x, composite)
     kwargs = dict(forward_kwargs or {})
-    session = Session(model, x_leaf, record, MODULES)
-    with eager(model), collector_paused():
+    named = list(model.named_modules())  # one walk, for the session and the eager check
+    session = Session(model, x_leaf, record, MODULES, named)
+    with eager(model, (m for _, m in named)), collector_paused():
         try:
             with session.installed(Interceptor(session, composite.elementwise_ops())):
                 output = _select_output(model(session.model_input(), **kwargs))

@@ -5,7 +5,7 @@ relevance signals."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -40,6 +40,13 @@ def eager_module(model: nn.Module) -> nn.Module:
                 "from register_full_backward_hook / register_full_backward_pre_hook): it would "
                 "see, and could change, the relevance signals instead of gradients. Remove it "
                 "for the explanation (handle.remove()) and register it again afterwards.")
+        for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is not None and tensor.is_inference():
+                full = f"{path}.{name}" if path else name
+                raise InvalidInputError(
+                    f"'{full}' was created inside torch.inference_mode(): inference tensors "
+                    "cannot take part in a backward pass, which LRP is. Build or load the "
+                    "model outside inference mode (explaining inside inference mode is fine).")
     for kind, table in (("backward", nn.modules.module._global_backward_hooks),
                         ("backward pre", nn.modules.module._global_backward_pre_hooks)):
         if table:
@@ -47,12 +54,6 @@ def eager_module(model: nn.Module) -> nn.Module:
                 f"a global module {kind} hook is registered "
                 f"({getattr(next(iter(table.values())), '__name__', '?')!r}): it would see the "
                 "relevance signals of every module. Remove it for the explanation.")
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_inference():
-            raise InvalidInputError(
-                f"'{name}' was created inside torch.inference_mode(): inference tensors cannot "
-                "take part in a backward pass, which LRP is. Build or load the model outside "
-                "inference mode (explaining inside inference mode is fine).")
     return model
 
 
@@ -65,11 +66,13 @@ def usable_input(x: Tensor) -> Tensor:
 
 
 @contextmanager
-def eager(model: nn.Module) -> Iterator[None]:
+def eager(model: nn.Module, modules: Iterable[nn.Module] | None = None) -> Iterator[None]:
     """Grad on and inference mode off for the block; submodules compiled with
-    ``torch.compile`` run their eager code (dynamo's ``force_eager`` stance)."""
+    ``torch.compile`` run their eager code (dynamo's ``force_eager`` stance). ``modules``:
+    the model's modules, where the caller has them."""
     with torch.inference_mode(False), torch.enable_grad():
-        if not any(type(m).__name__ == "OptimizedModule" for m in model.modules()):
+        walk = model.modules() if modules is None else modules
+        if not any(type(m).__name__ == "OptimizedModule" for m in walk):
             yield
             return
         with torch.compiler.set_stance("force_eager"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -25,10 +25,12 @@ from .saved import SavedTensors
 class Session:
     """Everything one explanation records while the model runs forward and backward."""
 
-    def __init__(self, model: nn.Module, x: Tensor, record: bool, modules: Any = None) -> None:
+    def __init__(self, model: nn.Module, x: Tensor, record: bool, modules: Any = None,
+                 named: Sequence[tuple[str, nn.Module]] | None = None) -> None:
         """``modules``: the op families' module kinds (``kind(module)``, ``wrap(...)``; see
         :class:`relprop._engine.handlers.ModuleOps`), or ``None`` for no module taken as one
-        op. The session knows no op family itself."""
+        op. The session knows no op family itself. ``named``: ``model.named_modules()``,
+        where the caller has walked them already."""
         self.model = model
         self.modules = modules
         self.x = x
@@ -67,7 +69,7 @@ class Session:
         # a compiled submodule wraps the eager one as ``_orig_mod``: name it as the eager one
         self.paths: dict[nn.Module, str] = {
             m: ".".join(p for p in name.split(".") if p != "_orig_mod")
-            for name, m in model.named_modules()}
+            for name, m in (model.named_modules() if named is None else named)}
         self.calls: list[OpCall] = []
         self.stack: list[tuple[str, nn.Module, int]] = []
         self.call_counts: dict[nn.Module, int] = {}
