@@ -97,6 +97,16 @@ def test_image_folder_matches_relprop_explain(images: Path, tmp_path: Path) -> N
                        .to(torch.uint8).permute(1, 2, 0))
 
 
+def test_uniform_epsilon_by_name(images: Path, tmp_path: Path) -> None:
+    store = run(images, tmp_path / "out", composite="epsilon")
+    assert store.manifest["settings"]["composite"] == "epsilon"
+    x = torch.stack([load_image(images / p) for p in store.paths[:4]])
+    composite = relprop.composites.uniform(relprop.rules.Epsilon())
+    expl = relprop.explain(tiny_cnn(), x, composite=composite)
+    torch.testing.assert_close(store.relevances([0, 1, 2, 3]),
+                               expl.relevance.sum(1).half().float())
+
+
 def test_methods_metrics_and_workers(images: Path, tmp_path: Path) -> None:
     store = run(images, tmp_path / "out", methods=("lrp", "gradient"), workers=2,
                 metrics=("positive_share", "conservation_error"))
@@ -184,6 +194,14 @@ def test_unreadable_and_unexplainable_samples_are_failed_rows(images: Path,
     assert len(store) == 22 and "class2/03.png" not in store.paths
     with pytest.raises(KeyError, match="failed"):
         store.relevance("class0/01.png")
+    for path in ("class0/00.png", "class0/02.png", "class0/03.png", "class2/02.png"):
+        # thumbnails are made in the loader for every readable sample and stored for the
+        # explained ones only: each stays with its own sample around a failed one
+        with Image.open(images / path) as image:
+            view = half_first_pixel_of_red(image)
+        view = (view - view.min()) / (view.max() - view.min())
+        expected = (view * 255).round().to(torch.uint8).permute(1, 2, 0)
+        assert torch.equal(store.thumbnail(path), expected), path
 
 
 def half_first_pixel_of_red(image: Any) -> torch.Tensor:
