@@ -44,6 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -191,6 +192,42 @@ def engine_only(batches: list[Tensor], method: str, composite: str | None,
     return time.perf_counter() - start
 
 
+def loader_only(files: list[Path], data: Path, runner: bool, args: argparse.Namespace) -> float:
+    """Reading and preprocessing alone (the DataLoader, no model): the plain ``Dataset`` or
+    the runner's source and collate (which also makes the thumbnails). On a GPU this, not
+    the explaining, bounds the throughput of both pipelines."""
+    from relprop.run.batches import Collate
+    from relprop.run.data import open_source
+    from relprop.run.preprocess import Preprocess
+
+    if runner:
+        source = open_source(data, Preprocess(resize=args.resize, crop=args.crop, mean=MEAN,
+                                              std=STD))
+        shape = tuple(source[0]["x"].shape)
+        loader: Any = DataLoader(source, batch_size=args.batch_size, num_workers=args.workers,
+                                 collate_fn=Collate(shape))
+    else:
+        loader = DataLoader(Plain(files, args.resize, args.crop), batch_size=args.batch_size,
+                            num_workers=args.workers)
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - start
+
+
+def _loader_table(files: list[Path], data: Path, args: argparse.Namespace) -> None:
+    times: dict[str, list[float]] = {"plain Dataset": [], "relprop source + collate": []}
+    loader_only(files, data, False, args)
+    loader_only(files, data, True, args)
+    for _ in range(args.rounds):
+        times["plain Dataset"].append(loader_only(files, data, False, args))
+        times["relprop source + collate"].append(loader_only(files, data, True, args))
+    print(f"reading and preprocessing only ({args.workers} workers, min of {args.rounds}):")
+    for name, values in times.items():
+        print(f"| loader only, {name} | {min(values):.2f} s | {args.n / min(values):.1f} "
+              "samples/s |")
+
+
 def _table(times: dict[str, list[float]], counts: dict[str, int]) -> None:
     def best(name: str) -> float:
         return counts[name] / min(times[name])  # samples/s of the fastest round
@@ -226,6 +263,8 @@ def main() -> None:
     parser.add_argument("--runs", default=",".join(str(i) for i in range(len(RUNS))),
                         help="which of the relprop rows (indices into RUNS)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--loader-only", action="store_true", help="time only reading and "
+                        "preprocessing: the plain Dataset against the runner's source")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -237,6 +276,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         files = make_data(root / "data", args.n, args.size)
+        if args.loader_only:
+            _loader_table(files, root / "data", args)
+            return
         plain = Plain(files[: args.engine_n or args.n], args.resize, args.crop)
         stacked = torch.stack([plain[i] for i in range(len(plain))])
         batches = list(stacked.split(args.batch_size))

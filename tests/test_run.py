@@ -182,6 +182,26 @@ def test_mixed_sizes_need_resize(images: Path, tmp_path: Path) -> None:
     assert len(again) == 25
 
 
+def test_preprocess_resize_crop_normalise_against_numpy() -> None:
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    x, view = Preprocess(resize=20, crop=(16, 18), mean=mean, std=std).image(image)
+    # shorter side 30 → 20, so 40 → 27; the centre 16 × 18 starts at row 2, column 4
+    pixels = np.asarray(image.resize((27, 20), resample=Image.Resampling.BILINEAR),
+                        dtype=np.float64) / 255
+    expected = pixels[2:18, 4:22].transpose(2, 0, 1)
+    assert view is not None and x.shape == view.shape == (3, 16, 18)
+    np.testing.assert_allclose(view.numpy(), expected, rtol=0, atol=1e-7)
+    normalised = (expected - np.reshape(mean, (3, 1, 1))) / np.reshape(std, (3, 1, 1))
+    np.testing.assert_allclose(x.numpy(), normalised, rtol=0, atol=1e-6)
+    gray, _ = Preprocess(crop=4).image(image.convert("L"))
+    np.testing.assert_allclose(gray[0].numpy() * 255,
+                               np.asarray(image.convert("L"))[13:17, 18:22], atol=1e-4)
+    with pytest.raises(DataError, match=r"--crop 31x18 is larger than the image \(30x40\)"):
+        Preprocess(crop=(31, 18)).image(image)
+
+
 def test_unreadable_and_unexplainable_samples_are_failed_rows(images: Path,
                                                               tmp_path: Path) -> None:
     (images / "class2" / "03.png").write_bytes(b"not a png")
