@@ -211,7 +211,7 @@ def engine_only(batches: list[Tensor], method: str, composite: str | None,
     return _since(start)
 
 
-def loader_only(files: list[Path], data: Path, runner: bool, args: argparse.Namespace) -> float:
+def loader_only(files: list[Path], data: Path, runner: bool, args: argparse.Namespace) -> Times:
     """Reading and preprocessing alone (the DataLoader, no model): the plain ``Dataset`` or
     the runner's source and collate (which also makes the thumbnails). On a GPU this, not
     the explaining, bounds the throughput of both pipelines."""
@@ -228,23 +228,26 @@ def loader_only(files: list[Path], data: Path, runner: bool, args: argparse.Name
     else:
         loader = DataLoader(Plain(files, args.resize, args.crop), batch_size=args.batch_size,
                             num_workers=args.workers)
-    start = time.perf_counter()
+    start = _clock()
     for _ in loader:
         pass
-    return time.perf_counter() - start
+    return _since(start)
 
 
 def _loader_table(files: list[Path], data: Path, args: argparse.Namespace) -> None:
-    times: dict[str, list[float]] = {"plain Dataset": [], "relprop source + collate": []}
+    times: dict[str, list[Times]] = {"plain Dataset": [], "relprop source + collate": []}
     loader_only(files, data, False, args)
     loader_only(files, data, True, args)
     for _ in range(args.rounds):
         times["plain Dataset"].append(loader_only(files, data, False, args))
         times["relprop source + collate"].append(loader_only(files, data, True, args))
-    print(f"reading and preprocessing only ({args.workers} workers, min of {args.rounds}):")
+    print(f"reading and preprocessing only, {args.n} samples, {args.workers} workers, CPU "
+          f"seconds of the main process and the workers together, min of {args.rounds}:")
+    print("| loader | CPU s | ms per sample | wall s (median) |\n|---|---:|---:|---:|")
     for name, values in times.items():
-        print(f"| loader only, {name} | {min(values):.2f} s | {args.n / min(values):.1f} "
-              "samples/s |")
+        cpu = min(t[1] + t[2] for t in values)
+        wall = statistics.median(t[0] for t in values)
+        print(f"| {name} | {cpu:.2f} | {1000 * cpu / args.n:.1f} | {wall:.2f} |")
 
 
 def _table(times: dict[str, list[Times]], counts: dict[str, int]) -> None:
