@@ -97,6 +97,16 @@ def test_image_folder_matches_relprop_explain(images: Path, tmp_path: Path) -> N
                        .to(torch.uint8).permute(1, 2, 0))
 
 
+def test_uniform_epsilon_by_name(images: Path, tmp_path: Path) -> None:
+    store = run(images, tmp_path / "out", composite="epsilon")
+    assert store.manifest["settings"]["composite"] == "epsilon"
+    x = torch.stack([load_image(images / p) for p in store.paths[:4]])
+    composite = relprop.composites.uniform(relprop.rules.Epsilon())
+    expl = relprop.explain(tiny_cnn(), x, composite=composite)
+    torch.testing.assert_close(store.relevances([0, 1, 2, 3]),
+                               expl.relevance.sum(1).half().float())
+
+
 def test_methods_metrics_and_workers(images: Path, tmp_path: Path) -> None:
     store = run(images, tmp_path / "out", methods=("lrp", "gradient"), workers=2,
                 metrics=("positive_share", "conservation_error"))
@@ -172,6 +182,26 @@ def test_mixed_sizes_need_resize(images: Path, tmp_path: Path) -> None:
     assert len(again) == 25
 
 
+def test_preprocess_resize_crop_normalise_against_numpy() -> None:
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    x, view = Preprocess(resize=20, crop=(16, 18), mean=mean, std=std).image(image)
+    # shorter side 30 → 20, so 40 → 27; the centre 16 × 18 starts at row 2, column 4
+    pixels = np.asarray(image.resize((27, 20), resample=Image.Resampling.BILINEAR),
+                        dtype=np.float64) / 255
+    expected = pixels[2:18, 4:22].transpose(2, 0, 1)
+    assert view is not None and x.shape == view.shape == (3, 16, 18)
+    np.testing.assert_allclose(view.numpy(), expected, rtol=0, atol=1e-7)
+    normalised = (expected - np.reshape(mean, (3, 1, 1))) / np.reshape(std, (3, 1, 1))
+    np.testing.assert_allclose(x.numpy(), normalised, rtol=0, atol=1e-6)
+    gray, _ = Preprocess(crop=4).image(image.convert("L"))
+    np.testing.assert_allclose(gray[0].numpy() * 255,
+                               np.asarray(image.convert("L"))[13:17, 18:22], atol=1e-4)
+    with pytest.raises(DataError, match=r"--crop 31x18 is larger than the image \(30x40\)"):
+        Preprocess(crop=(31, 18)).image(image)
+
+
 def test_unreadable_and_unexplainable_samples_are_failed_rows(images: Path,
                                                               tmp_path: Path) -> None:
     (images / "class2" / "03.png").write_bytes(b"not a png")
@@ -184,6 +214,14 @@ def test_unreadable_and_unexplainable_samples_are_failed_rows(images: Path,
     assert len(store) == 22 and "class2/03.png" not in store.paths
     with pytest.raises(KeyError, match="failed"):
         store.relevance("class0/01.png")
+    for path in ("class0/00.png", "class0/02.png", "class0/03.png", "class2/02.png"):
+        # thumbnails are made in the loader for every readable sample and stored for the
+        # explained ones only: each stays with its own sample around a failed one
+        with Image.open(images / path) as image:
+            view = half_first_pixel_of_red(image)
+        view = (view - view.min()) / (view.max() - view.min())
+        expected = (view * 255).round().to(torch.uint8).permute(1, 2, 0)
+        assert torch.equal(store.thumbnail(path), expected), path
 
 
 def half_first_pixel_of_red(image: Any) -> torch.Tensor:

@@ -25,10 +25,15 @@ def chunk_ids(chunk: int, batch_size: int, total: int) -> list[int]:
 
 class Collate:
     """Stack the readable samples of a chunk whose input has ``shape``; the others are passed
-    on as rows (``size`` marks a sample whose shape differs)."""
+    on as rows (``size`` marks a sample whose shape differs).
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
+    Runs in the loader's workers: with ``thumbnails`` it also makes the chunk's thumbnails
+    there (uint8, ≤ 64 px), so that the preprocessed ``[0, 1]`` copies of the inputs never
+    travel to the main process, which only explains.
+    """
+
+    def __init__(self, shape: tuple[int, ...], thumbnails: bool = True) -> None:
+        self.shape, self.thumbnails = shape, thumbnails
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         ok = []
@@ -39,13 +44,13 @@ class Collate:
             elif x is not None:
                 ok.append(sample)
         views = [s["view"] for s in ok]
-        same_views = bool(views) and all(
+        same_views = self.thumbnails and bool(views) and all(
             v is not None and v.shape == views[0].shape for v in views)
         meta = [{k: v for k, v in s.items() if k not in ("x", "view", "mask")} for s in samples]
         return {
             "samples": meta, "ok": [s["id"] for s in ok],
             "x": torch.stack([s["x"] for s in ok]) if ok else None,
-            "view": torch.stack(views) if same_views else None,
+            "thumbnail": thumbnails(torch.stack(views)) if same_views else None,
             "mask": torch.stack([s["mask"] for s in ok]) if ok and ok[0]["mask"] is not None
             else None,
         }
@@ -88,22 +93,25 @@ class Explainer:
             if name == "lrp":
                 options.update(composite=self.composite, strict=self.config.strict)
             expl = get_method(name)(self.model, x, target=target, **options)
-            explained = expl.explained.detach().float().reshape(-1).cpu()
-            sums = expl.relevance_sum().detach().float().cpu()
+            explained_t = expl.explained.detach().float().reshape(-1)
+            # one device-to-host copy per column, not one sync per sample and value
+            explained = explained_t.cpu().tolist()
+            sums = expl.relevance_sum().detach().float().cpu().tolist()
             if n == 0:
                 output = expl.output.detach()
                 self.classes = int(output.shape[-1]) if output.dim() == 2 else 1
                 prediction = output.argmax(1) if output.dim() == 2 else None
                 target = self._resolved(target, prediction, x.shape[0])
-                self._metrics(x, expl.relevance, target, explained, columns)
-                for i, row in enumerate(columns):
-                    row.update(prediction=None if prediction is None else int(prediction[i]),
-                               target=int(target[i]), explained=float(explained[i]),
-                               relevance_sum=float(sums[i]))
+                self._metrics(x, expl.relevance, target, explained_t, columns)
+                predictions = ([None] * len(columns) if prediction is None
+                               else prediction.cpu().tolist())
+                for row, p, t, e, r in zip(columns, predictions, target.cpu().tolist(),
+                                           explained, sums):
+                    row.update(prediction=p, target=int(t), explained=e, relevance_sum=r)
             else:
-                for i, row in enumerate(columns):
-                    row[f"{name}.explained"] = float(explained[i])
-                    row[f"{name}.relevance_sum"] = float(sums[i])
+                for row, e, r in zip(columns, explained, sums):
+                    row[f"{name}.explained"] = e
+                    row[f"{name}.relevance_sum"] = r
             relevance[name] = expl.relevance.detach()
         return Result(columns, relevance)
 
@@ -120,11 +128,12 @@ class Explainer:
                  columns: list[dict[str, Any]]) -> None:
         for name in self.config.metrics:
             values = METRICS[name](self.model, x, relevance.detach(), target, explained)
-            for i, row in enumerate(columns):
-                row[name] = float(values[i])
+            for row, value in zip(columns, values.detach().float().cpu().tolist()):
+                row[name] = float(value)
 
-    def stored(self, result: Result, view: Tensor | None) -> dict[str, Tensor]:
-        """The shard's tensors for ``result``: relevance made small, thumbnails."""
+    def stored(self, result: Result, thumbnail: Tensor | None) -> dict[str, Tensor]:
+        """The shard's tensors for ``result``: relevance made small, and the thumbnails of
+        its samples (made by :class:`Collate`) unless the run stores none."""
         config = self.config
         tensors: dict[str, Tensor] = {}
         for n, (name, relevance) in enumerate(result.relevance.items()):
@@ -132,8 +141,6 @@ class Explainer:
             tensors[key] = reduce_relevance(relevance, full=config.full,
                                             resolution=config.resolution,
                                             dtype=config.torch_dtype()).cpu()
-        if config.thumbnails and view is not None:
-            small = thumbnails(view)
-            if small is not None:
-                tensors["thumbnail"] = small
+        if config.thumbnails and thumbnail is not None:
+            tensors["thumbnail"] = thumbnail
         return tensors

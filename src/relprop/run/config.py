@@ -17,9 +17,10 @@ from .preprocess import Preprocess
 
 __all__ = ["RunConfig", "COMPOSITES", "resolve_composite", "parse_target"]
 
-#: composites that need no argument, by name (``--composite NAME``)
-COMPOSITES = ("default", "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat", "epsilon_plus",
-              "epsilon_plus_flat", "montavon2019", "lrp_cmp", "attnlrp", "cp_lrp")
+#: composites that need no argument, by name (``--composite NAME``); ``epsilon`` is
+#: ``uniform(Epsilon())``, ε = 1e-6 on every layer
+COMPOSITES = ("default", "epsilon", "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat",
+              "epsilon_plus", "epsilon_plus_flat", "montavon2019", "lrp_cmp", "attnlrp", "cp_lrp")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -28,6 +29,10 @@ def resolve_composite(name: str | None, tokens: bool) -> Composite:
     the default for the input kind."""
     if name is None or name == "default":
         return _composites.default(tokens)
+    if name == "epsilon":
+        from ..rules import Epsilon
+
+        return _composites.uniform(Epsilon())
     if ":" in name:
         from .model import load_callable
 

@@ -225,8 +225,8 @@ def _loader(source: Source, todo: list[int], config: RunConfig, shape: tuple[int
             device: torch.device) -> DataLoader[Any]:
     batches = [chunk_ids(c, config.batch_size, len(source)) for c in todo]
     return DataLoader(source, batch_sampler=batches, num_workers=config.workers,
-                      collate_fn=Collate(shape), pin_memory=device.type == "cuda",
-                      persistent_workers=False)
+                      collate_fn=Collate(shape, config.thumbnails),
+                      pin_memory=device.type == "cuda", persistent_workers=False)
 
 
 def _finish(root: Path, config: RunConfig, chunks: int, seconds: float) -> None:

@@ -85,9 +85,11 @@ class Preprocess:
             height, width = _resized(image.height, image.width, self._pair_or_int(self.resize))
             image = image.resize((width, height), resample=2)  # bilinear
         array = np.asarray(image, dtype=np.uint8)
+        top, left, height, width = self._box(array.shape[0], array.shape[1])
+        # cropped while uint8: only the kept pixels are converted, into a dense tensor
+        array = array[top:top + height, left:left + width]
         view = torch.from_numpy(array.copy()).float().div_(255)
         view = view.unsqueeze(0) if view.dim() == 2 else view.permute(2, 0, 1)
-        view = self._crop(view)
         return self._normalise(view), view
 
     def tensor(self, value: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -116,15 +118,19 @@ class Preprocess:
     def _pair_or_int(size: int | Size) -> int | Size:
         return tuple(size) if isinstance(size, list) else size
 
-    def _crop(self, x: Tensor) -> Tensor:
+    def _box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(top, left, height, width)`` of the centre crop of an image of that size."""
         if self.crop is None:
-            return x
+            return 0, 0, height, width
         crop = self.crop if isinstance(self.crop, tuple | list) else (self.crop, self.crop)
-        height, width = int(crop[0]), int(crop[1])
-        if x.shape[-2] < height or x.shape[-1] < width:
-            raise DataError(f"--crop {height}x{width} is larger than the image "
-                            f"({x.shape[-2]}x{x.shape[-1]}); resize first (--resize)")
-        top, left = (x.shape[-2] - height) // 2, (x.shape[-1] - width) // 2
+        kept_h, kept_w = int(crop[0]), int(crop[1])
+        if height < kept_h or width < kept_w:
+            raise DataError(f"--crop {kept_h}x{kept_w} is larger than the image "
+                            f"({height}x{width}); resize first (--resize)")
+        return (height - kept_h) // 2, (width - kept_w) // 2, kept_h, kept_w
+
+    def _crop(self, x: Tensor) -> Tensor:
+        top, left, height, width = self._box(x.shape[-2], x.shape[-1])
         return x[..., top:top + height, left:left + width]
 
     def _normalise(self, x: Tensor) -> Tensor:

@@ -144,8 +144,8 @@ def _chunks(explainer: Explainer, loader: Iterable[dict[str, Any]], root: Path,
             for position, columns in zip(kept, result.columns):
                 rows[ids[position]].update(columns)
             if kept:
-                view = batch["view"]
-                tensors = explainer.stored(result, None if view is None else view[kept])
+                small = batch["thumbnail"]
+                tensors = explainer.stored(result, None if small is None else small[kept])
         ordered = [rows[i] for i in sorted(rows)]
         writes.submit(root, int(meta[0]["id"]) // batch_size, ordered, tensors)
         ok_count += sum(1 for r in ordered if r["status"] == "ok")
