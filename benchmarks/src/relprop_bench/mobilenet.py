@@ -93,9 +93,14 @@ def mobilenet_net(
             nn.Linear(head, classes),
         ]
         model = nn.Sequential(*layers)
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d | nn.Linear):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        he_init(model)
     return model.eval()
+
+
+def he_init(model: nn.Module) -> None:
+    """He-normal weights (for ReLU) and zero biases on every conv and linear layer."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

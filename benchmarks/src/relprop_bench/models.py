@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .cluttered import make_cluttered_digits
-from .mobilenet import mobilenet_net
+from .mobilenet import he_init, mobilenet_net
 
 __all__ = [
     "VARIANTS",
@@ -169,11 +169,7 @@ def vgg_net(config: NetConfig = NetConfig(), seed: int = 0) -> nn.Sequential:
             nn.Linear(config.hidden, config.classes),
         ]
         model = nn.Sequential(*layers)
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d | nn.Linear):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        he_init(model)
     return model.eval()
 
 
