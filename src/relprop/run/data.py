@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..store.format import sha256_file
 from .errors import DataError
 from .preprocess import Preprocess
 
@@ -55,14 +56,6 @@ class Source(Dataset[Sample]):
         if len(loaded) > 2:
             sample["mask"] = loaded[2]
         return sample
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_labels(path: str | Path, count: int) -> list[int | None]:
@@ -178,7 +171,7 @@ class TensorFile(Source):
             raise DataError(f"--data {path}: cannot read it ({error})") from error
 
     def fingerprint(self) -> str:
-        return _file_digest(self.file)
+        return sha256_file(self.file)
 
     def load(self, i: int) -> tuple[Tensor, Tensor | None]:
         return self.preprocess.tensor(self.x[i])
@@ -202,7 +195,7 @@ class TextFile(Source):
         self.labels = [None] * len(self.paths)
 
     def fingerprint(self) -> str:
-        return _file_digest(self.file)
+        return sha256_file(self.file)
 
     def load(self, i: int) -> tuple[Tensor, Tensor | None]:
         encoded = self.tokenizer(self.sentences[i][1], padding="max_length", truncation=True,
