@@ -86,14 +86,22 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
     named = list(model.named_modules())  # one walk, for the session and the eager check
     session = Session(model, x_leaf, record, MODULES, named)
     with eager(model, (m for _, m in named)), collector_paused():
-        try:
-            with session.installed(Interceptor(session, composite.elementwise_ops())):
-                output = _select_output(model(session.model_input(), **kwargs))
-        except (RuntimeError, TypeError) as error:
-            _explain_forward_error(model, x, tokens, kwargs, error)
-            raise
+        output = _forward(session, model, x, tokens, kwargs, composite)
         return _explain_output(session, model, x, output, target, composite, tokens, kwargs,
                                strict, verify)
+
+
+def _forward(session: Session, model: nn.Module, x: Tensor, tokens: bool,
+             kwargs: dict[str, Any], composite: Composite) -> Any:
+    """``model(x)`` under the interceptor (the caller enters :func:`eager`): the output the
+    model returns, its explained part selected; a forward error of the model's is raised
+    again with what relprop knows about it."""
+    try:
+        with session.installed(Interceptor(session, composite.elementwise_ops())):
+            return _select_output(model(session.model_input(), **kwargs))
+    except (RuntimeError, TypeError) as error:
+        _explain_forward_error(model, x, tokens, kwargs, error)
+        raise
 
 
 def _checked_call(model: nn.Module, x: Any, composite: Composite | None

@@ -20,17 +20,15 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from .._engine import (
     MODULES,
-    Interceptor,
     Session,
     check_output,
     eager,
     find_unsupported,
-    select_output,
     warn_if_probabilities,
 )
 from ..composites import Composite
 from ..errors import UnsupportedOperationError, UnsupportedOperationWarning
-from ..explain import _checked_call, _explain_forward_error
+from ..explain import _checked_call, _forward
 from ..targets import Target, as_target
 from ._errors import LayerNotOnPathError, UnknownLayerError
 
@@ -170,12 +168,7 @@ def shared_forward(model: nn.Module, x: Tensor, target: Any, composite: Composit
 
     session.on_tensor = capture
     with eager(model):
-        try:
-            with session.installed(Interceptor(session, composite.elementwise_ops())):
-                output = select_output(model(session.model_input(), **kwargs))
-        except (RuntimeError, TypeError) as error:
-            _explain_forward_error(model, x, tokens, kwargs, error)
-            raise
+        output = _forward(session, model, x, tokens, kwargs, composite)
         session.on_tensor = None
         check_output(output)
         assert isinstance(output, Tensor)
