@@ -17,6 +17,7 @@ from torch import nn
 import relprop
 from relprop import composites as C
 from relprop import rules as R
+from relprop._engine.session import Session
 from relprop.rules.ops import seeded_grad
 from tests.helpers.snapshots import assert_unchanged, snapshot
 
@@ -144,3 +145,70 @@ def test_identity_rule_gives_inputs_of_zero_no_relevance(activation: object) -> 
     expected = z[0, 2:] / a[0, 2:] * grad[0, 2:]
     assert torch.allclose(c[0, 2:], expected, rtol=1e-6)
     assert torch.allclose((a * c)[0, 2:], (z * grad)[0, 2:], rtol=1e-6)  # R_in = R_out
+
+
+def test_ops_are_routed_only_to_the_family_hooks_that_act_on_them() -> None:
+    from relprop._engine import handlers
+    from relprop._engine.handlers import layers, mixing, scan, statistics
+
+    prepares, claims, observers = handlers.route("conv2d")
+    assert prepares == (scan.prepare,) and claims == () and observers == ()
+    assert handlers.route("relu_")[1] == (layers.claim,)
+    assert handlers.route("clamp")[1] == (layers.claim,)
+    assert handlers.route("pow")[1] == (mixing.claim,)
+    prepares, _, observers = handlers.route("div")
+    assert prepares == (mixing.prepare, scan.prepare) and observers == (statistics.observe,)
+    assert handlers.route("sigmoid")[0] == (mixing.prepare, scan.prepare, statistics.prepare)
+    assert handlers.route("logsumexp")[2] == (statistics.observe,)
+
+
+def test_every_family_hook_ignores_ops_outside_its_declared_names() -> None:
+    """A hook that declares its op names must be a no-op on every other op: run each on
+    names it did not declare, with tensors on the relevance path, and expect nothing."""
+    from relprop._engine import handlers
+    from relprop._engine.handlers.statistics import Statistic
+    from relprop._engine.intercept import short_name
+
+    a = torch.ones(2, 3, requires_grad=True) * 2
+    b = torch.ones(2, 3, requires_grad=True) * 3
+    session = Session(torch.nn.Identity(), torch.ones(2, 3, requires_grad=True), False)
+    for t in (a, b):  # the state on which the hooks act: gates, router scores, a statistic
+        session.mark_gate(t)
+        session.mark("router_scores", t)
+        session.note("statistic", t, Statistic(a.grad_fn, a.dtype, lambda v: v))
+    ids = torch.tensor([[1, 2, 3]])
+    token_session = Session(torch.nn.Identity(), ids, False)  # token ids are followed
+    overridable = torch.overrides.get_overridable_functions()
+    names = {short_name(f) for functions in overridable.values() for f in functions}
+    names |= set(handlers.HANDLERS) | {n for f in handlers.FAMILIES for n in dir(f)}
+    assert {"conv2d", "add", "sqrt", "logsumexp", "relu_"} <= names
+    for family in handlers.FAMILIES:
+        for hook, declared in (("prepare", "PREPARE_NAMES"), ("claim", "CLAIM_NAMES"),
+                               ("observe", "OBSERVE_NAMES")):
+            if not hasattr(family, declared):
+                continue
+            for name in sorted(names - getattr(family, declared)):
+                for args in ((a,), (a, b), (a, 2.0), (a, 0), ([a, b],), (a, -1, True)):
+                    if hook == "prepare":
+                        new_args, after = family.prepare(session, name, args)
+                        assert new_args is args and after is None, (family, name)
+                    elif hook == "claim":
+                        assert family.claim(name, args, {}) is None, (family, name)
+                    else:
+                        notes = {k: dict(v) for k, v in session._notes.items()}
+                        family.observe(session, torch.add, name, args, {}, a + b)
+                        assert session._notes == notes, (family, name)
+                        maps = dict(token_session.id_maps)
+                        family.observe(token_session, torch.add, name, (ids, 1), {}, ids + 1)
+                        assert token_session.id_maps == maps, (family, name)
+
+
+def test_parameter_check_matches_isinstance() -> None:
+    from relprop._engine.intercept import _is_parameter
+
+    class Sub(torch.nn.Parameter):
+        pass
+
+    for t in (torch.nn.Parameter(torch.ones(2)), Sub(torch.ones(2)), torch.ones(2),
+              torch.ones(2, requires_grad=True) * 2, torch.nn.Buffer(torch.ones(2))):
+        assert _is_parameter(t) == isinstance(t, torch.nn.Parameter)

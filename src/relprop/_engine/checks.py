@@ -43,6 +43,8 @@ def check_model(model: nn.Module, purpose: str = "the explanation") -> None:
                 "updates its BatchNorm statistics. Call model.eval() before "
                 "torch.export.export(model, ...) and export again.")
         return
+    if not any(m.training for m in model.modules()):
+        return
     training = [name or "<model>" for name, m in model.named_modules() if m.training]
     if training:
         raise InvalidInputError(

@@ -25,7 +25,11 @@ def eager_module(model: nn.Module) -> nn.Module:
     original = getattr(model, "_orig_mod", None)
     if type(model).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
         model = original  # torch.compile: the module it wraps computes the same function
-    for path, module in model.named_modules():
+    for module in model.modules():  # names are made only for an error (a walk per call)
+        if not (isinstance(module, torch.jit.ScriptModule) or module._backward_hooks
+                or module._backward_pre_hooks or _inference_tensors(module)):
+            continue
+        path = next(p for p, m in model.named_modules() if m is module)
         where = path or "<model>"
         if isinstance(module, torch.jit.ScriptModule):
             raise InvalidInputError(
@@ -55,6 +59,12 @@ def eager_module(model: nn.Module) -> nn.Module:
                 f"({getattr(next(iter(table.values())), '__name__', '?')!r}): it would see the "
                 "relevance signals of every module. Remove it for the explanation.")
     return model
+
+
+def _inference_tensors(module: nn.Module) -> bool:
+    """Whether one of ``module``'s own parameters or buffers was made in inference mode."""
+    return any(t is not None and t.is_inference()
+               for table in (module._parameters, module._buffers) for t in table.values())
 
 
 def usable_input(x: Tensor) -> Tensor:

@@ -53,6 +53,11 @@ METADATA = frozenset({
 })
 
 
+#: ``short_name`` of every function seen so far (the set of torch functions is finite;
+#: resolving one takes ~10 us, an explanation meets tens of them)
+_NAMES: dict[Any, str] = {}
+
+
 def short_name(func: Callable[..., Any]) -> str:
     """``F.conv2d`` -> ``"conv2d"``, ``Tensor.add_`` -> ``"add_"``: the name handlers use.
 
@@ -71,18 +76,26 @@ def short_name(func: Callable[..., Any]) -> str:
 def _detach_leaves(value: Any, session: Session) -> Any:
     """Parameters (and other leaves that are not the input) become constants."""
     if isinstance(value, Tensor):
-        if value.requires_grad and value.grad_fn is None and not session.is_leaf_input(value):
+        if value.grad_fn is not None:  # computed in this pass: neither a leaf nor a constant
+            return value
+        if value.requires_grad and not session.is_leaf_input(value):
             detached = value.detach()
             session.mark_constant(detached)
             if isinstance(value, nn.Parameter):  # its rho(W) is kept under the parameter
                 weight_cache.detached_from(detached, value)
             return detached
-        if isinstance(value, nn.Parameter) or session.is_buffer(value):
+        if _is_parameter(value) or session.is_buffer(value):
             session.mark_constant(value)
         return value
     if isinstance(value, list | tuple) and any(isinstance(v, Tensor) for v in value):
         return type(value)(_detach_leaves(v, session) for v in value)
     return value
+
+
+def _is_parameter(t: Tensor) -> bool:
+    """``isinstance(t, nn.Parameter)`` without the Python ``__instancecheck__`` of
+    Parameter's metaclass (one call per tensor argument of every op adds up)."""
+    return issubclass(type(t), nn.Parameter) or getattr(t, "_is_param", False) is True
 
 
 def _nodes(args: tuple[Any, ...]) -> set[int]:
@@ -111,7 +124,6 @@ class Interceptor(TorchFunctionMode):
         super().__init__()
         self.session = session
         session.interceptor = self
-        self._names: dict[Any, str] = {}
         extra = {n: _declared_elementwise for n in elementwise_ops if n not in handlers.HANDLERS}
         self._handlers: Mapping[str, Handler] = {**handlers.HANDLERS, **extra,
                                                  **aten.ADAPTERS}
@@ -120,14 +132,15 @@ class Interceptor(TorchFunctionMode):
                            args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
                            ) -> Any:
         session = self.session
-        name = self._names.get(func)
+        name = _NAMES.get(func)
         if name is None:
-            name = self._names[func] = short_name(func)
+            name = _NAMES[func] = short_name(func)
         if session.opaque or name in METADATA:  # inside a module taken as one op; metadata
             return func(*args, **(kwargs or {}))
         kwargs = kwargs or {}
+        prepares, claims, observers = handlers.route(name)
         afters = []
-        for prepare in handlers.PREPARES:
+        for prepare in prepares:
             args, after = prepare(session, name, args)
             if after is not None:
                 afters.append(after)
@@ -135,9 +148,10 @@ class Interceptor(TorchFunctionMode):
         if in_place and args and isinstance(args[0], Tensor) and args[0].requires_grad \
                 and args[0].grad_fn is None and not session.is_leaf_input(args[0]):
             raise_leaf_write(session, name, args[0])
-        args = tuple(_detach_leaves(v, session) for v in args)
-        kwargs = {k: _detach_leaves(v, session) for k, v in kwargs.items()}
-        for claim in handlers.CLAIMS:
+        args = tuple([_detach_leaves(v, session) for v in args])
+        if kwargs:
+            kwargs = {k: _detach_leaves(v, session) for k, v in kwargs.items()}
+        for claim in claims:
             handler = claim(name, args, kwargs)
             if handler is not None:
                 before = _nodes(args)
@@ -152,7 +166,7 @@ class Interceptor(TorchFunctionMode):
         out = self._dispatch(func, name, args, kwargs)
         for after in afters:
             after(out)
-        for observe in handlers.OBSERVERS:
+        for observe in observers:
             observe(session, func, name, args, kwargs, out)
         return out
 

@@ -163,8 +163,9 @@ class Session:
 
     def is_buffer(self, t: Tensor) -> bool:
         """Whether ``t`` is one of the model's buffers."""
-        if self._buffer_ids is None:
-            self._buffer_ids = {id(b) for b in self.model.buffers()}
+        if self._buffer_ids is None:  # from the modules walked already
+            self._buffer_ids = {id(b) for m in self.paths for b in m._buffers.values()
+                                if b is not None}
         return id(t) in self._buffer_ids
 
     def is_constant(self, t: Any) -> bool:

@@ -27,7 +27,9 @@ from . import layers, mixing, norms, recurrent, scan, statistics, transformer
 #: wins). A family module may define ``HANDLERS`` (op name -> handler), ``claim(name, args,
 #: kwargs)``, ``prepare(session, name, args)`` and, for whole modules taken as one op,
 #: ``module_kind(module)`` with ``wrap_module_output(session, module, kind, args, output)``,
-#: and ``observe(session, func, name, args, kwargs, out)`` after every call.
+#: and ``observe(session, func, name, args, kwargs, out)`` after every call. A family whose
+#: hook acts on a known set of op names says so (``PREPARE_NAMES``, ``CLAIM_NAMES``,
+#: ``OBSERVE_NAMES``); the interceptor then skips it for other ops (see :func:`route`).
 #: A new family is a new module here and one line in this tuple.
 FAMILIES: tuple[ModuleType, ...] = (
     layers,
@@ -70,8 +72,33 @@ CLAIMS = tuple(f.claim for f in FAMILIES if hasattr(f, "claim"))
 PREPARES = tuple(f.prepare for f in FAMILIES if hasattr(f, "prepare"))
 OBSERVERS = tuple(f.observe for f in FAMILIES if hasattr(f, "observe"))
 MODULES = ModuleOps(FAMILIES)
+
+
+def _concerned(hook: str, names: str) -> tuple[tuple[Any, frozenset[str] | None], ...]:
+    """Each family's ``hook`` with the op names it acts on (``names``; ``None``: any op)."""
+    return tuple((getattr(f, hook), getattr(f, names, None)) for f in FAMILIES
+                 if hasattr(f, hook))
+
+
+_CONCERNED = (_concerned("prepare", "PREPARE_NAMES"), _concerned("claim", "CLAIM_NAMES"),
+              _concerned("observe", "OBSERVE_NAMES"))
+_ROUTES: dict[str, tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]] = {}
+
+
+def route(name: str) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]:
+    """The argument hooks, claims and observers that may act on a call of op ``name``, in
+    family order: a family that declares the op names of its hook (``PREPARE_NAMES``,
+    ``CLAIM_NAMES``, ``OBSERVE_NAMES``) is not asked about other ops (most calls of a forward
+    pass concern no family's hook, and asking each costs a function call per op)."""
+    found = _ROUTES.get(name)
+    if found is None:
+        found = _ROUTES[name] = tuple(  # type: ignore[assignment]
+            tuple(hook for hook, names in hooks if names is None or name in names)
+            for hooks in _CONCERNED)
+    assert found is not None
+    return found
 elementwise = layers.elementwise
 call_with = layers._call_with
 
 __all__ = ["FAMILIES", "HANDLERS", "CLAIMS", "PREPARES", "MODULES", "ModuleOps",
-           "elementwise", "call_with"]
+           "elementwise", "call_with", "route"]

@@ -84,12 +84,12 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
             "the others. Call model.eval() and use running statistics."
         )
     var, mean = bound["running_var"], bound["running_mean"]
-    scale = torch.rsqrt(var + bound["eps"])
-    if bound["weight"] is not None:
-        scale = scale * bound["weight"]
-    shift = -mean * scale
-    if bound["bias"] is not None:
-        shift = shift + bound["bias"]
+    scale = (var + bound["eps"]).rsqrt_()  # four small ops, not six: a net has many
+    weight = bound["weight"]
+    if weight is not None:
+        scale = scale.mul_(weight) if weight.dtype == scale.dtype else scale * weight
+    shift = (mean * scale).neg_() if bound["bias"] is None \
+        else torch.addcmul(bound["bias"], mean, scale, value=-1)
     channels = scale.numel()
     producer = session.producers.pop(id(x), None)
     if producer is not None and producer[0]() is x and producer[2].can_fuse_affine_on(x, channels):
@@ -300,6 +300,10 @@ def add(session: Session, func: Callable[..., Any], name: str,
     """A sum: a bias joining a bias-free dense layer (``fuse_bias``), else a plain add."""
     fused = fuse_bias(session, func, args, kwargs)
     return func(*args, **kwargs) if fused is None else fused
+
+
+#: the ops :func:`claim` may take
+CLAIM_NAMES = frozenset({"relu", "relu_"}) | CLAMPS
 
 
 def claim(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Handler | None:

@@ -194,6 +194,10 @@ _OWN_SUM_NODES = frozenset({"SumBackward0", "SumBackward1", "AddBackward0", "Add
                             "ToCopyBackward0", "UnaryFunctionBackward", "ClampMinBackward0"})
 
 
+#: the ops :func:`prepare` acts on
+PREPARE_NAMES = ROUTER_NORMALISERS | GATE_KEEPING | DIVISIONS | MAXIMA | {"type_as"}
+
+
 def prepare(session: Session, name: str, args: tuple[Any, ...]
             ) -> tuple[tuple[Any, ...], Callable[[Any], None] | None]:
     """Before a call: a gate divided by a gate holds the divisor constant; the outputs of
@@ -250,6 +254,10 @@ def _gate_in_place(session: Session, func: Callable[..., Any], name: str,
     return out
 
 
+#: the ops :func:`claim` may take
+CLAIM_NAMES = POWERS | GATE_IN_PLACE
+
+
 def claim(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Handler | None:
     """``x ** 2`` (not in place) is an activation; an in-place scaling of a tensor on the
     relevance path by a constant keeps a gate a gate (``router_top_value /= sum``)."""
@@ -287,14 +295,15 @@ def _bilinear(session: Session, func: Callable[..., Any], name: str,
     or an input added linearly): the product rule on ``f(a, b)``; else the layer family's
     handler (a layer with a constant weight) or the op itself (linear in its one input)."""
     names, factors = BILINEAR[name]
-    where = {n: ("args", i) if i < len(args) else ("kwargs", n) for i, n in enumerate(names)}
     bound = dict(zip(names, args))
-    bound.update({k: v for k, v in kwargs.items() if k in names})
-    first, second = (bound.get(n) for n in factors)
-    if not (on_path(first) and on_path(second)):
+    if kwargs:
+        bound.update({k: v for k, v in kwargs.items() if k in names})
+    first, second = bound.get(factors[0]), bound.get(factors[1])
+    if not (on_path(first) and on_path(second)):  # most calls: a layer, or linear
         if name in layers.HANDLERS:
             return layers.HANDLERS[name](session, func, name, args, kwargs)
         return func(*args, **kwargs)
+    where = {n: ("args", i) if i < len(args) else ("kwargs", n) for i, n in enumerate(names)}
     call = session.new_call("product", name)
     call.gates = [session.is_gate(first), session.is_gate(second)]
     sources = [session.weights_call(first), session.weights_call(second)]

@@ -274,6 +274,11 @@ def _scaled(session: Session, func: Callable[..., Any], name: str,
 
 #: additions of a number: the sum is a shifted activation
 SHIFTS = frozenset({"add", "__add__", "__radd__"})
+#: the ops :func:`observe` looks at (``logsumexp`` and the ``x − logsumexp`` after it, shifts,
+#: reductions and the elementwise chain of a statistic)
+OBSERVE_NAMES = frozenset({"logsumexp", "sub", "__sub__"}) | SHIFTS | NORMS | SUMS | CHAIN
+#: the ops :func:`prepare` acts on
+PREPARE_NAMES = GATES_OF_STATISTICS
 
 
 def _note_shift(session: Session, name: str, args: tuple[Any, ...],

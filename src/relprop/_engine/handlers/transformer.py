@@ -343,6 +343,10 @@ def wrap_module_output(session: Session, module: nn.Module, kind: str, args: Any
 JOINS = frozenset({"cat", "concat", "concatenate"})
 
 
+#: the ops :func:`prepare` acts on
+PREPARE_NAMES = ADDITIVE | JOINS | {"expand"}
+
+
 def prepare(session: Session, name: str, args: tuple[Any, ...]
             ) -> tuple[tuple[Any, ...], Callable[[Any], None] | None]:
     """Before an op call (its arguments as the model gave them): parameters that are
@@ -376,6 +380,10 @@ ID_MAPS_ELEMENTWISE = frozenset({
     "remainder", "__mod__", "fmod", "floor_divide", "__floordiv__", "bitwise_xor",
     "__xor__", "bitwise_and", "__and__", "masked_fill", "clamp", "where",
 })
+
+
+#: the ops :func:`observe` follows token ids through
+OBSERVE_NAMES = JOINS | {"pad"} | ID_MAPS_ELEMENTWISE | ID_MOVES
 
 
 def observe(session: Session, func: Callable[..., Any], name: str, args: tuple[Any, ...],
