@@ -87,15 +87,25 @@ def _detach_leaves(value: Any, session: Session) -> Any:
         if _is_parameter(value) or session.is_buffer(value):
             session.mark_constant(value)
         return value
-    if isinstance(value, list | tuple) and any(isinstance(v, Tensor) for v in value):
-        return type(value)(_detach_leaves(v, session) for v in value)
+    if isinstance(value, list | tuple):
+        for v in value:
+            if isinstance(v, Tensor):
+                return type(value)(_detach_leaves(v, session) for v in value)
     return value
+
+
+#: tensor types by whether they are ``nn.Parameter`` types
+_PARAMETER_TYPES: dict[type, bool] = {}
 
 
 def _is_parameter(t: Tensor) -> bool:
     """``isinstance(t, nn.Parameter)`` without the Python ``__instancecheck__`` of
     Parameter's metaclass (one call per tensor argument of every op adds up)."""
-    return issubclass(type(t), nn.Parameter) or getattr(t, "_is_param", False) is True
+    kind = type(t)
+    found = _PARAMETER_TYPES.get(kind)
+    if found is None:
+        found = _PARAMETER_TYPES[kind] = issubclass(kind, nn.Parameter)
+    return found or getattr(t, "_is_param", False) is True
 
 
 def _nodes(args: tuple[Any, ...]) -> set[int]:

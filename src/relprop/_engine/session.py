@@ -139,7 +139,9 @@ class Session:
 
     def mark_constant(self, t: Tensor) -> None:
         """Remember ``t`` as a parameter or buffer of the model, or a view of one."""
-        self.constants[id(t)] = weakref.ref(t)
+        ref = self.constants.get(id(t))
+        if ref is None or ref() is not t:  # a layer's weight is marked at its first call
+            self.constants[id(t)] = weakref.ref(t)
 
     def unvouched(self, out: Any) -> Any:
         """``out`` of a handler's fallback to the plain op: its graph node is not approved by

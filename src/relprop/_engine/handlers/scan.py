@@ -146,6 +146,9 @@ def _kernel_frame() -> FrameType | None:
         caller = caller.f_back
     if caller is None or caller.f_code in _FORWARDS:  # most ops: called by a module's forward
         return None
+    parent = caller.f_back  # or by a helper of one (``Conv2d._conv_forward``) that is no kernel
+    if parent is not None and parent.f_code in _FORWARDS and caller.f_code.co_name not in KERNELS:
+        return None
     frame: FrameType | None = caller
     for _ in range(_DEPTH):
         if frame is None:
