@@ -204,7 +204,7 @@ def test_every_family_hook_ignores_ops_outside_its_declared_names() -> None:
 
 
 def test_parameter_check_matches_isinstance() -> None:
-    from relprop._engine.intercept import _is_parameter
+    from relprop._engine.session import is_parameter as _is_parameter
 
     class Sub(torch.nn.Parameter):
         pass

@@ -74,38 +74,22 @@ def short_name(func: Callable[..., Any]) -> str:
 
 
 def _detach_leaves(value: Any, session: Session) -> Any:
-    """Parameters (and other leaves that are not the input) become constants."""
+    """Leaves that require grad and are not the input (parameters) become constants: a
+    detached copy, remembered as one. (A parameter or buffer that does not require grad is
+    a constant as it is: :meth:`Session.is_constant` knows it by identity.)"""
     if isinstance(value, Tensor):
-        if value.grad_fn is not None:  # computed in this pass: neither a leaf nor a constant
-            return value
-        if value.requires_grad and not session.is_leaf_input(value):
+        if value.grad_fn is None and value.requires_grad and not session.is_leaf_input(value):
             detached = value.detach()
             session.mark_constant(detached)
             if isinstance(value, nn.Parameter):  # its rho(W) is kept under the parameter
                 weight_cache.detached_from(detached, value)
             return detached
-        if _is_parameter(value) or session.is_buffer(value):
-            session.mark_constant(value)
         return value
     if isinstance(value, list | tuple):
         for v in value:
             if isinstance(v, Tensor):
                 return type(value)(_detach_leaves(v, session) for v in value)
     return value
-
-
-#: tensor types by whether they are ``nn.Parameter`` types
-_PARAMETER_TYPES: dict[type, bool] = {}
-
-
-def _is_parameter(t: Tensor) -> bool:
-    """``isinstance(t, nn.Parameter)`` without the Python ``__instancecheck__`` of
-    Parameter's metaclass (one call per tensor argument of every op adds up)."""
-    kind = type(t)
-    found = _PARAMETER_TYPES.get(kind)
-    if found is None:
-        found = _PARAMETER_TYPES[kind] = issubclass(kind, nn.Parameter)
-    return found or getattr(t, "_is_param", False) is True
 
 
 def _nodes(args: tuple[Any, ...]) -> set[int]:
@@ -158,7 +142,8 @@ class Interceptor(TorchFunctionMode):
         if in_place and args and isinstance(args[0], Tensor) and args[0].requires_grad \
                 and args[0].grad_fn is None and not session.is_leaf_input(args[0]):
             raise_leaf_write(session, name, args[0])
-        args = tuple([_detach_leaves(v, session) for v in args])
+        args = tuple([_detach_leaves(v, session) if isinstance(v, Tensor | list | tuple) else v
+                      for v in args])
         if kwargs:
             kwargs = {k: _detach_leaves(v, session) for k, v in kwargs.items()}
         for claim in claims:

@@ -171,8 +171,14 @@ class Session:
         return id(t) in self._buffer_ids
 
     def is_constant(self, t: Any) -> bool:
+        """Whether ``t`` is a parameter or buffer of the model that does not require grad
+        (and was not written from the relevance path), or a tensor marked constant: the
+        detached copy of one that does, a view of a constant."""
         ref = self.constants.get(id(t))
-        return ref is not None and ref() is t
+        if ref is not None and ref() is t:
+            return True
+        return (isinstance(t, Tensor) and t.grad_fn is None and not t.requires_grad
+                and (is_parameter(t) or self.is_buffer(t)))
 
     def mark_weights(self, t: Tensor, call: OpCall) -> None:
         """Remember ``t`` as attention weights made by the softmax ``call``."""
@@ -417,6 +423,20 @@ class Session:
         grad = relevance / torch.where(nonzero, a, torch.ones_like(a)) * nonzero
         self.log(call, relevance_in, carried(a, grad))
         return grad
+
+
+#: tensor types by whether they are ``nn.Parameter`` types
+_PARAMETER_TYPES: dict[type, bool] = {}
+
+
+def is_parameter(t: Tensor) -> bool:
+    """``isinstance(t, nn.Parameter)`` without the Python ``__instancecheck__`` of
+    Parameter's metaclass (run for tensor arguments of many ops)."""
+    kind = type(t)
+    found = _PARAMETER_TYPES.get(kind)
+    if found is None:
+        found = _PARAMETER_TYPES[kind] = issubclass(kind, nn.Parameter)
+    return found or getattr(t, "_is_param", False) is True
 
 
 def _tensors(output: Any, suffix: str = "") -> Iterator[tuple[str, Tensor]]:
