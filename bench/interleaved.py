@@ -57,15 +57,25 @@ def main() -> int:
         methods = [m for m in args.methods.split(",") if applies(m, name)]
         runs: dict[str, Any] = {m: make_method(m, model, x, target, classes, args.k)
                                 for m in methods}
-        best = {m: float("inf") for m in methods}
-        for run, _ in runs.values():  # one warm-up each (ρ(W) cache, allocator)
-            run()
+        refused = {}
+        for m, (run, _) in list(runs.items()):  # one warm-up each (ρ(W) cache, allocator)
+            try:
+                run()
+            except Exception as error:  # noqa: BLE001 - another library refusing the model
+                if not m.startswith(("zennit", "captum")):
+                    raise
+                refused[m] = f"refused: {type(error).__name__}: {str(error)[:90]}"
+                del runs[m]
+        best = {m: float("inf") for m in runs}
         for _ in range(args.rounds):
             for m, (run, _) in runs.items():
                 start = time.process_time()
                 run()
                 best[m] = min(best[m], time.process_time() - start)
         for m in methods:
+            if m in refused:
+                print(f"| {name} | {m} | – | – | {refused[m]} |", flush=True)
+                continue
             print(f"| {name} | {m} | {best[m] * 1e3:.1f} | {best[m] / best['gradient']:.2f}x "
                   f"| {runs[m][1]} |", flush=True)
         if args.overhead:
