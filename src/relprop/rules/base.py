@@ -39,8 +39,10 @@ def stabilize(denominator: Tensor, epsilon: float | Tensor) -> Tensor:
     (ε = 0) becomes ``inf``: every contribution to it is 0, so the share is 0, not NaN."""
     if isinstance(epsilon, Tensor):
         out = torch.where(denominator >= 0, denominator + epsilon, denominator - epsilon)
-    else:  # ±ε picked per element, then one addition
-        out = denominator + torch.where(denominator >= 0, epsilon, -epsilon)
+    else:  # ±ε picked per element, then one addition (``where`` of two numbers is float32:
+        signs = torch.where(denominator >= 0, epsilon, -epsilon)  # bf16/fp16 stay theirs)
+        out = denominator + (signs if signs.dtype == denominator.dtype
+                             else signs.to(denominator.dtype))
     if isinstance(epsilon, Tensor) or epsilon == 0:
         return out.masked_fill_(out == 0, float("inf"))
     return out

@@ -167,8 +167,10 @@ def layer_norm_signal(a: Tensor, z: Tensor, grad: Tensor, weight: Tensor | None,
 
 
 def _epsilon_factor(z: Tensor, epsilon: float) -> Tensor:
-    """``z / (z + ε·sign(z)) = 1 − ε / (|z| + ε)`` (``sign(0) = +1``)."""
-    return z.abs().add_(epsilon).reciprocal_().mul_(epsilon).neg_().add_(1.0)
+    """``z / (z + ε·sign(z)) = |z| / (|z| + ε)`` (``sign(0) = +1``), in ``[0, 1]``: no
+    intermediate outside that range (``1 / (|z| + ε)`` overflows float16 where ``z = 0``)."""
+    size = z.abs()
+    return size.div_(size + epsilon)
 
 
 def group_norm_signal(a: Tensor, z: Tensor, grad: Tensor, weight: Tensor | None, groups: int,
