@@ -4,6 +4,8 @@
   of the other ops);
 * ``relprop epsilon_plus_flat`` / ``relprop epsilon_gamma_box`` — the z⁺ and γ composites;
 * ``relprop attnlrp`` — :func:`relprop.composites.attnlrp` (transformers);
+* ``relprop default`` — :func:`relprop.composites.default`, what ``explain`` uses without a
+  composite (LRP_CMP:α2, α2β1 on a CNN's convolutions);
 * ``relprop K targets`` — one call explaining ``k`` classes per sample (``k`` next tokens,
   each at its own position, for a decoder), with the model's main composite;
 * ``relprop K calls`` — the same ``k`` maps by ``k`` separate calls.
@@ -30,7 +32,7 @@ def main_composite(model_is_transformer: bool) -> Any:
     return composites.attnlrp() if model_is_transformer else composites.epsilon_plus_flat()
 
 
-def _composite(method: str, transformer: bool) -> Any:
+def _composite(method: str, transformer: bool, tokens: bool = False) -> Any:
     from relprop import composites, rules
 
     name = method.split(" ", 1)[1]
@@ -42,7 +44,11 @@ def _composite(method: str, transformer: bool) -> Any:
         return composites.epsilon_gamma_box(low=-3.0, high=3.0)
     if name == "attnlrp":
         return composites.attnlrp()
-    return main_composite(transformer)
+    if name == "default":  # what explain uses without a composite (α2β1 on CNN convs)
+        return composites.default(tokens)
+    if name in ("K targets", "K calls"):
+        return main_composite(transformer)
+    raise ValueError(f"unknown relprop method {method!r}")
 
 
 def _targets(x: Tensor, target: Tensor, num_classes: int, k: int) -> tuple[Any, list[Any]]:
@@ -68,7 +74,7 @@ def relprop_method(method: str, model: Any, x: Tensor, target: Tensor, num_class
 
     transformer = not x.is_floating_point() or any(
         type(m).__name__ in ("Block", "DecoderLayer") for m in model.modules())
-    composite = _composite(method, transformer)
+    composite = _composite(method, transformer, not x.is_floating_point())
     single: Any = target if x.is_floating_point() else TokenLogit(target)
     if method == "relprop K targets":
         many, _ = _targets(x, target, num_classes, k)
