@@ -212,3 +212,23 @@ def test_parameter_check_matches_isinstance() -> None:
     for t in (torch.nn.Parameter(torch.ones(2)), Sub(torch.ones(2)), torch.ones(2),
               torch.ones(2, requires_grad=True) * 2, torch.nn.Buffer(torch.ones(2))):
         assert _is_parameter(t) == isinstance(t, torch.nn.Parameter)
+
+
+def test_a_merged_batchnorm_gives_the_models_output_to_the_bit() -> None:
+    """The merged BatchNorm runs the kernel ``F.batch_norm`` calls, not its Python twice."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6, eps=1e-3, momentum=0.3),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 4))
+    bn = model[1]
+    assert isinstance(bn, nn.BatchNorm2d)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    model.eval()
+    x = torch.randn(3, 3, 8, 8)
+    expl = relprop.explain(model, x, 1, LRP0)
+    with torch.no_grad():
+        assert torch.equal(expl.output, model(x))
+    torch.testing.assert_close(expl.relevance, _gradient_times_input(model, x, 1))

@@ -386,8 +386,10 @@ class LinearOp:
         """The op followed by ``y = scale * z + shift`` per output channel, as one op;
         ``sources``: what ``scale`` and ``shift`` are computed from (see :meth:`rho`)."""
         dtype = self._weight.dtype
-        return LinearOp(self.kind, self._weight, None, self.options,
-                        (self, scale.to(dtype), shift.to(dtype)), sources)
+        if scale.dtype != dtype or shift.dtype != dtype:
+            scale, shift = scale.to(dtype), shift.to(dtype)
+        return LinearOp(self.kind, self._weight, None, self.options, (self, scale, shift),
+                        sources)
 
     def _scaled_weight(self, scale: Tensor) -> Tensor:
         w = self.weight

@@ -16,6 +16,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import InvalidInputError, UnsupportedOperationError
@@ -70,7 +71,8 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum",
              "eps")
-    bound: dict[str, Any] = {"weight": None, "bias": None, "training": False, "eps": 1e-5}
+    bound: dict[str, Any] = {"weight": None, "bias": None, "training": False, "momentum": 0.1,
+                             "eps": 1e-5}
     bound.update(zip(names, args))
     bound.update(kwargs)
     x = bound["input"]
@@ -99,7 +101,7 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
                                               float(bound["eps"])))
         value = bound["input"].detach()
         out = LayerFunction.apply(a, fused, call, session,
-                                  lambda: func(value, *args[1:], **kwargs))
+                                  _normalise(func, value, bound, args, kwargs))
         session.producers[id(out)] = (weakref.ref(out), call, fused, a)
         return out
     op = LinearOp("norm", scale, shift, {})
@@ -107,6 +109,17 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
     out = LayerFunction.apply(x, op, call, session, lambda: func(*args, **kwargs))
     session.producers[id(out)] = (weakref.ref(out), call, op, x)
     return out
+
+
+def _normalise(func: Callable[..., Any], value: Tensor, bound: dict[str, Any],
+               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Tensor]:
+    """The model's BatchNorm call on ``value``: ``F.batch_norm``'s own kernel call, without
+    its Python checks a second time (they passed when the model called it)."""
+    if func is F.batch_norm and bound["eps"] >= 0:
+        return partial(torch.batch_norm, value, bound["weight"], bound["bias"],
+                       bound["running_mean"], bound["running_var"], False, bound["momentum"],
+                       bound["eps"], torch.backends.cudnn.enabled)
+    return partial(func, value, *args[1:], **kwargs)
 
 
 def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
