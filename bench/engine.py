@@ -111,6 +111,7 @@ METHODS: list[str] = [
     "relprop epsilon",
     "relprop epsilon_plus_flat",
     "relprop epsilon_gamma_box",
+    "relprop default",
     "relprop attnlrp",
     "zennit EpsilonPlusFlat",
     "zennit EpsilonGammaBox",
@@ -119,7 +120,8 @@ METHODS: list[str] = [
     "relprop K calls",
 ]
 #: methods that apply to convolutional nets only / to transformers only
-CNN_ONLY = {"relprop epsilon_plus_flat", "relprop epsilon_gamma_box", "zennit EpsilonPlusFlat",
+CNN_ONLY = {"relprop epsilon_plus_flat", "relprop epsilon_gamma_box", "relprop default",
+            "zennit EpsilonPlusFlat",
             "zennit EpsilonGammaBox", "captum LRP"}
 TRANSFORMER_ONLY = {"relprop attnlrp"}
 TRANSFORMERS = {"vit_b16", "llama"}
