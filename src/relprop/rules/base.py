@@ -65,12 +65,14 @@ def is_nonnegative(t: Tensor) -> bool:
     return bool(t.min() >= 0) if t.numel() else True
 
 
-def positive_contributions(op: LinearOp, a: Tensor, nonneg: bool) -> Tensor:
-    """``P_k = sum_j (a_j w_jk)^+`` (bias excluded)."""
+def positive_contributions(op: LinearOp, a: Tensor, nonneg: bool,
+                           bias: Tensor | None = None) -> Tensor:
+    """``P_k = sum_j (a_j w_jk)^+``, plus ``bias_k`` where one is given (added by the op's
+    own forward, e.g. inside the convolution: no pass of its own)."""
     if nonneg:
-        return op.forward(a, op.positive_weight)
-    return (op.forward(a.clamp(min=0), op.positive_weight)
-            + op.forward(a.clamp(max=0), op.negative_weight))
+        return op.forward(a, op.positive_weight, bias)
+    return (op.forward(a.clamp(min=0), op.positive_weight, bias)
+            .add_(op.forward(a.clamp(max=0), op.negative_weight)))
 
 
 def signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,

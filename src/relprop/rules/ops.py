@@ -304,6 +304,10 @@ class LinearOp:
             return z + bias
         return z + self._channel_view(bias, z)
 
+    def broadcast(self, values: Tensor, like: Tensor) -> Tensor:
+        """Per-output-channel ``values`` viewed to broadcast against the output ``like``."""
+        return values if self.kind == "linear" else self._channel_view(values, like)
+
     def add_bias_(self, z: Tensor, bias: Tensor | None) -> Tensor:
         """In-place ``add_bias`` for a temporary ``z`` of the caller."""
         if bias is None:
