@@ -319,14 +319,18 @@ class AlphaBeta(LayerRule):
     def _factor(self, op: LinearOp, z_pos: Tensor, d_neg: Tensor, shift: Tensor | None
                 ) -> Tensor:
         """``[P_k > 0] − (β/α)[N_k < 0]`` (the relevance factor of output ``k`` over α),
-        from ``z⁺ = P + b⁺ + ε`` and ``−z⁻ = ε − N − b⁻`` (``shift = b⁺ + ε``). The
-        comparisons write 0/1 in the output's dtype: boolean masks and ``where`` cost
-        several times an arithmetic pass on the CPU."""
-        eps, b_neg = self.stabilizer, op.negative_bias
+        from ``z⁺ = P + b⁺ + ε`` and ``−z⁻ = ε − N − b⁻`` (``shift = b⁺ + ε``). Where ``P``
+        or ``N`` is exactly 0 but other terms are not, ``z`` (the model's) and ``z⁺`` (summed
+        in another order) round differently, and the test is as noisy as that term is
+        small (as it was from ``z − (P + b)``). The comparisons write 0/1 in the output's
+        dtype: boolean masks and ``where`` cost several times an arithmetic pass on the CPU."""
+        eps, bias = self.stabilizer, op.bias
         factor = torch.gt(z_pos, eps if shift is None else op.broadcast(shift, z_pos),
                           out=torch.empty_like(z_pos))
-        negative = torch.gt(d_neg, eps if b_neg is None else op.broadcast(eps - b_neg, d_neg),
-                            out=torch.empty_like(d_neg))
+        # N = 0 leaves −z⁻ = (P + shift) − (P + b): compared with shift − b, rounded the
+        # same way, an output over inputs that are all 0 (z = b) is exactly at its threshold
+        negative = torch.gt(d_neg, eps if shift is None or bias is None
+                            else op.broadcast(shift - bias, d_neg), out=torch.empty_like(d_neg))
         return factor.sub_(negative, alpha=self.beta / self.alpha)
 
     def _change(self, factor: Tensor, relevance: Tensor) -> Tensor:
