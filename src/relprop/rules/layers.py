@@ -212,10 +212,10 @@ class Gamma(LayerRule):
         plus ``(1 + γ/2) z``. Passes: the clamp (or that addition) and the division."""
         gamma, eps = self.gamma, self.stabilizer
         if nonneg:
-            bias = op.bias
-            shift = None if bias is None else torch.add(bias, op.positive_bias, alpha=gamma)
-            den = op.forward(a, self._rho(op, "+"), shift + eps if shift is not None and eps
-                             else shift)
+            bias, b_pos = op.bias, op.positive_bias
+            shift = None if bias is None or b_pos is None else (
+                torch.add(bias, b_pos, alpha=gamma).add_(eps))
+            den = op.forward(a, self._rho(op, "+"), shift)
             if shift is None and eps:
                 den.add_(eps)
             den.clamp_(min=eps)
