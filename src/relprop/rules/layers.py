@@ -282,11 +282,12 @@ class AlphaBeta(LayerRule):
         return 0.5 if self.beta > 0 else None
 
     def _denominators(self, op: LinearOp, a: Tensor, z: Tensor
-                      ) -> tuple[bool, Tensor, Tensor | None, Tensor | None]:
+                      ) -> tuple[bool, Tensor, Tensor | None, Tensor | None, Tensor | None]:
         """What does not depend on the signal: whether ``a >= 0``; the stabilised
         denominators with the rule's weights folded in, ``z⁺/α`` and ``z⁻/(−β)`` (``None``
         for β = 0), so that each signal costs one division per branch; and each output's
-        relevance factor over α for the report (``None`` for β = 0, see :meth:`_factor`).
+        relevance factor over α for the report (``None`` for β = 0, see :meth:`_factor`);
+        ``[W⁺; W⁻]`` where the two vjps run as one (inputs ``≥ 0``, :meth:`_stacked`).
 
         ``z⁺ = P + b⁺ + ε`` is the forward with ``W⁺`` and the bias ``b⁺ + ε`` (the
         convolution adds it: no pass). With ``z = P + N + b``, the stabilised
@@ -299,7 +300,11 @@ class AlphaBeta(LayerRule):
         nonneg = is_nonnegative(a)
         eps, b_pos = self.stabilizer, op.positive_bias
         shift = b_pos + eps if b_pos is not None and eps else b_pos
-        z_pos = positive_contributions(op, a, nonneg, shift)
+        stacked = self._stacked(op) if nonneg and self.beta != 0 and op.stackable(a, z) else None
+        if stacked is not None:  # W⁺ is the first half of [W⁺; W⁻]
+            z_pos = op.forward(a, stacked[: stacked.shape[0] // 2], shift)
+        else:
+            z_pos = positive_contributions(op, a, nonneg, shift)
         if shift is None and eps:
             z_pos.add_(eps)
         d_neg = factor = None
@@ -314,7 +319,21 @@ class AlphaBeta(LayerRule):
             z_pos.masked_fill_(z_pos == 0, float("inf"))
         if self.alpha != 1:
             z_pos.div_(self.alpha)
-        return nonneg, z_pos, d_neg, factor
+        return nonneg, z_pos, d_neg, factor, stacked
+
+    @staticmethod
+    def _stacked(op: LinearOp) -> Tensor:
+        """``[W⁺; W⁻]`` along the output channels, kept like ``W⁺`` (see
+        :meth:`LinearOp.stackable`): one vjp of the side-by-side signals ``[s⁺, s⁻]`` is
+        ``W⁺ᵀ s⁺ + W⁻ᵀ s⁻``."""
+        def make() -> Tensor:
+            w, _ = op.weight_for_transform()
+            out = w.new_empty((2 * w.shape[0], *w.shape[1:]))
+            torch.clamp(w, min=0, out=out[: w.shape[0]])
+            torch.clamp(w, max=0, out=out[w.shape[0]:])
+            return out
+
+        return op.rho("[w+;w-]", make)
 
     def _factor(self, op: LinearOp, z_pos: Tensor, d_neg: Tensor, shift: Tensor | None
                 ) -> Tensor:
@@ -350,15 +369,25 @@ class AlphaBeta(LayerRule):
         return change.mul_(judged)
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        (nonneg, d_pos, d_neg, factor), _ = op.once(
+        (nonneg, d_pos, d_neg, factor, stacked), _ = op.once(
             ("alpha-beta", id(self)), lambda: self._denominators(op, a, z))
-        relevance = z * grad
+        signal = None
+        if stacked is not None:  # [s⁺, s⁻] side by side along the channels, for one vjp
+            channels = z.shape[1]
+            signal = z.new_empty((z.shape[0], 2 * channels, *z.shape[2:]))
+            relevance = torch.mul(z, grad, out=signal[:, :channels])
+        else:
+            relevance = z * grad
         s_neg = None
         if d_neg is not None and factor is not None:
             op.report("relevance_change", self._change(factor, relevance))
-            s_neg = torch.div(relevance, d_neg)  # −β R / z⁻
+            s_neg = torch.div(relevance, d_neg,  # −β R / z⁻
+                              out=None if signal is None else signal[:, channels:])
         s_pos = relevance.div_(d_pos)  # α R / z⁺
         del d_pos, d_neg, factor  # temporaries go before the vjps (peak memory)
+        if signal is not None and stacked is not None:
+            del s_pos, s_neg, relevance
+            return op.input_vjp(a, stacked, signal)
         return signed_vjp(op, a, nonneg, s_pos, s_neg)
 
 
