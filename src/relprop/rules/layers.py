@@ -145,11 +145,12 @@ class Gamma(LayerRule):
         self.gamma = float(gamma)
 
     def _rho(self, op: LinearOp, sign: str) -> Tensor:
-        """``W + γW⁺`` (``sign = "+"``) or ``W + γW⁻``, kept across calls."""
+        """``W + γW⁺`` (``sign = "+"``) or ``W + γW⁻``, kept across calls (from a temporary
+        ``W⁺``: the cache keeps one copy per transform the rule reads)."""
         def make() -> Tensor:
             w, _ = op.weight_for_transform()
-            part = op.positive_weight if sign == "+" else op.negative_weight
-            return torch.add(w, part, alpha=self.gamma)
+            part = w.clamp(min=0) if sign == "+" else w.clamp(max=0)
+            return torch.add(w, part, alpha=self.gamma, out=part)
 
         return op.rho((f"w+γw{sign}", self.gamma), make)
 
@@ -168,7 +169,8 @@ class Gamma(LayerRule):
         s = ratio.mul_(grad) if owned else ratio * grad
         del ratio
         whole = None if nonneg else op.input_vjp(a, op.weight, s)  # W (s_pos + s_neg)
-        s_pos = positive_out * s  # exact: s · 1 = s, s · 0 = 0
+        # exact: s · 1 = s, s · 0 = 0; into the 0/1 mask where it is a temporary
+        s_pos = positive_out.mul_(s) if owned else positive_out * s
         s_neg = s.sub_(s_pos)  # exact: s − s = 0, s − 0 = s
         del positive_out
         low, high = torch.aminmax(s_neg)
