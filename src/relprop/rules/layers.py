@@ -286,19 +286,19 @@ class AlphaBeta(LayerRule):
     def _denominators(self, op: LinearOp, a: Tensor, z: Tensor
                       ) -> tuple[bool, Tensor, Tensor | None, Tensor | None, Tensor | None]:
         """What does not depend on the signal: whether ``a >= 0``; the stabilised
-        denominators with the rule's weights folded in, ``z⁺/α`` and ``z⁻/(−β)``, so that
-        a signal costs one division per branch (for β = 0: ``z / z⁺`` and ``None``, so that
-        it costs one multiplication); each output's relevance factor over α for the report
-        (``None`` for β = 0, see :meth:`_factor`); and ``[W⁺; W⁻]`` where the two vjps run
-        as one (inputs ``≥ 0`` of a dense convolution, :meth:`_stacked`).
+        denominators with the rule's weights folded in, ``z⁺/α`` and ``z⁻/(−β)`` (``None``
+        for β = 0), so that each signal costs one division per branch; and each output's
+        relevance factor over α for the report (``None`` for β = 0, see :meth:`_factor`);
+        ``[W⁺; W⁻]`` where the two vjps run as one (inputs ``≥ 0``, :meth:`_stacked`).
 
         ``z⁺ = P + b⁺ + ε`` is the forward with ``W⁺`` and the bias ``b⁺ + ε`` (the
         convolution adds it: no pass). With ``z = P + N + b``, the stabilised
         ``−z⁻ = −(N + b⁻) + ε = z⁺ − z`` is one subtraction: ``z⁻ ≤ 0``, so its stabiliser
-        is ``−ε`` without a sign test. Passes over the output: that subtraction, the
-        factor's two comparisons and one subtraction, and the scalings by ``1/α`` and
-        ``1/β`` (in place, only where they are not 1); ``ε = 0`` adds the fills of
-        exactly-0 denominators."""
+        is ``−ε`` without a sign test. The factor's tests ``P > 0`` and ``N < 0`` compare
+        these against per-channel thresholds (``z⁺ > b⁺ + ε``, ``−z⁻ > ε − b⁻``).
+        Passes over the output: the subtraction, the factor's two comparisons and one
+        subtraction, and the scalings by ``1/α`` and ``1/β`` (in place, only where they are
+        not 1); ``ε = 0`` adds the fills of exactly-0 denominators."""
         nonneg = is_nonnegative(a)
         eps, b_pos = self.stabilizer, op.positive_bias
         shift = b_pos + eps if b_pos is not None and eps else b_pos
@@ -321,8 +321,6 @@ class AlphaBeta(LayerRule):
             z_pos.masked_fill_(z_pos == 0, float("inf"))
         if self.alpha != 1:
             z_pos.div_(self.alpha)
-        if self.beta == 0:  # no report needs R = z · grad: keep z / z⁺ (the signal's factor)
-            z_pos = torch.div(z, z_pos, out=z_pos)
         return nonneg, z_pos, d_neg, factor, stacked
 
     @staticmethod
@@ -373,12 +371,8 @@ class AlphaBeta(LayerRule):
         return change.mul_(judged)
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        (nonneg, d_pos, d_neg, factor, stacked), owned = op.once(
+        (nonneg, d_pos, d_neg, factor, stacked), _ = op.once(
             ("alpha-beta", id(self)), lambda: self._denominators(op, a, z))
-        if d_neg is None:  # β = 0 (z⁺): d_pos holds z / z⁺
-            s_only = d_pos.mul_(grad) if owned else d_pos * grad
-            del d_pos
-            return signed_vjp(op, a, nonneg, s_only, None)
         signal = None
         if stacked is not None:  # [s⁺, s⁻] side by side along the channels, for one vjp
             channels = z.shape[1]
@@ -386,10 +380,11 @@ class AlphaBeta(LayerRule):
             relevance = torch.mul(z, grad, out=signal[:, :channels])
         else:
             relevance = z * grad
-        assert factor is not None
-        op.report("relevance_change", self._change(factor, relevance))
-        s_neg = torch.div(relevance, d_neg,  # −β R / z⁻
-                          out=None if signal is None else signal[:, channels:])
+        s_neg = None
+        if d_neg is not None and factor is not None:
+            op.report("relevance_change", self._change(factor, relevance))
+            s_neg = torch.div(relevance, d_neg,  # −β R / z⁻
+                              out=None if signal is None else signal[:, channels:])
         s_pos = relevance.div_(d_pos)  # α R / z⁺
         del d_pos, d_neg, factor  # temporaries go before the vjps (peak memory)
         if signal is not None and stacked is not None:
