@@ -287,18 +287,19 @@ class AlphaBeta(LayerRule):
                       ) -> tuple[bool, Tensor, Tensor | None, Tensor | None, Tensor | None]:
         """What does not depend on the signal: whether ``a >= 0``; the stabilised
         denominators with the rule's weights folded in, ``z⁺/α`` and ``z⁻/(−β)`` (``None``
-        for β = 0), so that each signal costs one division per branch; and each output's
-        relevance factor over α for the report (``None`` for β = 0, see :meth:`_factor`);
-        ``[W⁺; W⁻]`` where the two vjps run as one (inputs ``≥ 0``, :meth:`_stacked`).
+        for β = 0), so that a signal costs one division per branch; each output's relevance
+        factor over α for the report (``None`` for β = 0, see :meth:`_factor`); and
+        ``[W⁺; W⁻]`` where the two vjps run as one (inputs ``≥ 0`` of a dense convolution,
+        :meth:`_stacked`).
 
         ``z⁺ = P + b⁺ + ε`` is the forward with ``W⁺`` and the bias ``b⁺ + ε`` (the
         convolution adds it: no pass). With ``z = P + N + b``, the stabilised
         ``−z⁻ = −(N + b⁻) + ε = z⁺ − z`` is one subtraction: ``z⁻ ≤ 0``, so its stabiliser
-        is ``−ε`` without a sign test. The factor's tests ``P > 0`` and ``N < 0`` compare
-        these against per-channel thresholds (``z⁺ > b⁺ + ε``, ``−z⁻ > ε − b⁻``).
-        Passes over the output: the subtraction, the factor's two comparisons and one
-        subtraction, and the scalings by ``1/α`` and ``1/β`` (in place, only where they are
-        not 1); ``ε = 0`` adds the fills of exactly-0 denominators."""
+        is ``−ε`` without a sign test. Passes over the output: that subtraction, the
+        factor's two comparisons and one subtraction, and the scalings by ``1/α`` and
+        ``1/β`` (in place, only where they are not 1); ``ε = 0`` adds the fills of
+        exactly-0 denominators. (Keeping ``z / z⁺`` for z⁺ would save the relevance
+        temporary, but overflows float16 where ``z < 0`` meets ``z⁺ = ε``.)"""
         nonneg = is_nonnegative(a)
         eps, b_pos = self.stabilizer, op.positive_bias
         shift = b_pos + eps if b_pos is not None and eps else b_pos
