@@ -176,3 +176,25 @@ def test_alpha_beta_report_on_a_conv_over_a_dead_corner() -> None:
     assert bool((factor == 0).any())  # the dead corner
     expected = ((factor - 1) * R).sum((1, 2, 3)) / R.sum((1, 2, 3))
     torch.testing.assert_close(op.reports["relevance_change"], expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("stabilizer", [2.0 ** -20, 0.0])
+def test_alpha_beta_where_the_models_z_rounds_above_its_positive_part(stabilizer: float
+                                                                    ) -> None:
+    """``−z⁻ = z⁺ − z`` is a difference of two sums rounded in different orders: where an
+    output has no negative contribution it is noise, 0 or of the wrong sign (here made
+    exact: the model's ``z`` one stabiliser above ``P + b``). The rule must stay finite and
+    give the oracle's relevance (that output's ``W⁻`` column is 0)."""
+    W = torch.tensor([[0.5, 0.25, 1.0, 0.75], [0.5, -0.25, 1.0, -0.75],
+                      [-0.5, 0.25, -1.0, 0.75]], dtype=torch.float64)
+    b = torch.tensor([0.5, -0.25, 0.25], dtype=torch.float64)
+    op = LinearOp("linear", W, b, {})
+    a = torch.tensor([[1.0, 0.5, 0.25, 2.0], [0.0, 1.5, 0.5, 0.25]], dtype=torch.float64)
+    z = a @ W.T + b
+    z[:, 0] += 2.0 ** -20  # above P + b⁺ + ε (ε = 0) or onto it (ε = 2⁻²⁰)
+    R, grad = relevance_and_signal(z, z != 0, 3)
+    rule = rules.AlphaBeta(2.0, 1.0, stabilizer)
+    relevance = a * rule.propagate(op, a, z, grad)
+    assert bool(torch.isfinite(relevance).all())
+    expected = run_oracle(oracle_alpha_beta(2.0, 1.0, stabilizer), a, W.numpy(), b.numpy(), R)
+    torch.testing.assert_close(relevance, torch.from_numpy(expected), rtol=1e-9, atol=1e-9)

@@ -295,8 +295,11 @@ class AlphaBeta(LayerRule):
         ``z⁺ = P + b⁺ + ε`` is the forward with ``W⁺`` and the bias ``b⁺ + ε`` (the
         convolution adds it: no pass). With ``z = P + N + b``, the stabilised
         ``−z⁻ = −(N + b⁻) + ε = z⁺ − z`` is one subtraction: ``z⁻ ≤ 0``, so its stabiliser
-        is ``−ε`` without a sign test. Passes over the output: that subtraction, the
-        factor's two comparisons and one subtraction, and the scalings by ``1/α`` and
+        is ``−ε`` without a sign test; but ``z`` (the model's) and ``z⁺`` are sums in
+        different orders, so where ``N + b⁻`` is near 0 their difference is rounding noise
+        of the size of ``P`` and is clamped at ``ε`` (no 0, no wrong sign). Passes over the
+        output: that subtraction and clamp, the factor's two comparisons and one
+        subtraction, and the scalings by ``1/α`` and
         ``1/β`` (in place, only where they are not 1); ``ε = 0`` adds the fills of
         exactly-0 denominators. (Keeping ``z / z⁺`` for z⁺ would save the relevance
         temporary, but overflows float16 where ``z < 0`` meets ``z⁺ = ε``.)"""
@@ -314,6 +317,7 @@ class AlphaBeta(LayerRule):
         if self.beta != 0:
             d_neg = torch.sub(z_pos, z)  # −z⁻ = ε − (N + b⁻) ≥ ε
             factor = self._factor(op, z_pos, d_neg, shift)
+            d_neg.clamp_(min=eps)  # z and z⁺ round differently: no 0, no wrong sign
             if eps == 0:  # no negative contribution, no negative bias: the share is 0
                 d_neg.masked_fill_(d_neg == 0, float("inf"))
             if self.beta != 1:
