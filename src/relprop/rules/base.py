@@ -37,12 +37,11 @@ def stabilize(denominator: Tensor, epsilon: float | Tensor) -> Tensor:
     """``z + ε·sign(z)`` with ``sign(0) = +1``: moves the denominator away from 0, keeping its
     sign (``torch.sign(0) = 0`` would leave 0/0 = NaN). A denominator that stays exactly 0
     (ε = 0) becomes ``inf``: every contribution to it is 0, so the share is 0, not NaN."""
-    if isinstance(epsilon, Tensor):
-        out = torch.where(denominator >= 0, denominator + epsilon, denominator - epsilon)
-    else:  # ±ε picked per element, then one addition (``where`` of two numbers is float32:
-        signs = torch.where(denominator >= 0, epsilon, -epsilon)  # bf16/fp16 stay theirs)
-        out = denominator + (signs if signs.dtype == denominator.dtype
-                             else signs.to(denominator.dtype))
+    # ±ε = 2ε ([z ≥ 0] − 1/2) from a 0/1 mask in z's own dtype: exactly ε rounded to that
+    # dtype (bfloat16/float16 stay theirs), then one addition; a boolean mask and ``where``
+    # cost several arithmetic passes on the CPU
+    sign = torch.ge(denominator, 0, out=torch.empty_like(denominator))
+    out = sign.sub_(0.5).mul_(2 * epsilon).add_(denominator)
     if isinstance(epsilon, Tensor) or epsilon == 0:
         return out.masked_fill_(out == 0, float("inf"))
     return out
@@ -65,12 +64,14 @@ def is_nonnegative(t: Tensor) -> bool:
     return bool(t.min() >= 0) if t.numel() else True
 
 
-def positive_contributions(op: LinearOp, a: Tensor, nonneg: bool) -> Tensor:
-    """``P_k = sum_j (a_j w_jk)^+`` (bias excluded)."""
+def positive_contributions(op: LinearOp, a: Tensor, nonneg: bool,
+                           bias: Tensor | None = None) -> Tensor:
+    """``P_k = sum_j (a_j w_jk)^+``, plus ``bias_k`` where one is given (added by the op's
+    own forward, e.g. inside the convolution: no pass of its own)."""
     if nonneg:
-        return op.forward(a, op.positive_weight)
-    return (op.forward(a.clamp(min=0), op.positive_weight)
-            + op.forward(a.clamp(max=0), op.negative_weight))
+        return op.forward(a, op.positive_weight, bias)
+    return (op.forward(a.clamp(min=0), op.positive_weight, bias)
+            .add_(op.forward(a.clamp(max=0), op.negative_weight)))
 
 
 def signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,

@@ -21,7 +21,6 @@ from .base import (
     positive_contributions,
     signed_vjp,
     stabilize,
-    stabilize_nonnegative_,
 )
 from .elementwise import Gradient, Pass
 from .ops import LinearOp
@@ -146,83 +145,116 @@ class Gamma(LayerRule):
         self.gamma = float(gamma)
 
     def _rho(self, op: LinearOp, sign: str) -> Tensor:
-        """``W + γW⁺`` (``sign = "+"``) or ``W + γW⁻``, kept across calls."""
+        """``W + γW⁺`` (``sign = "+"``) or ``W + γW⁻``, kept across calls (from a temporary
+        ``W⁺``: the cache keeps one copy per transform the rule reads)."""
         def make() -> Tensor:
             w, _ = op.weight_for_transform()
-            part = op.positive_weight if sign == "+" else op.negative_weight
-            return torch.add(w, part, alpha=self.gamma)
+            part = w.clamp(min=0) if sign == "+" else w.clamp(max=0)
+            return torch.add(w, part, alpha=self.gamma, out=part)
 
         return op.rho((f"w+γw{sign}", self.gamma), make)
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        gamma = self.gamma
         nonneg, _ = op.once(("nonneg", "a"), lambda: is_nonnegative(a))
-        relevance = z * grad
-        p, owned = op.once(("positive", nonneg), lambda: _positive_sum(op, a, z, nonneg))
         # behind a merged ReLU z ≥ 0 is known: no pass over it
         positive_only, _ = op.once(("nonneg", "z"), lambda: op.clipped or is_nonnegative(z))
-        if positive_only or not bool(z.clamp(max=0).mul_(grad).any()):
-            # positive outputs only (a ReLU follows): one vjp with rho(W) = W + γW⁺
-            denom, _ = op.once(("gamma+", id(self)),
-                               partial(self._positive_denominator, op, z, p, owned))
-            s_pos = relevance.div_(denom)
-            del denom, p  # temporaries go before the vjps (peak memory)
-            if nonneg:
-                return op.input_vjp(a, self._rho(op, "+"), s_pos)
+        if positive_only:  # one vjp with rho(W) = W + γW⁺ on inputs ≥ 0
+            ratio, owned = op.once(("gamma+", id(self)),
+                                   partial(self._positive_ratio, op, a, z, nonneg))
+            s_pos = ratio.mul_(grad) if owned else ratio * grad  # R / denominator
+            del ratio  # temporaries go before the vjps (peak memory)
+            return self._pull(op, a, nonneg, s_pos, None)
+        (positive_out, ratio), owned = op.once(("gamma±", id(self)),
+                                               partial(self._ratio, op, a, z, nonneg))
+        s = ratio.mul_(grad) if owned else ratio * grad
+        del ratio
+        whole = None if nonneg else op.input_vjp(a, op.weight, s)  # W (s_pos + s_neg)
+        # exact: s · 1 = s, s · 0 = 0; into the 0/1 mask where it is a temporary
+        s_pos = positive_out.mul_(s) if owned else positive_out * s
+        s_neg = s.sub_(s_pos)  # exact: s − s = 0, s − 0 = s
+        del positive_out
+        low, high = torch.aminmax(s_neg)
+        if not (bool(low) or bool(high)):  # no signal on negative outputs (a ReLU follows)
+            return self._pull(op, a, nonneg, s_pos, None, whole)
+        return self._pull(op, a, nonneg, s_pos, s_neg, whole)
+
+    def _pull(self, op: LinearOp, a: Tensor, nonneg: bool, s_pos: Tensor,
+              s_neg: Tensor | None, whole: Tensor | None = None) -> Tensor:
+        """``c`` from the signals on positive outputs ``s_pos`` and negative ones ``s_neg``.
+
+        On inputs ``≥ 0``: ``rho(W) = W + γW⁺`` for ``s_pos``, ``W + γW⁻`` for ``s_neg``. On
+        inputs of both signs: ``c = W s + γ (W⁺ s_pos + W⁻ s_neg)`` where ``a > 0`` and
+        ``W s + γ (W⁻ s_pos + W⁺ s_neg)`` elsewhere, the latter being ``W s`` minus the
+        former (``whole = W s``, see :func:`signed_vjp`). The branch is picked by a 0/1 mask
+        in the input's dtype (``lerp`` with weight 0 or 1 is exact): a boolean ``where``
+        costs several arithmetic passes on the CPU."""
+        if nonneg:
+            c = op.input_vjp(a, self._rho(op, "+"), s_pos)
+            return c if s_neg is None else c.add_(op.input_vjp(a, self._rho(op, "-"), s_neg))
+        if whole is None:
             whole = op.input_vjp(a, op.weight, s_pos)
-            return signed_vjp(op, a, False, s_pos, None, whole).mul_(gamma).add_(whole)
-        (positive_out, denom), _ = op.once(("gamma±", id(self)),
-                                           partial(self._denominator, op, z, p))
-        s = relevance.div_(denom)
-        s_neg = s.masked_fill(positive_out, 0.0)
-        del positive_out, denom, p
-        if nonneg:  # rho(W) = W + γW⁺ for positive outputs, W + γW⁻ for negative ones
-            rho_pos, rho_neg = self._rho(op, "+"), self._rho(op, "-")
-            s_pos = s.sub_(s_neg)  # exact: s − 0 = s, s − s = 0
-            return op.input_vjp(a, rho_pos, s_pos).add_(op.input_vjp(a, rho_neg, s_neg))
-        whole = op.input_vjp(a, op.weight, s)  # s = s_pos + s_neg
-        s_pos = s.sub_(s_neg)
-        return signed_vjp(op, a, nonneg, s_pos, s_neg, whole).mul_(gamma).add_(whole)
+        favoured = signed_vjp(op, a, True, s_pos, s_neg)  # the branch for a > 0
+        other = torch.sub(whole, favoured)
+        del s_pos, s_neg
+        mask, _ = op.once(("positive", "a"),
+                          lambda: torch.gt(a, 0, out=torch.empty_like(other)))
+        torch.lerp(other, favoured, mask, out=other)
+        del favoured, mask
+        return whole.add_(other, alpha=self.gamma)
 
-    def _positive_denominator(self, op: LinearOp, z: Tensor, p: Tensor, owned: bool
-                              ) -> Tensor:
-        """``z_k + γ (P_k + b_k⁺) + ε`` for outputs ``z ≥ 0``, in place where ``p`` is a
-        temporary."""
-        gamma = self.gamma
-        if gamma == 0 or self.stabilizer == 0:
-            scaled = (op.add_bias_(p, op.positive_bias).mul_(gamma) if owned
-                      else op.add_bias(p, op.positive_bias) * gamma)
-            return stabilize_nonnegative_(scaled.add_(z), self.stabilizer)
-        # z + γ (P + b⁺ + ε/γ): the bias and the stabiliser in one pass, z in another
-        shift, bias = self.stabilizer / gamma, op.positive_bias
-        if bias is None:
-            q = p.add_(shift) if owned else p + shift
+    def _positive_ratio(self, op: LinearOp, a: Tensor, z: Tensor, nonneg: bool) -> Tensor:
+        """``z_k / (z_k + γ (P_k + b_k⁺) + ε)`` for outputs ``z ≥ 0`` (the signal is this
+        times ``R_k / z_k``).
+
+        On inputs ``≥ 0`` the denominator is the forward with ``rho(W) = W + γW⁺`` and the
+        bias ``b + γb⁺ + ε`` (added by the convolution): no pass over ``z``. Behind a merged
+        ReLU an output the ReLU closed has ``z = 0`` and relevance 0; its denominator (of
+        the unclipped output, maybe ``≤ 0``) only has to be non-zero: clamped to ``≥ ε``, a
+        bound every open output meets. On inputs of both signs it is :meth:`_half_magnitude`
+        plus ``(1 + γ/2) z``. Passes: the clamp (or that addition) and the division."""
+        gamma, eps = self.gamma, self.stabilizer
+        if nonneg:
+            bias, b_pos = op.bias, op.positive_bias
+            shift = None if bias is None or b_pos is None else (
+                torch.add(bias, b_pos, alpha=gamma).add_(eps))
+            den = op.forward(a, self._rho(op, "+"), shift)
+            if shift is None and eps:
+                den.add_(eps)
+            den.clamp_(min=eps)
         else:
-            q = op.add_bias_(p, bias + shift) if owned else op.add_bias(p, bias + shift)
-        return torch.add(z, q, alpha=gamma, out=q)
+            den = self._half_magnitude(op, a, False).add_(z, alpha=1 + gamma / 2)
+        if eps == 0:  # every contribution is 0: the share is 0, not 0/0
+            den.masked_fill_(den == 0, float("inf"))
+        return torch.div(z, den, out=den)
 
-    def _denominator(self, op: LinearOp, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        """``(z >= 0, z_k + γ (sum_j (a_j w_jk)^σk + b_k^σk))``, stabilised, for outputs of
-        both signs. With ``Q = P + b⁺`` the negative contributions and bias are
-        ``N + b⁻ = z − Q`` (``z = P + N + b⁺ + b⁻``), so ``z_k + γ · (Q or z − Q)``."""
-        positive_out = z >= 0
-        favoured = op.add_bias(p, op.positive_bias)
-        favoured = torch.where(positive_out, favoured, z - favoured)
-        denominator = torch.add(z, favoured, alpha=self.gamma, out=favoured)
-        return positive_out, stabilize(denominator, self.stabilizer)
+    def _ratio(self, op: LinearOp, a: Tensor, z: Tensor, nonneg: bool) -> tuple[Tensor, Tensor]:
+        """``(z >= 0, z_k / D_k)`` as 0/1 and ratio, for outputs of both signs (unclipped),
+        with the stabilised ``D_k = z_k + γ (sum_j (a_j w_jk)^σk + b_k^σk) ± ε``.
 
+        With ``M_k = sum_j |a_j w_jk|`` the favoured parts are ``P + b⁺ = (M + |b| + z)/2``
+        and ``N + b⁻ = z − (P + b⁺)``, so ``D = (1 + γ/2) z ± T`` with
+        ``T = (γ/2)(M + |b|) + ε > 0`` and the sign of ``z``: one forward with ``(γ/2)|W|``
+        and bias ``(γ/2)|b| + ε``, then ``copysign`` and one addition (both terms of one sign:
+        no cancellation), the 0/1 comparison and the division."""
+        den = self._half_magnitude(op, a, nonneg).copysign_(z).add_(z, alpha=1 + self.gamma / 2)
+        if self.stabilizer == 0:
+            den.masked_fill_(den == 0, float("inf"))
+        positive_out = torch.ge(z, 0, out=torch.empty_like(z))
+        return positive_out, torch.div(z, den, out=den)
 
-def _positive_sum(op: LinearOp, a: Tensor, z: Tensor, nonneg: bool) -> Tensor:
-    """``P_k = sum_j (a_j w_jk)^+`` (bias excluded) for γ. On inputs of both signs it is
-    ``(z_k − b_k + sum_j |a_j| |w_jk|) / 2``: one forward with ``|W|`` instead of two with
-    ``W⁺`` and ``W⁻``. γ's denominators hold ``z`` (``z + γ P`` on positive outputs, where
-    ``P ≥ z > 0``), so the rounding of the difference stays small against them; not where
-    ``z`` is a merged ReLU's ``max(0, z)``."""
-    if nonneg or op.clipped:
-        return positive_contributions(op, a, nonneg)
-    magnitude = op.forward(a.abs(), op.rho("|w|", lambda: op.weight.abs()))
-    unbiased = z if op.bias is None else op.add_bias(z, -op.bias)
-    return magnitude.add_(unbiased).mul_(0.5).clamp_(min=0)
+    def _half_magnitude(self, op: LinearOp, a: Tensor, nonneg: bool) -> Tensor:
+        """``T_k = (γ/2) (sum_j |a_j| |w_jk| + |b_k|) + ε``: one forward with ``(γ/2)|W|``."""
+        half, eps = self.gamma / 2, self.stabilizer
+
+        def make() -> Tensor:
+            w, temporary = op.weight_for_transform()
+            return (w.abs_() if temporary else w.abs()).mul_(half)
+
+        weight = op.rho(("γ/2·|w|", self.gamma), make)
+        bias = op.bias
+        shift = None if bias is None else bias.abs().mul_(half).add_(eps)
+        magnitude = op.forward(a if nonneg else a.abs(), weight, shift)
+        return magnitude.add_(eps) if shift is None and eps else magnitude
 
 
 class AlphaBeta(LayerRule):
@@ -251,42 +283,118 @@ class AlphaBeta(LayerRule):
         instead of R; the engine warns where a layer's relevance changes by more than half."""
         return 0.5 if self.beta > 0 else None
 
+    def _denominators(self, op: LinearOp, a: Tensor, z: Tensor
+                      ) -> tuple[bool, Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """What does not depend on the signal: whether ``a >= 0``; the stabilised
+        denominators with the rule's weights folded in, ``z⁺/α`` and ``z⁻/(−β)`` (``None``
+        for β = 0), so that a signal costs one division per branch; each output's relevance
+        factor over α for the report (``None`` for β = 0, see :meth:`_factor`); and
+        ``[W⁺; W⁻]`` where the two vjps run as one (inputs ``≥ 0`` of a dense convolution,
+        :meth:`_stacked`).
+
+        ``z⁺ = P + b⁺ + ε`` is the forward with ``W⁺`` and the bias ``b⁺ + ε`` (the
+        convolution adds it: no pass). With ``z = P + N + b``, the stabilised
+        ``−z⁻ = −(N + b⁻) + ε = z⁺ − z`` is one subtraction: ``z⁻ ≤ 0``, so its stabiliser
+        is ``−ε`` without a sign test; but ``z`` (the model's) and ``z⁺`` are sums in
+        different orders, so where ``N + b⁻`` is near 0 their difference is rounding noise
+        of the size of ``P`` and is clamped at ``ε`` (no 0, no wrong sign). Passes over the
+        output: that subtraction and clamp, the factor's two comparisons and one
+        subtraction, and the scalings by ``1/α`` and
+        ``1/β`` (in place, only where they are not 1); ``ε = 0`` adds the fills of
+        exactly-0 denominators. (Keeping ``z / z⁺`` for z⁺ would save the relevance
+        temporary, but overflows float16 where ``z < 0`` meets ``z⁺ = ε``.)"""
+        nonneg = is_nonnegative(a)
+        eps, b_pos = self.stabilizer, op.positive_bias
+        shift = b_pos + eps if b_pos is not None and eps else b_pos
+        stacked = self._stacked(op) if nonneg and self.beta != 0 and op.stackable(a, z) else None
+        if stacked is not None:  # W⁺ is the first half of [W⁺; W⁻]
+            z_pos = op.forward(a, stacked[: stacked.shape[0] // 2], shift)
+        else:
+            z_pos = positive_contributions(op, a, nonneg, shift)
+        if shift is None and eps:
+            z_pos.add_(eps)
+        d_neg = factor = None
+        if self.beta != 0:
+            d_neg = torch.sub(z_pos, z)  # −z⁻ = ε − (N + b⁻) ≥ ε
+            factor = self._factor(op, z_pos, d_neg, shift)
+            d_neg.clamp_(min=eps)  # z and z⁺ round differently: no 0, no wrong sign
+            if eps == 0:  # no negative contribution, no negative bias: the share is 0
+                d_neg.masked_fill_(d_neg == 0, float("inf"))
+            if self.beta != 1:
+                d_neg.div_(self.beta)
+        if eps == 0:
+            z_pos.masked_fill_(z_pos == 0, float("inf"))
+        if self.alpha != 1:
+            z_pos.div_(self.alpha)
+        return nonneg, z_pos, d_neg, factor, stacked
+
+    @staticmethod
+    def _stacked(op: LinearOp) -> Tensor:
+        """``[W⁺; W⁻]`` along the output channels, kept like ``W⁺`` (see
+        :meth:`LinearOp.stackable`): one vjp of the side-by-side signals ``[s⁺, s⁻]`` is
+        ``W⁺ᵀ s⁺ + W⁻ᵀ s⁻``."""
+        def make() -> Tensor:
+            w, _ = op.weight_for_transform()
+            out = w.new_empty((2 * w.shape[0], *w.shape[1:]))
+            torch.clamp(w, min=0, out=out[: w.shape[0]])
+            torch.clamp(w, max=0, out=out[w.shape[0]:])
+            return out
+
+        return op.rho("[w+;w-]", make)
+
+    def _factor(self, op: LinearOp, z_pos: Tensor, d_neg: Tensor, shift: Tensor | None
+                ) -> Tensor:
+        """``[P_k > 0] − (β/α)[N_k < 0]`` (the relevance factor of output ``k`` over α),
+        from ``z⁺ = P + b⁺ + ε`` and ``−z⁻ = ε − N − b⁻`` (``shift = b⁺ + ε``). Where ``P``
+        or ``N`` is exactly 0 but other terms are not, ``z`` (the model's) and ``z⁺`` (summed
+        in another order) round differently, and the test is as noisy as that term is
+        small (as it was from ``z − (P + b)``). The comparisons write 0/1 in the output's
+        dtype: boolean masks and ``where`` cost several times an arithmetic pass on the CPU."""
+        eps, bias = self.stabilizer, op.bias
+        factor = torch.gt(z_pos, eps if shift is None else op.broadcast(shift, z_pos),
+                          out=torch.empty_like(z_pos))
+        # N = 0 leaves −z⁻ = (P + shift) − (P + b): compared with shift − b, rounded the
+        # same way, an output over inputs that are all 0 (z = b) is exactly at its threshold
+        negative = torch.gt(d_neg, eps if shift is None or bias is None
+                            else op.broadcast(shift - bias, d_neg), out=torch.empty_like(d_neg))
+        return factor.sub_(negative, alpha=self.beta / self.alpha)
+
     def _change(self, factor: Tensor, relevance: Tensor) -> Tensor:
         """Per sample, the relevance the rule creates or destroys, as a fraction of what
-        arrived, biases aside: output ``k`` passes ``factor_k·R_k`` with
-        ``factor_k = α[p_k > 0] − β[n_k < 0]``."""
+        arrived, biases aside: output ``k`` passes ``α·factor_k·R_k`` with ``factor_k =
+        [P_k > 0] − (β/α)[N_k < 0]``, so the change is ``α Σ factor·R / Σ R − 1``. Two
+        reductions per sample that read their inputs once and write nothing of their size."""
         batch = relevance.shape[0] if relevance.dim() else 1
-        excess = ((factor - 1) * relevance).reshape(batch, -1).sum(1)
-        arrived = relevance.reshape(batch, -1).sum(1)
+        flat, weights = relevance.reshape(batch, -1), factor.reshape(batch, -1)
+        if flat.shape[1] >= 4096:  # one BLAS dot per sample, no temporary
+            passed = torch.stack([torch.dot(w, r) for w, r in zip(weights, flat)])
+        else:
+            passed = (weights * flat).sum(1)
+        arrived = flat.sum(1)
         judged = arrived.abs() > 1e-3 * arrived.abs().max()
-        return torch.where(judged, excess / torch.where(judged, arrived, 1.0), 0.0)
-
-    def _denominators(self, op: LinearOp, a: Tensor, z: Tensor
-                      ) -> tuple[bool, Tensor, Tensor | None, Tensor | None]:
-        """What does not depend on the signal: whether ``a >= 0``, the stabilised ``z⁺`` and
-        ``z⁻`` (``None`` for β = 0) and the relevance factor of each output."""
-        nonneg = is_nonnegative(a)
-        p = positive_contributions(op, a, nonneg)
-        z_neg = factor = None
-        if self.beta != 0:
-            n = z - op.add_bias(p, op.bias)  # sum of negative contributions, bias excluded
-            factor = ((p > 0).to(z.dtype) * self.alpha - (n < 0).to(z.dtype) * self.beta)
-            z_neg = stabilize(op.add_bias_(n, op.negative_bias), self.stabilizer)
-        z_pos = stabilize_nonnegative_(op.add_bias_(p, op.positive_bias), self.stabilizer)
-        return nonneg, z_pos, z_neg, factor
+        change = passed.mul_(self.alpha).div_(torch.where(judged, arrived, 1.0)).sub_(1.0)
+        return change.mul_(judged)
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        (nonneg, z_pos, z_neg, factor), _ = op.once(
+        (nonneg, d_pos, d_neg, factor, stacked), _ = op.once(
             ("alpha-beta", id(self)), lambda: self._denominators(op, a, z))
-        relevance = z * grad
+        signal = None
+        if stacked is not None:  # [s⁺, s⁻] side by side along the channels, for one vjp
+            channels = z.shape[1]
+            signal = z.new_empty((z.shape[0], 2 * channels, *z.shape[2:]))
+            relevance = torch.mul(z, grad, out=signal[:, :channels])
+        else:
+            relevance = z * grad
         s_neg = None
-        if z_neg is not None and factor is not None:
+        if d_neg is not None and factor is not None:
             op.report("relevance_change", self._change(factor, relevance))
-            s_neg = torch.div(relevance, z_neg).mul_(-self.beta)
-        s_pos = relevance.div_(z_pos)
-        if self.alpha != 1:
-            s_pos.mul_(self.alpha)
-        del z_pos, z_neg, factor  # temporaries go before the vjps (peak memory)
+            s_neg = torch.div(relevance, d_neg,  # −β R / z⁻
+                              out=None if signal is None else signal[:, channels:])
+        s_pos = relevance.div_(d_pos)  # α R / z⁺
+        del d_pos, d_neg, factor  # temporaries go before the vjps (peak memory)
+        if signal is not None and stacked is not None:
+            del s_pos, s_neg, relevance
+            return op.input_vjp(a, stacked, signal)
         return signed_vjp(op, a, nonneg, s_pos, s_neg)
 
 

@@ -304,6 +304,21 @@ class LinearOp:
             return z + bias
         return z + self._channel_view(bias, z)
 
+    def broadcast(self, values: Tensor, like: Tensor) -> Tensor:
+        """Per-output-channel ``values`` viewed to broadcast against the output ``like``."""
+        return values if self.kind == "linear" else self._channel_view(values, like)
+
+    def stackable(self, a: Tensor, z: Tensor) -> bool:
+        """Whether two vjps of this op can run as one, with the two weights stacked along
+        the output channels and the two signals side by side: a dense (``groups = 1``),
+        batched convolution with numeric padding, its output in the default layout. One
+        larger convolution is cheaper than two and their sum (and, for a depthwise one,
+        much dearer: grouped convolutions are left out)."""
+        o = self.options
+        return (self.kind == "conv" and o.get("groups", 1) == 1
+                and not isinstance(o.get("padding"), str)
+                and a.dim() == z.dim() == self._weight.dim() and z.is_contiguous())
+
     def add_bias_(self, z: Tensor, bias: Tensor | None) -> Tensor:
         """In-place ``add_bias`` for a temporary ``z`` of the caller."""
         if bias is None:
