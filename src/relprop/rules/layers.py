@@ -314,7 +314,10 @@ class AlphaBeta(LayerRule):
         if shift is None and eps:
             z_pos.add_(eps)
         d_neg = factor = None
-        if self.beta != 0:
+        if self.beta != 0 and _coarse(z):
+            d_neg = _negative_denominator(op, a, nonneg, eps)
+            factor = self._factor(op, z_pos, d_neg, shift)
+        elif self.beta != 0:
             d_neg = torch.sub(z_pos, z)  # −z⁻ = ε − (N + b⁻) ≥ ε
             factor = self._factor(op, z_pos, d_neg, shift)
             d_neg.clamp_(min=eps)  # z and z⁺ round differently: no 0, no wrong sign
@@ -392,10 +395,44 @@ class AlphaBeta(LayerRule):
                               out=None if signal is None else signal[:, channels:])
         s_pos = relevance.div_(d_pos)  # α R / z⁺
         del d_pos, d_neg, factor  # temporaries go before the vjps (peak memory)
+        if _overflows(z):  # a share whose signal left float16's range is absorbed
+            for s in (signal,) if signal is not None else (s_pos, s_neg):
+                if s is not None:
+                    s.nan_to_num_(0.0, 0.0, 0.0)
         if signal is not None and stacked is not None:
             del s_pos, s_neg, relevance
             return op.input_vjp(a, stacked, signal)
         return signed_vjp(op, a, nonneg, s_pos, s_neg)
+
+
+def _coarse(t: Tensor) -> bool:
+    """Whether ``t``'s dtype keeps too few digits for a denominator made by subtracting two
+    sums of the same size (bfloat16: 3 significant digits, float16: 4)."""
+    return t.is_floating_point() and torch.finfo(t.dtype).eps > 1e-4
+
+
+def _overflows(t: Tensor) -> bool:
+    """Whether a quotient ``R / ε`` can leave ``t``'s dtype's range (float16: 65504): an
+    output whose contributions of one sign are all below about ``|R| / 65504`` then has an
+    infinite signal, which meets contributions of 0 in the vjp (inf · 0 = NaN). Such a share
+    is absorbed instead, as a stabiliser absorbs a share it dwarfs."""
+    return t.is_floating_point() and torch.finfo(t.dtype).max < 1e6
+
+
+def _negative_denominator(op: LinearOp, a: Tensor, nonneg: bool, eps: float) -> Tensor:
+    """``−z⁻ + ε = ε − (N + b⁻)`` from a forward with ``W⁻`` (and ``W⁺`` on ``a⁻``), for
+    coarse dtypes: ``z⁺ − z`` would be rounding noise of the size of ``P`` wherever ``N`` is
+    small against it, and a quotient by noise blows a share up. Outputs without negative
+    contributions and bias (``N + b⁻`` = 0 to the dtype's precision) pass no negative
+    relevance (``inf``): ``R / ε`` overflows float16, and their share is 0 anyway."""
+    b_neg = op.negative_bias
+    if nonneg:
+        n = op.forward(a, op.negative_weight, b_neg)
+    else:
+        n = op.forward(a.clamp(min=0), op.negative_weight, b_neg).add_(
+            op.forward(a.clamp(max=0), op.positive_weight))
+    d_neg = n.neg_().add_(eps)
+    return d_neg.masked_fill_(d_neg <= eps, float("inf"))
 
 
 class ZPlus(AlphaBeta):
