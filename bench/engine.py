@@ -622,6 +622,9 @@ A plain input gradient costs one forward F plus one input-vjp per layer (≈ F):
   inputs of both signs one forward with |W| and three vjps (W s, W⁺ s⁺ + W⁻ s⁻, and the
   a < 0 branch as their difference): (F + F + 3F) / 2F = 2.5x; the z^B first layer adds
   three forwards and three vjps of that layer;
+- default (LRP_CMP:α2, α2β1 on a CNN's convolutions): on inputs ≥ 0 a forward with W⁺ and
+  the vjps of W⁺ and W⁻ (one stacked vjp of twice the channels): (F + F + 2F) / 2F = 2.0x;
+  on nets with grouped convolutions it is γ on every convolution (see γ);
 - attnlrp: ε on linear layers (1.0x) plus the softmax and norm rules (elementwise): ≈ 1.0x,
   goal ≤ 1.1x;
 - K targets: F + K·(backward) against K·(F + backward); with backward ≈ F (ε) that is
@@ -629,9 +632,11 @@ A plain input gradient costs one forward F plus one input-vjp per layer (≈ F):
 
 Beyond FLOPs, relprop pays a fixed cost per intercepted op (routing the call to its rule,
 the op's autograd node, its saved tensors, the rule's Python in the backward pass): about
-0.1 ms of CPU time per op on this machine (`bench/interleaved.py --overhead` measures it
-and counts each model's ops). A network of many small ops at batch 1 (EfficientNet-B0:
-~240 ops, a 80 ms gradient) pays ~25-30 ms of it; at batch 8 it is a few per cent.
+0.15 ms of CPU time per op on this machine (`bench/interleaved.py --overhead` measures it
+and counts each model's ops), of which the bare interception (a pass-through mode, one
+autograd Function per op, module hooks) is about 0.03 ms. A network of many small ops at
+batch 1 (EfficientNet-B0: 239 ops, an 80 ms gradient) pays ~39 ms of it; at batch 8 it is a
+few per cent.
 """
 
 
