@@ -99,7 +99,7 @@ def test_pretrained_minilm_explained_in_its_own_dtype(composite: str, dtype: tor
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_stabiliser_keeps_the_dtype_and_the_epsilon_factor_stays_finite(dtype: torch.dtype
                                                                         ) -> None:
-    from relprop.rules.transformer import _epsilon_factor
+    from relprop.rules.base import epsilon_ratio as _epsilon_factor
 
     z = torch.tensor([-2.0, 0.0, 1e-3, 3.0], dtype=dtype)
     assert stabilize(z, 1e-6).dtype == dtype

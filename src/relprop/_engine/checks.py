@@ -46,11 +46,10 @@ def check_model(model: nn.Module, purpose: str = "the explanation") -> None:
     if not any(m.training for m in model.modules()):
         return
     training = [name or "<model>" for name, m in model.named_modules() if m.training]
-    if training:
-        raise InvalidInputError(
-            f"model is in training mode ({len(training)} modules, e.g. {training[:3]}): dropout "
-            f"and batch statistics would make {purpose} random. Call model.eval() first."
-        )
+    raise InvalidInputError(
+        f"model is in training mode ({len(training)} modules, e.g. {training[:3]}): dropout "
+        f"and batch statistics would make {purpose} random. Call model.eval() first."
+    )
 
 
 def _is_onnx(model: object) -> bool:

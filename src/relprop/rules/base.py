@@ -64,14 +64,33 @@ def is_nonnegative(t: Tensor) -> bool:
     return bool(t.min() >= 0) if t.numel() else True
 
 
+def epsilon_ratio(z: Tensor, epsilon: float | Tensor) -> Tensor:
+    """``z / (z + ε·sign(z)) = |z| / (|z| + ε)`` (``sign(0) = +1``), in ``[0, 1]``: no
+    intermediate leaves that range (``1 / (|z| + ε)`` would overflow float16 at ``z = 0``)."""
+    size = z.abs()
+    return size.div_(size + epsilon)
+
+
 def positive_contributions(op: LinearOp, a: Tensor, nonneg: bool,
                            bias: Tensor | None = None) -> Tensor:
     """``P_k = sum_j (a_j w_jk)^+``, plus ``bias_k`` where one is given (added by the op's
     own forward, e.g. inside the convolution: no pass of its own)."""
+    return _contributions(op, a, nonneg, op.positive_weight, op.negative_weight, bias)
+
+
+def negative_contributions(op: LinearOp, a: Tensor, nonneg: bool,
+                           bias: Tensor | None = None) -> Tensor:
+    """``N_k = sum_j (a_j w_jk)^-``, plus ``bias_k`` where one is given."""
+    return _contributions(op, a, nonneg, op.negative_weight, op.positive_weight, bias)
+
+
+def _contributions(op: LinearOp, a: Tensor, nonneg: bool, same: Tensor, other: Tensor,
+                   bias: Tensor | None) -> Tensor:
+    """Contributions of one sign: ``a⁺`` through the weights of that sign (``same``), and
+    on inputs of both signs ``a⁻`` through the other's."""
     if nonneg:
-        return op.forward(a, op.positive_weight, bias)
-    return (op.forward(a.clamp(min=0), op.positive_weight, bias)
-            .add_(op.forward(a.clamp(max=0), op.negative_weight)))
+        return op.forward(a, same, bias)
+    return op.forward(a.clamp(min=0), same, bias).add_(op.forward(a.clamp(max=0), other))
 
 
 def signed_vjp(op: LinearOp, a: Tensor, nonneg: bool,

@@ -16,7 +16,7 @@ computed in the forward pass is a new tensor every call). The cache is shared by
 (a lock guards it); :func:`clear` empties it and :func:`disabled` turns it off for a block.
 
 What it keeps is memory held between calls, about one copy of the weights per transform a
-composite uses (ResNet-50, 97 MB of weights, keeps 180 MB with ``epsilon_plus_flat``, 240 MB
+composite uses (ResNet-50, 97 MB of weights, keeps 180 MB with ``epsilon_plus_flat``, 150 MB
 with ``epsilon_gamma_box``). It keeps at most :func:`budget` bytes (1 GiB unless
 :func:`set_budget` says otherwise); a transform that does not fit is computed afresh at each
 call, as without the cache. :func:`nbytes` says how much is kept.

@@ -17,7 +17,9 @@ from torch import Tensor
 from .base import (
     LayerRule,
     Rule,
+    epsilon_ratio,
     is_nonnegative,
+    negative_contributions,
     positive_contributions,
     signed_vjp,
     stabilize,
@@ -100,8 +102,7 @@ class Epsilon(LayerRule):
             if op.clipped:
                 denominator = z + epsilon
                 return torch.div(z, denominator, out=denominator)
-            size = z.abs()
-            return size.div_(size + epsilon)
+            return epsilon_ratio(z, epsilon)
 
         ratio, owned = op.once(("epsilon", id(self)), ratio_of_z)
         return op.vjp(a, ratio.mul_(grad) if owned else ratio * grad, owned=True)
@@ -425,12 +426,7 @@ def _negative_denominator(op: LinearOp, a: Tensor, nonneg: bool, eps: float) -> 
     small against it, and a quotient by noise blows a share up. Outputs without negative
     contributions and bias (``N + b⁻`` = 0 to the dtype's precision) pass no negative
     relevance (``inf``): ``R / ε`` overflows float16, and their share is 0 anyway."""
-    b_neg = op.negative_bias
-    if nonneg:
-        n = op.forward(a, op.negative_weight, b_neg)
-    else:
-        n = op.forward(a.clamp(min=0), op.negative_weight, b_neg).add_(
-            op.forward(a.clamp(max=0), op.positive_weight))
+    n = negative_contributions(op, a, nonneg, op.negative_bias)
     d_neg = n.neg_().add_(eps)
     return d_neg.masked_fill_(d_neg <= eps, float("inf"))
 

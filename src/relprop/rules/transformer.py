@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Rule, scaled_signal
+from .base import Rule, epsilon_ratio, scaled_signal
 from .elementwise import Pass
 from .ops import NormOp, ShareOp, SoftmaxOp
 
@@ -157,20 +157,13 @@ def layer_norm_signal(a: Tensor, z: Tensor, grad: Tensor, weight: Tensor | None,
         scale = torch.rsqrt(second + eps)
     signal = grad
     if epsilon and centred:  # R / (z + ε sign z) = grad · (1 − ε / (|z| + ε))
-        signal = grad * _epsilon_factor(z, epsilon)
+        signal = grad * epsilon_ratio(z, epsilon)
     signal = signal * scale.to(a.dtype)
     if weight is not None:
         signal = signal * weight
     if centred:
         signal = signal - signal.mean(dim=reduce, keepdim=True)
     return signal
-
-
-def _epsilon_factor(z: Tensor, epsilon: float) -> Tensor:
-    """``z / (z + ε·sign(z)) = |z| / (|z| + ε)`` (``sign(0) = +1``), in ``[0, 1]``: no
-    intermediate outside that range (``1 / (|z| + ε)`` overflows float16 where ``z = 0``)."""
-    size = z.abs()
-    return size.div_(size + epsilon)
 
 
 def group_norm_signal(a: Tensor, z: Tensor, grad: Tensor, weight: Tensor | None, groups: int,
@@ -187,7 +180,7 @@ def group_norm_signal(a: Tensor, z: Tensor, grad: Tensor, weight: Tensor | None,
     if scale is None:
         stat = flat.double() if a.dtype in (torch.float16, torch.bfloat16) else flat
         scale = torch.rsqrt(stat.var(dim=-1, unbiased=False, keepdim=True) + eps)
-    signal = grad * _epsilon_factor(z, epsilon) if epsilon else grad
+    signal = grad * epsilon_ratio(z, epsilon) if epsilon else grad
     if weight is not None:
         signal = signal * weight.reshape(1, -1, *([1] * (a.dim() - 2)))
     grouped = signal.reshape(batch, groups, -1) * scale.reshape(batch, groups, 1).to(a.dtype)
@@ -198,5 +191,5 @@ def scaled_signal_of(z: Tensor, grad: Tensor, multiplier: Tensor, epsilon: float
     """:class:`NormIdentity` for ``z = m ⊙ a + b`` with ``m`` held constant (ε-LRP, one input
     per output): ``R_a = a m R_z / (z + ε·sign(z))``, i.e. ``c = m ⊙ grad · z / (z + ε·sign(z))``;
     ``epsilon = 0`` where the op adds no bias (then ``R_a = R_z`` exactly)."""
-    signal = grad * _epsilon_factor(z, epsilon) if epsilon else grad
+    signal = grad * epsilon_ratio(z, epsilon) if epsilon else grad
     return signal * multiplier.to(signal.dtype)
