@@ -17,6 +17,9 @@ time to the gradient's, and the peak *extra* memory:
                               the input (for the decoder: w.r.t. the input embeddings, the
                               next-token logit): the reference every ratio is taken against
 * ``relprop epsilon``         uniform ``Epsilon(1e-6)``
+* ``floor epsilon``           (CNNs) the same relevance from ``relprop_bench.floor``: an
+                              op-intercepting ε with nothing else (no checks, no records):
+                              what any engine that sees each op from Python pays at least
 * ``relprop epsilon_plus_flat`` / ``relprop epsilon_gamma_box``   (CNNs)
                               ``relprop.composites.epsilon_plus_flat()`` (z⁺ on convolutions)
                               and ``epsilon_gamma_box(low=-3.0, high=3.0)`` (γ)
@@ -109,6 +112,7 @@ METHODS: list[str] = [
     "forward",
     "gradient",
     "relprop epsilon",
+    "floor epsilon",
     "relprop epsilon_plus_flat",
     "relprop epsilon_gamma_box",
     "relprop default",
@@ -120,7 +124,7 @@ METHODS: list[str] = [
     "relprop K calls",
 ]
 #: methods that apply to convolutional nets only / to transformers only
-CNN_ONLY = {"relprop epsilon_plus_flat", "relprop epsilon_gamma_box", "relprop default",
+CNN_ONLY = {"floor epsilon", "relprop epsilon_plus_flat", "relprop epsilon_gamma_box", "relprop default",
             "zennit EpsilonPlusFlat",
             "zennit EpsilonGammaBox", "captum LRP"}
 TRANSFORMER_ONLY = {"relprop attnlrp"}
@@ -225,6 +229,13 @@ def make_method(method: str, model: Any, x: Any, target: Any,
             out = model(xg)
             (grad,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), xg)
         return run, ""
+
+    if method == "floor epsilon":
+        from relprop_bench.floor import explain_epsilon
+
+        def run() -> None:
+            explain_epsilon(model, x, target)
+        return run, "op interception with nothing else: the floor of relprop's design"
 
     if lib == "relprop":
         from relprop_bench.engine_methods import relprop_method
