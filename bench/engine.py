@@ -124,9 +124,8 @@ METHODS: list[str] = [
     "relprop K calls",
 ]
 #: methods that apply to convolutional nets only / to transformers only
-CNN_ONLY = {"floor epsilon", "relprop epsilon_plus_flat", "relprop epsilon_gamma_box", "relprop default",
-            "zennit EpsilonPlusFlat",
-            "zennit EpsilonGammaBox", "captum LRP"}
+CNN_ONLY = {"floor epsilon", "relprop epsilon_plus_flat", "relprop epsilon_gamma_box",
+            "relprop default", "zennit EpsilonPlusFlat", "zennit EpsilonGammaBox", "captum LRP"}
 TRANSFORMER_ONLY = {"relprop attnlrp"}
 TRANSFORMERS = {"vit_b16", "llama"}
 REQUIRES = {"relprop": "relprop", "zennit": "zennit", "captum": "captum"}
