@@ -66,14 +66,20 @@ def on_path(value: Any) -> bool:
     return isinstance(value, Tensor) and value.requires_grad
 
 
-def asks_in_place(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether the call writes into one of its arguments."""
-    if name in AUGMENTED or name == "__setitem__" or isinstance(kwargs.get("out"), Tensor):
+def writes_by_name(name: str) -> bool:
+    """Whether every call of op ``name`` writes into an argument (``add_``, ``+=``)."""
+    return name in AUGMENTED or name == "__setitem__" or (
+        name.endswith("_") and not name.endswith("__") and "." not in name
+        and name not in METADATA)  # not a dunder, nor a property's ``grad_fn.__get__``
+
+
+def asks_in_place(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  by_name: bool | None = None) -> bool:
+    """Whether the call writes into one of its arguments (``by_name``: what
+    :func:`writes_by_name` says of ``name``, where the caller has it)."""
+    if writes_by_name(name) if by_name is None else by_name:
         return True
-    if name.endswith("_") and not name.endswith("__") and "." not in name \
-            and name not in METADATA:  # not a dunder, nor a property's ``grad_fn.__get__``
-        return True
-    if kwargs.get("inplace") is True:
+    if kwargs and (isinstance(kwargs.get("out"), Tensor) or kwargs.get("inplace") is True):
         return True
     position = INPLACE_POSITION.get(name)
     return position is not None and len(args) > position and args[position] is True

@@ -12,7 +12,7 @@ what depends on the input.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode, resolve_name
 
 from ..rules import cache as weight_cache
 from . import aten, handlers
-from .inplace import asks_in_place, raise_leaf_write, run_in_place
+from .inplace import asks_in_place, raise_leaf_write, run_in_place, writes_by_name
 from .session import Session
 
 Handler = Callable[..., Any]
@@ -53,9 +53,18 @@ METADATA = frozenset({
 })
 
 
-#: ``short_name`` of every function seen so far (the set of torch functions is finite;
-#: resolving one takes ~10 us, an explanation meets tens of them)
-_NAMES: dict[Any, str] = {}
+#: per torch function seen so far (the set is finite; resolving a name takes ~10 us, an
+#: explanation meets tens of them): what the interceptor needs before the call, see
+#: :func:`_route`
+_ROUTES: dict[Any, tuple[str, bool, tuple[Any, ...], tuple[Any, ...], tuple[Any, ...], bool]] = {}
+
+
+def _route(func: Callable[..., Any]
+           ) -> tuple[str, bool, tuple[Any, ...], tuple[Any, ...], tuple[Any, ...], bool]:
+    """``(name, metadata read, argument hooks, claims, observers, writes by name)``."""
+    name = short_name(func)
+    prepares, claims, observers = handlers.route(name)
+    return name, name in METADATA, prepares, claims, observers, writes_by_name(name)
 
 
 def short_name(func: Callable[..., Any]) -> str:
@@ -92,6 +101,25 @@ def _detach_leaves(value: Any, session: Session) -> Any:
     return value
 
 
+def _is_parameter_leaf(t: Any) -> bool:
+    """A leaf that requires grad (a parameter, or the input: :func:`_detach_leaves` decides)."""
+    return isinstance(t, Tensor) and t.requires_grad and t.grad_fn is None
+
+
+def _has_parameter_leaf(values: Iterable[Any]) -> bool:
+    """Whether :func:`_detach_leaves` may have to detach one of ``values`` (arguments, or
+    keyword values): most calls of a frozen model have none, and need no new tuple."""
+    for value in values:
+        if isinstance(value, Tensor):
+            if value.requires_grad and value.grad_fn is None:
+                return True
+        elif isinstance(value, list | tuple):
+            for v in value:
+                if _is_parameter_leaf(v):
+                    return True
+    return False
+
+
 def _nodes(args: tuple[Any, ...]) -> set[int]:
     """The graph nodes of a call's tensor arguments (ids)."""
     return {id(a.grad_fn) for a in args if isinstance(a, Tensor) and a.grad_fn is not None}
@@ -126,25 +154,26 @@ class Interceptor(TorchFunctionMode):
                            args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
                            ) -> Any:
         session = self.session
-        name = _NAMES.get(func)
-        if name is None:
-            name = _NAMES[func] = short_name(func)
-        if session.opaque or name in METADATA:  # inside a module taken as one op; metadata
+        route = _ROUTES.get(func)
+        if route is None:
+            route = _ROUTES[func] = _route(func)
+        name, metadata, prepares, claims, observers, writes = route
+        if session.opaque or metadata:  # inside a module taken as one op; a metadata read
             return func(*args, **(kwargs or {}))
         kwargs = kwargs or {}
-        prepares, claims, observers = handlers.route(name)
         afters = []
         for prepare in prepares:
             args, after = prepare(session, name, args)
             if after is not None:
                 afters.append(after)
-        in_place = asks_in_place(name, args, kwargs)
+        in_place = asks_in_place(name, args, kwargs, writes)
         if in_place and args and isinstance(args[0], Tensor) and args[0].requires_grad \
                 and args[0].grad_fn is None and not session.is_leaf_input(args[0]):
             raise_leaf_write(session, name, args[0])
-        args = tuple([_detach_leaves(v, session) if isinstance(v, Tensor | list | tuple) else v
-                      for v in args])
-        if kwargs:
+        if _has_parameter_leaf(args):
+            args = tuple([_detach_leaves(v, session) if isinstance(v, Tensor | list | tuple)
+                          else v for v in args])
+        if kwargs and _has_parameter_leaf(kwargs.values()):
             kwargs = {k: _detach_leaves(v, session) for k, v in kwargs.items()}
         for claim in claims:
             handler = claim(name, args, kwargs)

@@ -38,6 +38,11 @@ def reads_input(session: Session, a: Tensor) -> bool:
     x = session.x
     if session.is_model_input(a):
         return True
+    node = a.grad_fn  # most layers read another layer's output: no walk
+    if node is not None:
+        kind = type(node).__name__
+        if kind not in INDEX_ONLY and "Pad" not in kind and kind != "AccumulateGrad":
+            return False
     walked = False
     for node in graph_nodes(a):
         walked = True
