@@ -234,3 +234,47 @@ def test_a_merged_batchnorm_gives_the_models_output() -> None:
     with torch.no_grad():
         torch.testing.assert_close(expl.output, model(x), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(expl.relevance, _gradient_times_input(model, x, 1))
+
+
+class _Gated(nn.Module):
+    """``h · sigmoid(W tanh(mean h))``: a squeeze-and-excitation gate on ``h = tanh(conv x)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.squeeze = nn.Conv2d(4, 4, 1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.conv(x))
+        gate = torch.sigmoid(self.squeeze(torch.tanh(h.mean((2, 3), keepdim=True))))
+        return self.head((h * gate).mean((2, 3)))
+
+
+class _Counted(R.Pass):
+    """The identity rule, counting its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def propagate(self, op: object, a: torch.Tensor, z: torch.Tensor,
+                  grad: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().propagate(op, a, z, grad)
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_no_rule_runs_behind_a_gate_that_takes_no_relevance(record: bool) -> None:
+    """The gate of a product takes no relevance (signal-take-all), so no signal reaches the
+    branch that computes it: its rules are not run on zeros (they were, at every
+    squeeze-and-excitation block). A recorded explanation still logs that branch's ops."""
+    model = _Gated().eval()
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    counted = _Counted()
+    composite = C.Composite([(C.kind("activation"), counted),
+                             (C.kind("conv", "linear"), R.Epsilon(1e-6))], "counted")
+    explained = relprop.explain(model, x, 1, composite, record=record)
+    assert counted.calls == (3 if record else 1)  # the branch's tanh and sigmoid; the main tanh
+    reference = relprop.explain(model, x, 1, composite, record=not record)
+    torch.testing.assert_close(explained.relevance, reference.relevance)

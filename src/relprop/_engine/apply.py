@@ -134,10 +134,16 @@ class UnaryFunction(torch.autograd.Function):
         z = _own(compute(a), a)
         ctx.save_for_backward(a, z)
         ctx.op, ctx.call, ctx.session = op, call, session
+        # no signal arrives where a rule gave none (a gate of a product): pass none on, so
+        # the branch behind it is not run on zeros (squeeze-and-excitation); a recorded
+        # explanation still logs its ops, with zeros
+        ctx.set_materialize_grads(session.record)
         return z
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad: Tensor | None) -> tuple[Tensor | None, ...]:
+        if grad is None:
+            return None, None, None, None, None
         a, z = ctx.saved_tensors
         return _run_rule(ctx.call, ctx.session, ctx.op, a, z, grad), None, None, None, None
 
