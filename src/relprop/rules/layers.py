@@ -332,12 +332,11 @@ class AlphaBeta(LayerRule):
                    ) -> tuple[Tensor, Tensor, Tensor]:
         """``c`` for samples ``a``, with the report's ``Σ factor·R`` and ``Σ R`` per sample.
 
-        ``−z⁻`` is made where ``s⁻`` goes and the report's factor where ``s⁺`` goes, so
-        that the only temporaries of the output's size are ``z⁺`` and the signal itself;
-        the report reads ``R = z·grad`` as ``Σ (factor·z)·grad``, no copy of ``R``. Passes
-        over the output: the subtraction, the factor's two comparisons and subtraction, its
-        product with ``z``, the two dots, the clamp, ``z·grad``, the two divisions (and the
-        scalings by ``1/α``, ``1/β`` where they are not 1)."""
+        ``−z⁻`` is made where ``s⁻`` goes and ``R`` where ``s⁺`` goes, so that the
+        temporaries of the output's size are ``z⁺``, the signal and one mask. Passes over
+        the output: the subtraction, ``z·grad``, the report's two comparisons, two dots and
+        sum (:meth:`_passed`), the clamp and the two divisions, which weigh by α and β as
+        they divide (:func:`_weighted_ratio`)."""
         channels = z.shape[1]
         signal = z.new_empty((z.shape[0], 2 * channels, *z.shape[2:]))
         relevance, s_neg = signal[:, :channels], signal[:, channels:]
@@ -345,21 +344,24 @@ class AlphaBeta(LayerRule):
         signs = None if stacked.shape[1] == a.shape[1] else _signs_side_by_side(a)
         z_pos = self._positive_denominator(op, a, signs is None, stacked, signs, shift)
         torch.sub(z_pos, z, out=s_neg)  # −z⁻ = ε − (N + b⁻), see _denominators
-        factor = self._factor(op, z_pos, s_neg, shift, out=relevance)
-        self._finish_negative_(s_neg)
-        self._finish_positive_(z_pos)
-        passed = _per_sample_dot(factor.mul_(z), grad)  # Σ factor·R
-        arrived = _per_sample_dot(z, grad)
         torch.mul(z, grad, out=relevance)
-        torch.div(relevance, s_neg, out=s_neg)  # −β R / z⁻
-        relevance.div_(z_pos)  # α R / z⁺
-        del z_pos, factor, relevance, s_neg  # temporaries go before the vjp (peak memory)
+        passed = self._passed(op, z_pos, s_neg, shift, relevance)
+        arrived = _per_sample_sum(relevance)
+        self._finish_negative_(s_neg, scale=False)
+        self._finish_positive_(z_pos, scale=False)
+        _weighted_ratio(relevance, s_neg, self.beta, out=s_neg)  # −β R / z⁻
+        _weighted_ratio(relevance, z_pos, self.alpha, out=relevance)  # α R / z⁺
+        del z_pos, relevance, s_neg  # temporaries go before the vjp (peak memory)
         return _pull_stacked(op, a, signs, stacked, signal), passed, arrived
 
     def _shift(self, op: LinearOp) -> Tensor | None:
-        """The bias of the positive forward, ``b⁺ + ε`` (``None`` without a bias)."""
-        eps, b_pos = self.stabilizer, op.positive_bias
-        return b_pos + eps if b_pos is not None and eps else b_pos
+        """The bias of the positive forward, ``b⁺ + ε`` (``None`` without a bias), made
+        afresh: one value per channel costs less than a look-up in the ρ(W) cache."""
+        bias = op.bias
+        if bias is None:
+            return None
+        positive = bias.clamp(min=0)
+        return positive.add_(self.stabilizer) if self.stabilizer else positive
 
     def _positive_denominator(self, op: LinearOp, a: Tensor, nonneg: bool,
                               stacked: Tensor | None, signs: Tensor | None,
@@ -376,22 +378,24 @@ class AlphaBeta(LayerRule):
             z_pos.add_(self.stabilizer)
         return z_pos
 
-    def _finish_positive_(self, z_pos: Tensor) -> None:
-        """``z⁺`` into the denominator of ``s⁺``: ``z⁺/α`` (``inf`` where 0 for ε = 0)."""
+    def _finish_positive_(self, z_pos: Tensor, scale: bool = True) -> None:
+        """``z⁺`` into the denominator of ``s⁺``: ``inf`` where 0 for ε = 0, over α (unless
+        ``scale`` is False: the caller weighs the quotient instead)."""
         if self.stabilizer == 0:
             z_pos.masked_fill_(z_pos == 0, float("inf"))
-        if self.alpha != 1:
+        if scale and self.alpha != 1:
             z_pos.div_(self.alpha)
 
-    def _finish_negative_(self, d_neg: Tensor) -> None:
+    def _finish_negative_(self, d_neg: Tensor, scale: bool = True) -> None:
         """``z⁺ − z`` into the denominator of ``s⁻``: clamped at ``ε`` (``z`` and ``z⁺`` round
         differently: no 0, no wrong sign), ``inf`` where 0 for ε = 0 (no negative
-        contribution, no negative bias: the share is 0), over β."""
+        contribution, no negative bias: the share is 0), over β (unless ``scale`` is
+        False)."""
         eps = self.stabilizer
         d_neg.clamp_(min=eps)
         if eps == 0:
             d_neg.masked_fill_(d_neg == 0, float("inf"))
-        if self.beta != 1:
+        if scale and self.beta != 1:
             d_neg.div_(self.beta)
 
     def _denominators(self, op: LinearOp, a: Tensor, z: Tensor, nonneg: bool,
@@ -470,23 +474,40 @@ class AlphaBeta(LayerRule):
 
         return op.rho("[w+,w-;w-,w+]", make)
 
-    def _factor(self, op: LinearOp, z_pos: Tensor, d_neg: Tensor, shift: Tensor | None,
-                out: Tensor | None = None) -> Tensor:
+    def _factor(self, op: LinearOp, z_pos: Tensor, d_neg: Tensor, shift: Tensor | None
+                ) -> Tensor:
         """``[P_k > 0] − (β/α)[N_k < 0]`` (the relevance factor of output ``k`` over α),
-        from ``z⁺ = P + b⁺ + ε`` and ``−z⁻ = ε − N − b⁻`` (``shift = b⁺ + ε``), written
-        into ``out`` where one is given. Where ``P`` or ``N`` is exactly 0 but other terms
-        are not, ``z`` (the model's) and ``z⁺`` (summed in another order) round differently,
-        and the test is as noisy as that term is small (as it was from ``z − (P + b)``). The
-        comparisons write 0/1 in the output's dtype: boolean masks and ``where`` cost
-        several times an arithmetic pass on the CPU."""
+        from ``z⁺ = P + b⁺ + ε`` and ``−z⁻ = ε − N − b⁻`` (``shift = b⁺ + ε``), see
+        :meth:`_thresholds`. The comparisons write 0/1 in the output's dtype: boolean masks
+        and ``where`` cost several times an arithmetic pass on the CPU."""
+        positive, negative = self._thresholds(op, shift, z_pos)
+        factor = torch.gt(z_pos, positive, out=torch.empty_like(z_pos))
+        mask = torch.gt(d_neg, negative, out=torch.empty_like(d_neg))
+        return factor.sub_(mask, alpha=self.beta / self.alpha)
+
+    def _passed(self, op: LinearOp, z_pos: Tensor, d_neg: Tensor, shift: Tensor | None,
+                relevance: Tensor) -> Tensor:
+        """``Σ factor·R`` per sample (see :meth:`_factor`) without the factor: the two 0/1
+        masks in turn in one temporary, each read by a dot with ``R``."""
+        positive, negative = self._thresholds(op, shift, z_pos)
+        mask = torch.gt(z_pos, positive, out=torch.empty_like(z_pos))
+        passed = _per_sample_dot(mask, relevance)
+        torch.gt(d_neg, negative, out=mask)
+        return passed.sub_(_per_sample_dot(mask, relevance), alpha=self.beta / self.alpha)
+
+    def _thresholds(self, op: LinearOp, shift: Tensor | None, like: Tensor
+                    ) -> tuple[float | Tensor, float | Tensor]:
+        """What ``z⁺`` exceeds where ``P > 0`` (``shift``, or ε without a bias) and what
+        ``−z⁻`` exceeds where ``N < 0`` (``shift − b``). Where ``P`` or ``N`` is exactly 0
+        but other terms are not, ``z`` (the model's) and ``z⁺`` (summed in another order)
+        round differently, and the test is as noisy as that term is small (as it was from
+        ``z − (P + b)``)."""
         eps, bias = self.stabilizer, op.bias
-        factor = torch.gt(z_pos, eps if shift is None else op.broadcast(shift, z_pos),
-                          out=torch.empty_like(z_pos) if out is None else out)
+        positive = eps if shift is None else op.broadcast(shift, like)
         # N = 0 leaves −z⁻ = (P + shift) − (P + b): compared with shift − b, rounded the
         # same way, an output over inputs that are all 0 (z = b) is exactly at its threshold
-        negative = torch.gt(d_neg, eps if shift is None or bias is None
-                            else op.broadcast(shift - bias, d_neg), out=torch.empty_like(d_neg))
-        return factor.sub_(negative, alpha=self.beta / self.alpha)
+        negative = eps if shift is None or bias is None else op.broadcast(shift - bias, like)
+        return positive, negative
 
     def _change(self, passed: Tensor, arrived: Tensor) -> Tensor:
         """Per sample, the relevance the rule creates or destroys, as a fraction of what
@@ -528,6 +549,17 @@ def _pull_stacked(op: LinearOp, a: Tensor, signs: Tensor | None, stacked: Tensor
     both = op.input_vjp(signs, stacked, signal)
     channels = a.shape[1]
     return torch.where(a > 0, both[:, :channels], both[:, channels:])
+
+
+def _weighted_ratio(numerator: Tensor, denominator: Tensor, weight: float, out: Tensor
+                    ) -> Tensor:
+    """``weight · numerator / denominator`` into ``out`` in one pass: ``addcdiv`` onto a
+    zero where ``weight ≠ 1`` (a power of two gives the quotient by ``denominator / weight``
+    to the bit), a division where it is 1."""
+    if weight == 1:
+        return torch.div(numerator, denominator, out=out)
+    zero = numerator.new_zeros(())
+    return torch.addcdiv(zero, numerator, denominator, value=weight, out=out)
 
 
 def _per_sample_dot(x: Tensor, y: Tensor) -> Tensor:
