@@ -636,8 +636,8 @@ A plain input gradient costs one forward F plus one input-vjp per layer (≈ F):
   a sum, the clamp, the two quotients: 9, against the gradient's one ReLU mask), which
   weigh most on ResNet's 1x1 expansions (outputs 4x their inputs, 64 multiply-adds per
   output element): about +0.1x at batch 1. Measured (ResNet-50, 224², 1 thread, min over
-  interleaved rounds): 2.16–2.20x at batch 1, 1.93x at batch 8 (where αβ runs the batch in
-  chunks whose terms stay in the cache, and the gradient does not);
+  interleaved rounds): 2.15–2.20x at batch 1, 1.93–2.00x at batch 8 (where αβ runs the
+  batch in chunks whose terms stay in the cache, and the gradient does not);
 - attnlrp: ε on linear layers (1.0x) plus the softmax and norm rules (elementwise): ≈ 1.0x,
   goal ≤ 1.1x;
 - K targets: F + K·(backward) against K·(F + backward); with backward ≈ F (ε) that is

@@ -32,17 +32,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from relprop import rules
+from relprop.rules import cache
 from relprop.rules.ops import LinearOp
 
 
 def make_op(conv: nn.Conv2d, bn: nn.BatchNorm2d, clipped: bool) -> LinearOp:
-    """The engine's view of ``bn(conv(a))``: a conv op with the BatchNorm merged in."""
+    """The engine's view of ``bn(conv(a))``: a conv op with the BatchNorm merged in, its
+    modified weights kept across calls as in ``relprop.explain`` (the ρ(W) cache)."""
     options = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation,
                "groups": conv.groups, "fn": F.conv2d}
-    base = LinearOp("conv", conv.weight.detach(), None, options)
+    weight = conv.weight.detach()
+    cache.detached_from(weight, conv.weight)
+    base = LinearOp("conv", weight, None, options)
     scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
     shift = (bn.bias - bn.running_mean * scale).detach()
-    op = base.fuse_affine(scale, shift)
+    op = base.fuse_affine(scale, shift, (bn.running_var, bn.running_mean, bn.weight, bn.bias,
+                                         float(bn.eps)))
     op.clipped = clipped
     return op
 
