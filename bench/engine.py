@@ -634,7 +634,20 @@ A plain input gradient costs one forward F plus one input-vjp per layer (≈ F):
   three forwards and three vjps of that layer;
 - default (LRP_CMP:α2, α2β1 on a CNN's convolutions): on inputs ≥ 0 a forward with W⁺ and
   the vjps of W⁺ and W⁻ (one stacked vjp of twice the channels): (F + F + 2F) / 2F = 2.0x;
-  on nets with grouped convolutions it is γ on every convolution (see γ);
+  on nets with grouped convolutions it is γ on every convolution (see γ). The first layer
+  takes inputs of both signs: a⁺W⁺ + a⁻W⁻ (one forward on [a⁺, a⁻] with [W⁺, W⁻]: 2F₁) and
+  four vjps (one through [[W⁺, W⁻], [W⁻, W⁺]]: 4F₁) against the gradient's F₁ + F₁, so
+  (1 + 2 + 4) F₁ instead of 4 F₁: +3F₁. ResNet-50's 7x7 stem (3→64, 112²) is 118 M of its
+  4.1 G multiply-adds (2.9 %), so by FLOPs the floor is 2.0 + 3 · 0.029 / 2 = 2.04x. By time
+  the stem costs less than its FLOPs: a convolution's vjp onto 3 channels costs what one
+  onto 6 does (12 ms at batch 1 on one thread, 24 ms for the block's 128 → 6), so the
+  stem runs at 2x the gradient's, like the other layers. Above the FLOPs: αβ's passes over
+  each output (z⁺ − z, z·grad, the relevance-change report's two comparisons, two dots and
+  a sum, the clamp, the two quotients: 9, against the gradient's one ReLU mask), which
+  weigh most on ResNet's 1x1 expansions (outputs 4x their inputs, 64 multiply-adds per
+  output element): about +0.1x at batch 1. Measured (ResNet-50, 224², 1 thread, min over
+  interleaved rounds): 2.15–2.20x at batch 1, 1.93–2.00x at batch 8 (where αβ runs the
+  batch in chunks whose terms stay in the cache, and the gradient does not);
 - attnlrp: ε on linear layers (1.0x) plus the softmax and norm rules (elementwise): ≈ 1.0x,
   goal ≤ 1.1x;
 - K targets: F + K·(backward) against K·(F + backward); with backward ≈ F (ε) that is

@@ -198,3 +198,79 @@ def test_alpha_beta_where_the_models_z_rounds_above_its_positive_part(stabilizer
     assert bool(torch.isfinite(relevance).all())
     expected = run_oracle(oracle_alpha_beta(2.0, 1.0, stabilizer), a, W.numpy(), b.numpy(), R)
     torch.testing.assert_close(relevance, torch.from_numpy(expected), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("inputs", ["nonneg", "signed"])
+@pytest.mark.parametrize("layer_name", ["linear", "conv2d", "conv2d+bn"])
+@pytest.mark.parametrize("rule_name", ["alpha2beta1", "alpha1.5beta0.5", "alpha2beta1-s0"])
+def test_alpha_beta_terms_kept_for_further_targets_match_the_oracle(
+        rule_name: str, layer_name: str, inputs: str) -> None:
+    """With another target's pass to follow (``op.again``) αβ keeps its denominators and
+    runs the stacked vjps from them (``[W⁺; W⁻]``, and the block on inputs of both signs):
+    each of two signals through the kept terms matches the oracle, and reports its change
+    as the single-pass rule does."""
+    rule, oracle = CASES[rule_name]
+    model, W, b = dense_layer(layer_name, True, 5)
+    a = make_input(LAYERS[layer_name][1], inputs, 5)
+    with torch.no_grad():
+        z = model(a)
+    op = op_view(model)
+    op.again = True
+    for seed in (0, 1):
+        R, grad = relevance_and_signal(z, z != 0, seed)
+        c = rule.propagate(op, a, z, grad)
+        assert_matches(a * c, run_oracle(oracle, a, W, b, R),
+                       f"{rule_name} on {layer_name} ({inputs} inputs, kept terms, {seed})")
+        single = op_view(model)
+        rule.propagate(single, a, z, grad)
+        torch.testing.assert_close(op.reports["relevance_change"],
+                                   single.reports["relevance_change"], rtol=1e-9, atol=1e-12)
+    op.release()
+
+
+@pytest.mark.parametrize("inputs", ["nonneg", "signed"])
+@pytest.mark.parametrize("layer_name", ["conv2d", "conv2d+bn"])
+def test_alpha_beta_in_chunks_of_the_batch_matches_the_oracle(
+        layer_name: str, inputs: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose signal exceeds ``_CHUNK_BYTES`` runs in chunks (here one sample each):
+    the same relevance as the oracle, and the same report as in one piece."""
+    from relprop.rules import layers
+
+    rule, oracle = CASES["alpha2beta1"]
+    model, W, b = dense_layer(layer_name, True, 6)
+    a = make_input(LAYERS[layer_name][1], inputs, 6)
+    assert a.shape[0] >= 2
+    with torch.no_grad():
+        z = model(a)
+    R, grad = relevance_and_signal(z, z != 0, 2)
+    whole = op_view(model)
+    rule.propagate(whole, a, z, grad)
+    monkeypatch.setattr(layers, "_CHUNK_BYTES", 1)
+    op = op_view(model)
+    c = rule.propagate(op, a, z, grad)
+    assert_matches(a * c, run_oracle(oracle, a, W, b, R), f"chunked on {layer_name}")
+    torch.testing.assert_close(op.reports["relevance_change"],
+                               whole.reports["relevance_change"], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("signed", [False, True], ids=["nonneg", "signed"])
+def test_alpha_beta_with_beta_not_one_in_a_coarse_dtype(dtype: torch.dtype, signed: bool
+                                                       ) -> None:
+    """bfloat16/float16 make ``z⁻`` from its own forward (:func:`_negative_denominator`);
+    β ≠ 1 scales that branch as in float32: on dyadic values, exact in 8 bits, the
+    relevance matches the float64 oracle to the dtype's rounding."""
+    layer, x = dyadic_linear(11, signed)
+    W, b = layer.weight.detach(), layer.bias.detach()
+    op = LinearOp("linear", W.to(dtype), b.to(dtype), {})
+    with torch.no_grad():
+        y = layer(x)
+    R, grad = relevance_and_signal(y, y != 0, 5)
+    a, z = x.to(dtype), y.to(dtype)
+    c = rules.AlphaBeta(1.5, 0.5, stabilizer=2.0 ** -20).propagate(op, a, z, grad.to(dtype))
+    relevance = (a * c).double()
+    carried = (z * grad.to(dtype)).double()  # the relevance the rule got, rounded
+    expected = run_oracle(oracle_alpha_beta(1.5, 0.5, 2.0 ** -20), x, W.numpy(), b.numpy(),
+                          carried)
+    torch.testing.assert_close(relevance, torch.from_numpy(expected), rtol=3e-2,
+                               atol=3e-2 * float(np.abs(expected).max()))
