@@ -166,11 +166,11 @@ def main() -> None:
 def alphabeta_kernels(op: LinearOp, a: Tensor, z: Tensor) -> dict[str, Callable[[], object]]:
     """The two kernels of αβ's floor on ``op``: the forward with ``W⁺`` and the stacked vjp,
     on the weights and inputs the rule uses (see ``AlphaBeta._stacked``)."""
-    from relprop.rules import layers
+    from relprop.rules import alphabeta
 
     stacked = rules.AlphaBeta()._stacked(op, a, z, bool(a.min() >= 0))
     assert stacked is not None, "αβ runs no stacked vjp here (grouped, or many signed channels)"
-    x = a if stacked.shape[1] == a.shape[1] else layers._signs_side_by_side(a)
+    x = a if stacked.shape[1] == a.shape[1] else alphabeta._signs_side_by_side(a)
     half = stacked[: stacked.shape[0] // 2]
     signal = torch.randn((z.shape[0], 2 * z.shape[1], *z.shape[2:]))
     return {"W+ forward": lambda: op.forward(x, half, op.bias),

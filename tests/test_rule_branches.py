@@ -234,7 +234,7 @@ def test_alpha_beta_in_chunks_of_the_batch_matches_the_oracle(
         layer_name: str, inputs: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch whose signal exceeds ``_CHUNK_BYTES`` runs in chunks (here one sample each):
     the same relevance as the oracle, and the same report as in one piece."""
-    from relprop.rules import layers
+    from relprop.rules import alphabeta
 
     rule, oracle = CASES["alpha2beta1"]
     model, W, b = dense_layer(layer_name, True, 6)
@@ -245,7 +245,7 @@ def test_alpha_beta_in_chunks_of_the_batch_matches_the_oracle(
     R, grad = relevance_and_signal(z, z != 0, 2)
     whole = op_view(model)
     rule.propagate(whole, a, z, grad)
-    monkeypatch.setattr(layers, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(alphabeta, "_CHUNK_BYTES", 1)
     op = op_view(model)
     c = rule.propagate(op, a, z, grad)
     assert_matches(a * c, run_oracle(oracle, a, W, b, R), f"chunked on {layer_name}")
