@@ -3,8 +3,9 @@
 One module per op family: :mod:`~relprop.rules.layers` (linear layers; αβ and z⁺ in
 :mod:`~relprop.rules.alphabeta`), :mod:`~relprop.rules.elementwise` (activations),
 :mod:`~relprop.rules.pooling`, :mod:`~relprop.rules.products`,
-:mod:`~relprop.rules.transformer` (softmax, LayerNorm, attention). :mod:`~relprop.rules.base` holds the contract and the pieces rules are made of;
-:mod:`~relprop.rules.ops` the views of an op call that a rule receives.
+:mod:`~relprop.rules.transformer` (softmax, LayerNorm, attention). :mod:`~relprop.rules.base`
+holds the contract and the pieces rules are made of; :mod:`~relprop.rules.ops` the views of
+an op call that a rule receives.
 """
 
 from .alphabeta import AlphaBeta, ZPlus
