@@ -278,3 +278,54 @@ def test_no_rule_runs_behind_a_gate_that_takes_no_relevance(record: bool) -> Non
     assert counted.calls == (3 if record else 1)  # the branch's tanh and sigmoid; the main tanh
     reference = relprop.explain(model, x, 1, composite, record=not record)
     torch.testing.assert_close(explained.relevance, reference.relevance)
+
+
+class _Doubled(R.Rule):
+    """Twice the product's gradient for every factor: a rule with no constant share."""
+
+    kinds = frozenset({"product"})
+
+    def propagate(self, op: object, a: torch.Tensor, z: torch.Tensor,
+                  grad: torch.Tensor) -> torch.Tensor:
+        return 2 * grad
+
+
+class _Product(nn.Module):
+    """``h₁ ⊙ s`` with ``s`` a per-sample scale (broadcast), written elementwise or as an
+    einsum (which runs through the engine's general product path)."""
+
+    def __init__(self, spelling: str, gate: bool) -> None:
+        super().__init__()
+        self.spelling, self.gate = spelling, gate
+        self.first, self.second, self.head = nn.Linear(5, 6), nn.Linear(5, 1), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, s = torch.tanh(self.first(x)), self.second(x)
+        s = torch.sigmoid(s) if self.gate else torch.tanh(s)
+        z = h * s if self.spelling == "mul" else torch.einsum("bi,bj->bi", h, s)
+        return self.head(z)
+
+
+@pytest.mark.parametrize("gate", [False, True])
+@pytest.mark.parametrize("rule", [R.Product(), R.Product(gates_take_none=False), _Doubled()],
+                         ids=["product", "uniform", "no-constant-share"])
+def test_an_elementwise_product_as_one_node_passes_what_the_share_nodes_pass(
+        rule: R.Rule, gate: bool) -> None:
+    """``a · b`` (broadcast) runs as one autograd node that computes the product's gradient
+    only for factors the rule gives a signal; the relevance is that of the general product
+    path (share nodes around the op, here an einsum), for shares 0, ½ and 1 and for a rule
+    that is no constant share. A recorded explanation's ledger agrees too."""
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(1))
+    composite = C.Composite([(C.kind("product"), rule), (C.kind("linear"), R.Epsilon(1e-6))],
+                            "products")
+    explained, weights = {}, _Product("mul", gate).state_dict()
+    for spelling in ("mul", "einsum"):
+        model = _Product(spelling, gate).eval()
+        model.load_state_dict(weights)
+        explained[spelling] = relprop.explain(model, x, 2, composite, record=True)
+    mul, einsum = explained["mul"], explained["einsum"]
+    assert mul.relevance.abs().sum() > 0
+    torch.testing.assert_close(mul.relevance, einsum.relevance)
+    [ledger_mul] = [e for e in mul.conservation if "mul" in e.name]
+    [ledger_einsum] = [e for e in einsum.conservation if "einsum" in e.name]
+    assert ledger_mul.relevance_out == pytest.approx(ledger_einsum.relevance_out, rel=1e-5)

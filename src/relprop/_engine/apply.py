@@ -188,10 +188,49 @@ class ShareFunction(torch.autograd.Function):
         call: OpCall = ctx.call
         rule = call.rule
         assert rule is not None
-        constant = [source is not None and source.rule is not None
-                    and source.rule.constant_output for source in call.sources]
-        op = ShareOp(call.kind, ctx.position, call.gates, constant if call.sources else None)
-        out = rule.propagate(op, grad, grad, grad)
+        out = rule.propagate(_share_op(call, ctx.position), grad, grad, grad)
         if ctx.session.record:
             ctx.session.log_share(call, ctx.saved_tensors[0], out)
         return out, None, None, None
+
+
+def _share_op(call: OpCall, position: int) -> ShareOp:
+    """The view of factor ``position`` of a product call: which factors are gates, and which
+    the rule of the op that made them holds constant (attention weights under CP-LRP)."""
+    constant = [source is not None and source.rule is not None
+                and source.rule.constant_output for source in call.sources]
+    return ShareOp(call.kind, position, call.gates, constant if call.sources else None)
+
+
+class ProductFunction(torch.autograd.Function):
+    """An elementwise product ``z = a · b`` of two activations (shapes broadcast) under its
+    rule, as one node: each factor's signal is the product's gradient with respect to it,
+    ``grad · other`` summed to the factor's shape, passed through the rule. A factor the
+    rule gives share 0 (a gate) costs nothing: that gradient is not computed."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor, call: OpCall, session: Session,
+                compute: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.call, ctx.session = call, session
+        return compute(a, b)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        call: OpCall = ctx.call
+        rule = call.rule
+        assert rule is not None
+        factors = ctx.saved_tensors
+        out: list[Tensor | None] = []
+        for position, (factor, other) in enumerate(zip(factors, factors[::-1])):
+            op = _share_op(call, position)
+            share = rule.share(op)
+            signal = None
+            if share != 0:
+                gradient = (grad * other).sum_to_size(factor.shape)
+                signal = gradient if share == 1 else gradient.mul_(share) \
+                    if share is not None else rule.propagate(op, gradient, gradient, gradient)
+            if ctx.session.record:
+                ctx.session.log_share(call, factor, signal)
+            out.append(signal)
+        return out[0], out[1], None, None, None

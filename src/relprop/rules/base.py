@@ -188,6 +188,13 @@ class Rule:
         ``op`` is the call's view from :mod:`relprop.rules.ops` (its kind's class)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement propagate")
 
+    def share(self, op: Any) -> float | None:
+        """For one factor of a product (``op``: a :class:`~relprop.rules.ops.ShareOp`): the
+        constant that :meth:`propagate` multiplies the product's gradient by, if it is one
+        (``None``: call :meth:`propagate`). A factor with share 0 gets no signal, and the
+        engine does not compute the product's gradient with respect to it."""
+        return None
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={_short_repr(v)}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"

@@ -45,4 +45,8 @@ class Product(Rule):
 
     def propagate(self, op: ShareOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor | None:
         """The signal of factor ``op.position``: the product's, scaled by its share."""
-        return scaled_signal(grad, self.shares(op.gates, op.constant)[op.position])
+        return scaled_signal(grad, self.share(op))
+
+    def share(self, op: ShareOp) -> float:
+        """Factor ``op.position``'s fraction of the product's relevance (:meth:`shares`)."""
+        return self.shares(op.gates, op.constant)[op.position]

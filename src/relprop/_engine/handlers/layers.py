@@ -21,7 +21,13 @@ from torch import Tensor
 
 from ...errors import InvalidInputError, UnsupportedOperationError
 from ...rules.ops import ElementwiseOp, LinearOp, PoolOp, linear_op_from_call
-from ..apply import LayerFunction, MaxPoolFunction, ShareFunction, UnaryFunction
+from ..apply import (
+    LayerFunction,
+    MaxPoolFunction,
+    ProductFunction,
+    ShareFunction,
+    UnaryFunction,
+)
 from ..paths import on_path as _on_path
 from ..paths import reads_input as _reads_input
 
@@ -39,6 +45,8 @@ ACTIVATIONS = frozenset({
 GATES = frozenset({"sigmoid", "hardsigmoid"})
 PRODUCTS = frozenset({"mul", "__mul__", "__rmul__", "matmul", "__matmul__", "__rmatmul__",
                       "bmm", "einsum"})
+#: products of two factors elementwise (shapes broadcast): one node of their own
+ELEMENTWISE_PRODUCTS = frozenset({"mul", "__mul__", "__rmul__", "multiply"})
 #: ``a @ W`` spellings whose right operand may be a layer's weight
 RIGHT_MATMULS = frozenset({"matmul", "__matmul__", "mm"})
 #: ops that are a ReLU when their lower bound is 0 and they have no upper bound
@@ -284,6 +292,13 @@ def _product(session: Session, func: Callable[..., Any], name: str,
     sources = [session.weights_call(operands[i]) for i in factors]
     if any(source is not None for source in sources):
         call.sources = sources
+    if name in ELEMENTWISE_PRODUCTS and len(operands) == 2 and len(on_path) == 2 \
+            and not kwargs and not any(t.is_complex() for t in operands):
+        # one node; no gradient is computed for a factor that gets no signal
+        out = ProductFunction.apply(operands[0], operands[1], call, session, _detached(func))
+        session.approved.add(out.grad_fn)
+        session.log_output(call, out)
+        return out
     for position, i in enumerate(factors):
         if i in on_path:
             operands[i] = ShareFunction.apply(operands[i], call, position, session)
@@ -291,6 +306,11 @@ def _product(session: Session, func: Callable[..., Any], name: str,
     _approve_down_to_shares(session, out.grad_fn)
     session.log_output(call, out)
     return out
+
+
+def _detached(func: Callable[..., Any]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``func`` on its two factors' values (the product node's forward)."""
+    return lambda a, b: func(a.detach(), b.detach())
 
 
 def _approve_down_to_shares(session: Session, node: Any, stops: frozenset[int] = frozenset()
