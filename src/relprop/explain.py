@@ -86,9 +86,14 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
     named = list(model.named_modules())  # one walk, for the session and the eager check
     session = Session(model, x_leaf, record, MODULES, named)
     with eager(model, (m for _, m in named)), collector_paused():
-        output = _forward(session, model, x, tokens, kwargs, composite)
-        return _explain_output(session, model, x, output, target, composite, tokens, kwargs,
-                               strict, verify)
+        output = None
+        try:
+            output = _forward(session, model, x, tokens, kwargs, composite)
+            return _explain_output(session, model, x, output, target, composite, tokens,
+                                   kwargs, strict, verify)
+        finally:  # the graph (its nodes hold the op records) and the records go now, while
+            del output  # the collector is paused: by reference counting, not a collection
+            session.release()
 
 
 def _forward(session: Session, model: nn.Module, x: Tensor, tokens: bool,

@@ -225,6 +225,21 @@ class Session:
         self._notes.clear()
         self._kept.clear()
 
+    def release(self) -> None:
+        """Drop every record of the explanation, when it is done (``layers`` and the ledger,
+        which the result keeps, stay): they go now, by reference counting, instead of
+        piling up for the garbage collector (its first collection after the explanation
+        would scan them all, ≈ 1.5 ms for EfficientNet-B0)."""
+        self.forget_forward()
+        self.interceptor = None  # the interceptor holds the session: a cycle
+        self.calls = []
+        self.saved = SavedTensors()
+        for table in (self._op_counts, self.call_counts, self._kinds, self._open,
+                      self._unregistered, self.expanded, self.id_maps, self.source_positions,
+                      self._marks):
+            table.clear()
+        self.stack.clear()
+
     # -- module context ------------------------------------------------------------------
     def where(self) -> tuple[str, nn.Module | None, int]:
         """The innermost running module: (path, module, how often it ran before)."""
