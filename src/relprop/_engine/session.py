@@ -229,7 +229,7 @@ class Session:
         """Drop every record of the explanation, when it is done (``layers`` and the ledger,
         which the result keeps, stay): they go now, by reference counting, instead of
         piling up for the garbage collector (its first collection after the explanation
-        would scan them all, ≈ 1.5 ms for EfficientNet-B0)."""
+        would scan them all, ≈ 1 ms for EfficientNet-B0)."""
         self.forget_forward()
         self.interceptor = None  # the interceptor holds the session: a cycle
         self.calls = []
