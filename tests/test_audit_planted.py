@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -62,3 +64,25 @@ def test_spray_on_lrp_isolates_the_planted_tag_over_three_seeds() -> None:
         assert lrp.top_ranked, seed  # the tag cluster is the class's most distinct one
         raw = outcome["raw input"]
         assert min(raw.purity, raw.recall) < 0.9, (seed, raw)
+
+
+@pytest.mark.parametrize(("flips", "used", "tried"), [
+    ([0.95], 3, [3]),  # uses the tag: kept
+    ([0.5, 0.95], 4, [3, 4]),  # hardly uses it: the next seed
+    ([0.5, 0.6, 0.7], 5, [3, 4, 5]),  # none does: the last one, as said in seeds_tried
+])
+def test_a_demo_model_that_hardly_uses_the_tag_is_trained_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flips: list[float], used: int,
+        tried: list[int]) -> None:
+    """What a seed's training learns depends on the CPU's float kernels: a model whose pasted
+    tag flips fewer than MIN_TAG_FLIP of the other classes' images is trained again."""
+    import relprop.audit.planted as planted
+
+    left = iter(flips)
+    monkeypatch.setattr(planted, "train_planted", lambda data, seed=0: build_model())
+    monkeypatch.setattr(planted, "tag_reliance", lambda model, data: {
+        "accuracy": 0.9, "accuracy_untagged": 0.9, "tag_flip": next(left)})
+    meta = planted.make_and_train(tmp_path, seed=3, n_train=2, n_test=2)
+    assert meta["seed"] == used and [t["seed"] for t in meta["seeds_tried"]] == tried
+    assert meta["tag_flip"] == flips[-1]
+    assert (tmp_path / "model.json").exists() and (tmp_path / "planted_cnn.safetensors").exists()

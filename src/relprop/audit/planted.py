@@ -210,23 +210,38 @@ def write_image_folder(data: PlantedData, root: str | Path) -> list[Path]:
     return paths
 
 
-def make_and_train(out: str | Path, *, seed: int = 0, n_train: int = 400, n_test: int = 100
-                   ) -> dict[str, Any]:
+#: a demo model must use the tag: one whose pasted tag flips fewer of the other classes'
+#: images is trained again with the next seed. What a seed's training learns depends on the
+#: CPU's float kernels (seed 0 gave 69 % on one machine, more on another), and a model that
+#: hardly uses the shortcut has no clear strategy for SpRAy to find
+MIN_TAG_FLIP = 0.9
+
+
+def make_and_train(out: str | Path, *, seed: int = 0, n_train: int = 400, n_test: int = 100,
+                   attempts: int = 3) -> dict[str, Any]:
     """The demo's data and model: train a :class:`PlantedCNN` on ``n_train`` images per class,
     write ``n_test`` test images per class to ``out/test/``, the weights to
-    ``out/planted_cnn.safetensors`` and what it learned to ``out/model.json``."""
+    ``out/planted_cnn.safetensors`` and what it learned to ``out/model.json``. A model whose
+    ``tag_flip`` stays below :data:`MIN_TAG_FLIP` is trained again with the next seed, up to
+    ``attempts`` seeds (``seeds_tried`` in the result says what each gave)."""
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    model = train_planted(make_planted(n_train, seed=seed), seed=seed)
-    test = make_planted(n_test, seed=seed + 10_000)
-    meta: dict[str, Any] = {"seed": seed, "n_train_per_class": n_train,
+    tried: list[dict[str, float]] = []
+    for current in range(seed, seed + max(1, attempts)):
+        model = train_planted(make_planted(n_train, seed=current), seed=current)
+        test = make_planted(n_test, seed=current + 10_000)
+        reliance = tag_reliance(model, test)
+        tried.append({"seed": current, "tag_flip": reliance["tag_flip"]})
+        if reliance["tag_flip"] >= MIN_TAG_FLIP:
+            break
+    meta: dict[str, Any] = {"seed": current, "seeds_tried": tried, "n_train_per_class": n_train,
                             "n_test_per_class": n_test, "classes": list(CLASSES),
                             "tagged_class": CLASSES[TAGGED_CLASS],
                             "train_seconds": round(time.perf_counter() - start, 1),
-                            **tag_reliance(model, test)}
+                            **reliance}
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               str(out / "planted_cnn.safetensors"))
     write_image_folder(test, out / "test")
