@@ -6,6 +6,8 @@ On a machine shared with other jobs, wall-clock medians of separate processes
 round, rounds interleaved, and reports the minimum process CPU time over the rounds (what
 the issue's first table used): robust to waiting, not to cache and memory-bandwidth
 contention. Warm figures only; the fresh-process first-call column is ``bench/engine.py``'s.
+Each row also gives the minor page faults of its fastest call (``getrusage``): fresh memory
+from the kernel, paid page by page, is what moves the batch-8 figures between runs.
 
 Usage::
 
@@ -16,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -47,8 +50,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     print(f"process CPU time, min over {args.rounds} interleaved rounds, {args.threads} "
           f"thread(s), batch {args.batch}, torch {torch.__version__}\n")
-    print("| model | method | min CPU (ms) | / gradient | note |")
-    print("|---|---|---:|---:|---|")
+    print("| model | method | min CPU (ms) | / gradient | page faults | note |")
+    print("|---|---|---:|---:|---:|---|")
     for name in args.models.split(","):
         model, side, classes = build_model(name, False, args.small)
         model = model.eval().requires_grad_(False)
@@ -67,24 +70,29 @@ def main() -> int:
                 refused[m] = f"refused: {type(error).__name__}: {str(error)[:90]}"
                 del runs[m]
         best = {m: float("inf") for m in runs}
+        faults = {m: 0 for m in runs}  # of the fastest call
         for _ in range(args.rounds):
             for m, (run, _) in runs.items():
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 start = time.process_time()
                 run()
-                best[m] = min(best[m], time.process_time() - start)
+                spent = time.process_time() - start
+                if spent < best[m]:
+                    best[m] = spent
+                    faults[m] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
         for m in methods:
             if m in refused:
-                print(f"| {name} | {m} | – | – | {refused[m]} |", flush=True)
+                print(f"| {name} | {m} | – | – | – | {refused[m]} |", flush=True)
                 continue
             print(f"| {name} | {m} | {best[m] * 1e3:.1f} | {best[m] / best['gradient']:.2f}x "
-                  f"| {runs[m][1]} |", flush=True)
+                  f"| {faults[m]} | {runs[m][1]} |", flush=True)
         if args.overhead:
             ops = _ops_per_call(model, x)
-            print(f"| {name} | ops intercepted per call | {ops} | | fixed cost ≈ {ops} × the "
-                  "per-op cost below |", flush=True)
+            print(f"| {name} | ops intercepted per call | {ops} | | | fixed cost ≈ {ops} × "
+                  "the per-op cost below |", flush=True)
         if "relprop K targets" in best and "relprop K calls" in best:
             print(f"| {name} | K targets / K calls | | "
-                  f"{best['relprop K targets'] / best['relprop K calls']:.2f}x | K = {args.k} |",
+                  f"{best['relprop K targets'] / best['relprop K calls']:.2f}x | | K = {args.k} |",
                   flush=True)
     if args.overhead:
         per_op, floor = _per_op_cost(args.rounds)
