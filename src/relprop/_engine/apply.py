@@ -227,9 +227,11 @@ class ProductFunction(torch.autograd.Function):
             share = rule.share(op)
             signal = None
             if share != 0:
-                gradient = (grad * other).sum_to_size(factor.shape)
-                signal = gradient if share == 1 else gradient.mul_(share) \
-                    if share is not None else rule.propagate(op, gradient, gradient, gradient)
+                signal = (grad * other).sum_to_size(factor.shape)
+                if share is None:
+                    signal = rule.propagate(op, signal, signal, signal)
+                elif share != 1:
+                    signal.mul_(share)
             if ctx.session.record:
                 ctx.session.log_share(call, factor, signal)
             out.append(signal)

@@ -110,13 +110,12 @@ def _has_parameter_leaf(values: Iterable[Any]) -> bool:
     """Whether :func:`_detach_leaves` may have to detach one of ``values`` (arguments, or
     keyword values): most calls of a frozen model have none, and need no new tuple."""
     for value in values:
-        if isinstance(value, Tensor):
-            if value.requires_grad and value.grad_fn is None:
-                return True
-        elif isinstance(value, list | tuple):
-            for v in value:
+        if isinstance(value, list | tuple):
+            for v in value:  # a loop, not a generator: this runs at every op call
                 if _is_parameter_leaf(v):
                     return True
+        elif _is_parameter_leaf(value):
+            return True
     return False
 
 
@@ -167,8 +166,8 @@ class Interceptor(TorchFunctionMode):
             if after is not None:
                 afters.append(after)
         in_place = asks_in_place(name, args, kwargs, writes)
-        if in_place and args and isinstance(args[0], Tensor) and args[0].requires_grad \
-                and args[0].grad_fn is None and not session.is_leaf_input(args[0]):
+        if in_place and args and _is_parameter_leaf(args[0]) \
+                and not session.is_leaf_input(args[0]):
             raise_leaf_write(session, name, args[0])
         if _has_parameter_leaf(args):
             args = tuple([_detach_leaves(v, session) if isinstance(v, Tensor | list | tuple)
