@@ -4,6 +4,7 @@ garbage collector paused, view outputs detached instead of copied."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import subprocess
 import sys
@@ -359,3 +360,85 @@ def test_an_explanation_leaves_nothing_for_the_garbage_collector(
         assert not [o for o in gc.get_objects() if type(o).__name__ in records]
     finally:
         gc.enable()
+
+
+class _TakenOver(nn.Module):
+    """A layer whose output the next op joins (a BatchNorm, a ReLU, a bias added by hand),
+    with a probe of the layer output's memory right after that op; with ``reread`` the
+    output is read once more, so the layer's own node also runs backward."""
+
+    def __init__(self, merge: str, reread: bool) -> None:
+        super().__init__()
+        self.merge, self.reread = merge, reread
+        # the bias joins only a dense layer's output (``x @ W.t()`` + b, as in GPT-2)
+        self.layer: nn.Module = nn.Linear(3 * 6 * 6, 16, bias=False) if merge == "bias" \
+            else nn.Conv2d(3, 4, 3)
+        self.norm = nn.BatchNorm2d(4)
+        self.bias = nn.Parameter(torch.randn(16) * 0.1)
+        self.head = nn.Linear(16 if merge == "bias" else 4 * 4 * 4, 3)
+        self.freed: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        h = self.layer(x.flatten(1) if self.merge == "bias" else x)
+        with torch._C.DisableTorchFunction():
+            memory = StorageWeakRef(h.untyped_storage())
+        if self.merge == "norm":
+            y = self.norm(h)
+        elif self.merge == "relu":
+            y = torch.relu(h)
+        else:  # the bias of a bias-free layer, added by hand
+            y = h + self.bias
+        if self.reread:
+            y = y + 0.5 * h
+        del h
+        self.freed.append(memory.expired())
+        return self.head(y.flatten(1))
+
+
+@pytest.mark.parametrize("merge", ["norm", "relu", "bias"])
+def test_a_layer_output_a_merged_op_took_over_is_freed_at_once(merge: str) -> None:
+    """Once a BatchNorm, ReLU or bias has joined a layer, the layer's own node keeps
+    nothing: its output's memory goes as soon as the model lets it go, not at the end of
+    the forward pass (one activation per merge; freed all at once after the forward pass, it
+    went back to the OS, and the backward pass paid fresh pages for its temporaries)."""
+    torch.manual_seed(0)
+    model = _TakenOver(merge, reread=False).eval()
+    relprop.explain(model, torch.randn(2, 3, 6, 6), 1, LRP0)
+    assert model.freed == [True]
+
+
+@pytest.mark.parametrize("merge", ["norm", "relu", "bias"])
+def test_a_taken_over_layer_output_read_again_gets_its_relevance(merge: str) -> None:
+    """If the model reads the taken-over output again, the layer's own node runs backward
+    after all and computes its ``z`` again: the relevance is that of the same net with the
+    layer written twice (two modules, equal weights, nothing shared), under ε, and
+    Gradient×Input under LRP-0."""
+    torch.manual_seed(0)
+    shared = _TakenOver(merge, reread=True)
+    with torch.no_grad():
+        shared.norm.running_mean.normal_()
+        shared.norm.running_var.uniform_(0.5, 2.0)
+    shared.eval()
+    x = torch.randn(2, 3, 6, 6)
+    expl = relprop.explain(shared, x, 1, LRP0)
+    torch.testing.assert_close(expl.relevance, _gradient_times_input(shared, x, 1))
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.second = (copy.deepcopy(shared.layer) for _ in range(2))
+            self.norm, self.bias, self.head = shared.norm, shared.bias, shared.head
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.flatten(1) if merge == "bias" else x
+            h = self.first(x)
+            y = self.norm(h) if merge == "norm" else torch.relu(h) if merge == "relu" \
+                else h + self.bias
+            return self.head((y + 0.5 * self.second(x)).flatten(1))
+
+    epsilon = C.uniform(R.Epsilon(0.5))  # large: a wrong z changes every ratio
+    got = relprop.explain(shared, x, 1, epsilon).relevance
+    torch.testing.assert_close(got, relprop.explain(Twice().eval(), x, 1, epsilon).relevance)
+    assert not torch.allclose(got, expl.relevance, rtol=1e-2)

@@ -21,8 +21,9 @@ from torch import Tensor
 
 
 class Held:
-    """One saved tensor. ``stale`` marks a layer output overwritten by its own in-place ReLU:
-    its values are no longer ``z`` and the rule recomputes them if it ever needs them."""
+    """One saved tensor. ``stale`` marks a layer output that the slot no longer has right: it
+    was overwritten by its own in-place ReLU, or let go (:meth:`drop`); the rule computes
+    it again if it ever needs it."""
 
     __slots__ = ("tensor", "owner", "stale", "__weakref__")
 
@@ -39,6 +40,12 @@ class Held:
         if not keep:
             self.tensor = None
         return tensor
+
+    def drop(self) -> None:
+        """Let the tensor go now (its memory with it, once nothing else holds it): the op that
+        kept it will most likely never run backward; if it does, it computes it again."""
+        self.tensor = None
+        self.stale = True
 
 
 def storage_key(t: Tensor) -> int:

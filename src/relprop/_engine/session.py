@@ -75,7 +75,9 @@ class Session:
         self.call_counts: dict[nn.Module, int] = {}
         self.node_info: dict[Any, tuple[str, str]] = {}
         self.approved: set[Any] = set()
-        self.producers: dict[int, tuple[weakref.ref[Tensor], OpCall, Any, Tensor]] = {}
+        #: layer outputs a BatchNorm, ReLU or bias may join: id -> (the output, its call, its
+        #: op, the layer's input, the slot where its node keeps ``z``)
+        self.producers: dict[int, tuple[weakref.ref[Tensor], OpCall, Any, Tensor, Any]] = {}
         self.gates: dict[int, weakref.ref[Tensor]] = {}
         self.deposit: Tensor | None = None
         #: True during a backward pass that another one over the same graph follows (several

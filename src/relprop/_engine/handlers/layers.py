@@ -27,6 +27,8 @@ from ..apply import (
     ProductFunction,
     ShareFunction,
     UnaryFunction,
+    taken_over,
+    z_slot,
 )
 from ..paths import on_path as _on_path
 from ..paths import reads_input as _reads_input
@@ -71,8 +73,15 @@ def _layer(session: Session, func: Callable[..., Any], name: str,
     call = session.new_call(kind, name, reads_input=reads_input)
     call.groups = int(op.options.get("groups", 1))
     out = LayerFunction.apply(a, op, call, session, lambda: func(*args, **kwargs))
-    session.producers[id(out)] = (weakref.ref(out), call, op, a)
+    produced(session, out, call, op, a)
     return out
+
+
+def produced(session: Session, out: Tensor, call: Any, op: LinearOp, a: Tensor) -> None:
+    """Remember ``out`` as the output of the layer ``call`` (``op`` on ``a``), which a
+    BatchNorm, ReLU or bias reading it next joins (:func:`_batch_norm`, :func:`_relu`,
+    :func:`fuse_bias`)."""
+    session.producers[id(out)] = (weakref.ref(out), call, op, a, z_slot(out))
 
 
 def _batch_norm(session: Session, func: Callable[..., Any], name: str,
@@ -103,19 +112,20 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
     channels = scale.numel()
     producer = session.producers.pop(id(x), None)
     if producer is not None and producer[0]() is x and producer[2].can_fuse_affine_on(x, channels):
-        _, call, op, a = producer
+        _, call, op, a, slot = producer
         call.fused = path
         fused = op.fuse_affine(scale, shift, (var, mean, bound["weight"], bound["bias"],
                                               float(bound["eps"])))
         value = bound["input"].detach()
         out = LayerFunction.apply(a, fused, call, session,
                                   _normalise(func, value, bound, args, kwargs))
-        session.producers[id(out)] = (weakref.ref(out), call, fused, a)
+        taken_over(slot)
+        produced(session, out, call, fused, a)
         return out
     op = LinearOp("norm", scale, shift, {})
     call = session.new_call("norm", name, reads_input=_reads_input(session, x))
     out = LayerFunction.apply(x, op, call, session, lambda: func(*args, **kwargs))
-    session.producers[id(out)] = (weakref.ref(out), call, op, x)
+    produced(session, out, call, op, x)
     return out
 
 
@@ -156,12 +166,13 @@ def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
             if isinstance(t, Tensor) and t.grad_fn is not None:
                 session.approved.add(t.grad_fn)
         return out
-    _, call, op, a = producer
+    _, call, op, a, slot = producer
     if inplace:  # ``x`` becomes the merged node's output, for every later reader of it
         out = LayerFunction.apply(a, op, call, session, None, True, x)
     else:
         value = x.detach()
         out = LayerFunction.apply(a, op, call, session, lambda: torch.relu(value), True)
+    taken_over(slot)
     if session.record:
         session.merged(x, out)
     return out
@@ -246,7 +257,7 @@ def _matmul_layer(session: Session, func: Callable[..., Any], name: str,
             op = LinearOp("linear", w.t(), None, {})
             call = session.new_call("linear", name, reads_input=_reads_input(session, a))
             out = LayerFunction.apply(a, op, call, session, lambda: func(*args))
-            session.producers[id(out)] = (weakref.ref(out), call, op, a)
+            produced(session, out, call, op, a)
             return out
     if name in PRODUCTS:
         return _product(session, func, name, args, kwargs)
@@ -265,13 +276,14 @@ def fuse_bias(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
         producer = session.producers.get(id(z))
         if producer is None or producer[0]() is not z:
             continue
-        _, call, op, a = producer
+        _, call, op, a, slot = producer
         if (op.kind == "linear" and op.bias is None and op._affine is None and b.dim() == 1
                 and not _on_path(b) and session.is_constant(b) and z.shape[-1:] == b.shape):
             session.producers.pop(id(z))
             fused = LinearOp("linear", op.weight, b, {})
             out = LayerFunction.apply(a, fused, call, session, partial(torch.add, z.detach(), b))
-            session.producers[id(out)] = (weakref.ref(out), call, fused, a)
+            taken_over(slot)
+            produced(session, out, call, fused, a)
             return out
     return None
 
