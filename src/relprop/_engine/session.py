@@ -69,6 +69,7 @@ class Session:
         # a compiled submodule wraps the eager one as ``_orig_mod``: name it as the eager one
         self.paths: dict[nn.Module, str] = {
             m: ".".join(p for p in name.split(".") if p != "_orig_mod")
+            if "_orig_mod" in name else name
             for name, m in (model.named_modules() if named is None else named)}
         self.calls: list[OpCall] = []
         self.stack: list[tuple[str, nn.Module, int]] = []

@@ -11,7 +11,9 @@ computed on the first call and reused after. An entry is keyed on
   step, ``load_state_dict``, ``p.data.mul_``), data pointer, dtype, device and geometry,
 
 so a training step invalidates it, a parameter that dies takes its entries with it (no leak)
-and the model is never touched. Only weights that are ``nn.Parameter`` s are cached (a weight
+and the model is never touched. The transforms made from one set of sources share one record,
+checked once per op and backward step (:func:`kept_for`); a new version of a source replaces
+the record, and the stale transforms go with it. Only weights that are ``nn.Parameter`` s are cached (a weight
 computed in the forward pass is a new tensor every call). The cache is shared by threads
 (a lock guards it); :func:`clear` empties it and :func:`disabled` turns it off for a block.
 
@@ -33,19 +35,36 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["budget", "cached", "cacheable", "clear", "detached_from", "disabled", "nbytes",
-           "set_budget", "size"]
+__all__ = ["Kept", "budget", "cached", "cacheable", "clear", "detached_from", "disabled",
+           "kept_for", "nbytes", "set_budget", "size"]
 
 #: reentrant: a garbage collection while the lock is held may run a weak reference's callback
 #: in the same thread (the callbacks themselves take no lock: one dict pop is atomic)
 _LOCK = threading.RLock()
-#: (key, source identities) -> (weak references to the sources, their descriptions, the
-#: values compared by value, the kept tensor)
-_ENTRIES: dict[tuple[Any, ...], tuple[tuple[weakref.ref[Tensor], ...], tuple[Any, ...],
-                                      tuple[Tensor, ...], Tensor]] = {}
 _STATE = {"enabled": True}
 #: the most bytes kept (None: no limit)
 _BUDGET: list[int | None] = [1 << 30]
+
+
+class _Record:
+    """What was made from one set of sources: weak references to the tensors, their
+    descriptions, copies of the values compared by value, and the transforms (key -> kept
+    tensor)."""
+
+    __slots__ = ("refs", "described", "copies", "made")
+
+    def __init__(self, refs: tuple[weakref.ref[Tensor], ...], described: tuple[Any, ...],
+                 copies: tuple[Tensor, ...]) -> None:
+        self.refs, self.described, self.copies = refs, described, copies
+        self.made: dict[Hashable, Tensor] = {}
+
+    def nbytes(self) -> int:
+        return sum(map(_tensor_bytes, self.made.values())) + sum(map(_tensor_bytes, self.copies))
+
+
+#: (source identities, the sources that are not tensors) -> the record made from them: a new
+#: version of a source replaces the record, never adds one
+_RECORDS: dict[tuple[Any, ...], _Record] = {}
 
 
 #: detached parameters (the engine detaches parameters that require grad at each call):
@@ -91,49 +110,84 @@ def cacheable(weight: Tensor | None) -> bool:
             and isinstance(_anchor(weight), nn.Parameter) and not weight.is_inference())
 
 
-def cached(key: Hashable, sources: Sequence[Tensor | float | None],
-           make: Callable[[], Tensor], values: Sequence[Tensor] = ()) -> Tensor:
-    """``make()``, or the value it gave before for the same ``key`` and unchanged
-    ``sources`` (tensors keyed by identity and version, other values by equality) and
-    ``values`` (small tensors compared by value: a BatchNorm's running statistics are updated
-    by its kernel without a version bump, so the merged ``scale`` and ``shift`` are)."""
+class Kept:
+    """The transforms kept for one set of sources, checked once (:func:`kept_for`): an op
+    asks for several (``W⁺``, ``W⁻``, the merged weight, ``γ/2·|W|``) and checks its sources
+    one time, not once per transform."""
+
+    __slots__ = ("_slot", "_record", "_anchors", "_described", "_values")
+
+    def __init__(self, slot: tuple[Any, ...], record: _Record | None, anchors: list[Tensor],
+                 described: tuple[Any, ...], values: Sequence[Tensor]) -> None:
+        self._slot, self._record = slot, record
+        self._anchors, self._described, self._values = anchors, described, values
+
+    def get(self, key: Hashable, make: Callable[[], Tensor]) -> Tensor:
+        """``make()``, or what it gave before for ``key`` and these unchanged sources."""
+        record = self._record
+        if record is not None:
+            value = record.made.get(key)
+            if value is not None:
+                return value
+        with torch.no_grad():
+            value = make().detach()
+        if not _STATE["enabled"]:
+            return value
+        with _LOCK:
+            if record is None or _RECORDS.get(self._slot) is not record:
+                record = self._new_record()
+            limit = _BUDGET[0]
+            if limit is not None:
+                others = sum(r.nbytes() for k, r in _RECORDS.items() if k != self._slot)
+                if others + record.nbytes() + _tensor_bytes(value) > limit:
+                    if _RECORDS.get(self._slot) is not record:  # the older version is stale
+                        _RECORDS.pop(self._slot, None)
+                    return value
+            record.made[key] = value
+            _RECORDS[self._slot] = record
+        self._record = record
+        return value
+
+    def _new_record(self) -> _Record:
+        with torch.no_grad():
+            copies = tuple(v.detach().clone() for v in self._values)
+        slot = self._slot
+
+        def forget(_: object) -> None:
+            _RECORDS.pop(slot, None)
+
+        refs = tuple(weakref.ref(a, forget) for a in self._anchors)
+        return _Record(refs, self._described, copies)
+
+
+def kept_for(sources: Sequence[Tensor | float | None], values: Sequence[Tensor] = ()) -> Kept:
+    """The transforms kept for ``sources`` (tensors by identity and version, other values by
+    equality) and ``values`` (small tensors compared by value: a BatchNorm's running statistics
+    are updated by its kernel without a version bump, so the merged ``scale`` and ``shift``
+    are); none if any of them changed since they were made."""
     tensors = [s for s in sources if isinstance(s, Tensor)]
     anchors = [_anchor(t) for t in tensors]
-    # one slot per (transform, sources): a new version replaces the old value, never adds
-    slot = (key, tuple(id(a) for a in anchors),
-            tuple(s for s in sources if not isinstance(s, Tensor)))
+    slot = (tuple(id(a) for a in anchors), tuple(s for s in sources if not isinstance(s, Tensor)))
     described = tuple(_describe(t) for t in tensors)
     with _LOCK:
-        entry = _ENTRIES.get(slot)
-    if entry is not None and entry[1] == described \
-            and all(ref() is a for ref, a in zip(entry[0], anchors)) \
-            and all(_same(v, kept) for v, kept in zip(values, entry[2], strict=True)):
-        return entry[3]
-    with torch.no_grad():
-        value = make().detach()
-        copies = tuple(v.detach().clone() for v in values)
+        record = _RECORDS.get(slot)
+    if record is not None and not (
+            record.described == described
+            and all(ref() is a for ref, a in zip(record.refs, anchors))
+            and all(_same(v, kept) for v, kept in zip(values, record.copies, strict=True))):
+        record = None
+    return Kept(slot, record, anchors, described, values)
 
-    def forget(_: object, slot: tuple[Any, ...] = slot) -> None:
-        _ENTRIES.pop(slot, None)
 
-    refs = tuple(weakref.ref(a, forget) for a in anchors)
-    with _LOCK:
-        limit = _BUDGET[0]
-        if limit is not None:
-            others = sum(_entry_bytes(e) for k, e in _ENTRIES.items() if k != slot)
-            if others + _tensor_bytes(value) + sum(map(_tensor_bytes, copies)) > limit:
-                _ENTRIES.pop(slot, None)  # an older version of it is stale: drop it too
-                return value
-        _ENTRIES[slot] = (refs, described, copies, value)
-    return value
+def cached(key: Hashable, sources: Sequence[Tensor | float | None],
+           make: Callable[[], Tensor], values: Sequence[Tensor] = ()) -> Tensor:
+    """``make()``, or the value it gave before for the same ``key`` and unchanged ``sources``
+    and ``values`` (see :func:`kept_for`)."""
+    return kept_for(sources, values).get(key, make)
 
 
 def _tensor_bytes(t: Tensor) -> int:
     return t.numel() * t.element_size()
-
-
-def _entry_bytes(entry: tuple[Any, ...]) -> int:
-    return _tensor_bytes(entry[3]) + sum(map(_tensor_bytes, entry[2]))
 
 
 def _same(value: Tensor, kept: Tensor) -> bool:
@@ -144,20 +198,20 @@ def _same(value: Tensor, kept: Tensor) -> bool:
 def clear() -> None:
     """Forget every kept ``rho(W)``."""
     with _LOCK:
-        _ENTRIES.clear()
+        _RECORDS.clear()
 
 
 def size() -> int:
     """How many ``rho(W)`` are kept."""
     with _LOCK:
-        return len(_ENTRIES)
+        return sum(len(r.made) for r in _RECORDS.values())
 
 
 def nbytes() -> int:
     """How many bytes the kept ``rho(W)`` (and the statistics they are checked against)
     hold."""
     with _LOCK:
-        return sum(_entry_bytes(e) for e in _ENTRIES.values())
+        return sum(r.nbytes() for r in _RECORDS.values())
 
 
 def budget() -> int | None:

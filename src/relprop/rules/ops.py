@@ -216,12 +216,15 @@ class LinearOp:
         """A modified weight ``rho(W)`` (or bias) named ``name`` (with the rule's parameters
         that shape it): kept across explanations while the parameters it is made from are
         unchanged (:mod:`relprop.rules.cache`), else once per backward step."""
-        sources = self._weight_sources()
-        if sources is None:
+        if _KEPT not in self._kept:  # the sources are checked once per backward step
+            sources = self._weight_sources()
+            self._kept[_KEPT] = None if sources is None else \
+                cache.kept_for(sources, self._affine_values())
+        kept: cache.Kept | None = self._kept[_KEPT]
+        if kept is None:
             value: Tensor = self.once(("rho", name), make)[0]
             return value
-        groups = self.options.get("groups", 1)
-        return cache.cached((self.kind, groups, name), sources, make, self._affine_values())
+        return kept.get((self.kind, self.options.get("groups", 1), name), make)
 
     def _affine_values(self) -> tuple[Tensor, ...]:
         if self._affine is None:
@@ -421,6 +424,9 @@ class LinearOp:
             return output.dim() == 2 and output.shape[1] == channels
         return output.dim() >= 2 and output.shape[1] == channels
 
+
+#: the key under which an op keeps, for its backward step, its sources' entry in the cache
+_KEPT = object()
 
 _CONV_FNS: dict[str, tuple[str, Callable[..., Tensor]]] = {
     "conv1d": ("conv", F.conv1d),
