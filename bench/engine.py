@@ -657,15 +657,22 @@ Beyond FLOPs, any engine that sees each op call from Python pays for it, and the
 `floor epsilon` row measures how much: `relprop_bench.floor` computes uniform ε (the same
 relevance as relprop's, tests/test_bench_floor.py) through a `TorchFunctionMode` and one
 autograd Function per layer op, with nothing else: no checks, records, rule dispatch or
-in-place protection. It is 1.05-1.13x at batch 1 on ResNet-50 and EfficientNet-B0 (1 thread,
+in-place protection. It is 1.03-1.21x at batch 1 on ResNet-50 and EfficientNet-B0 (1 thread,
 224²): ε's rescale is three elementwise passes over each layer's output, and a Python node per
 op costs ≈ 40 us forward and back. The ≤ 1.05x goal for ε at batch 1 is at or below that
-floor. What relprop adds to it is its own Python per op (routing the call, the op's record,
-saved-tensor protection, the rule's dispatch on the way back): ≈ 15-20 ms on EfficientNet-B0's
-239 ops at batch 1 (ε 1.36-1.44x), ≈ 5 ms on ResNet-50 (ε 1.11x), a few per cent at batch 8.
-At batch 8 on this CPU the ratios move by ±15 % between runs: every buffer above 32 MiB is
-fresh memory from the kernel, and the page faults it takes (30 to 270 thousand per call,
-the gradient's included) vary with the allocator's state.
+floor. What relprop adds to it is its own Python per op: module context (the module path and
+call count of every op, from global module hooks) ≈ 2.8 ms on EfficientNet-B0, saved-tensor
+protection ≈ 0.8 ms, naming the graph nodes for the graph check ≈ 0.5 ms, the per-call checks
+≈ 1 ms, routing each call with its record ≈ 5-6 ms, and the rule's dispatch on the way back:
+≈ 13 ms on EfficientNet-B0's 239 ops
+at batch 1 (ε 1.37-1.44x), ≈ 5 ms on ResNet-50 (ε 1.07-1.12x), a few per cent at batch 8.
+Page faults move every ratio: the C library's allocator gives freed memory back to the OS,
+and a call that needs it again takes fresh pages (a plain gradient of EfficientNet-B0 at
+batch 1: 3-6 thousand faults per call in a process of its own). At batch 8 every buffer above
+32 MiB is fresh memory, and the faults it takes (30 to 270 thousand per call, the gradient's
+included) vary with the allocator's state: ratios move by ±15 % between runs, and a method
+run after bigger work in the same process (interleaved rows) pays fewer than in a process of
+its own (fresh-process rows).
 """
 
 

@@ -13,9 +13,10 @@ computed on the first call and reused after. An entry is keyed on
 so a training step invalidates it, a parameter that dies takes its entries with it (no leak)
 and the model is never touched. The transforms made from one set of sources share one record,
 checked once per op and backward step (:func:`kept_for`); a new version of a source replaces
-the record, and the stale transforms go with it. Only weights that are ``nn.Parameter`` s are cached (a weight
-computed in the forward pass is a new tensor every call). The cache is shared by threads
-(a lock guards it); :func:`clear` empties it and :func:`disabled` turns it off for a block.
+the record, and the stale transforms go with it. Only weights that are ``nn.Parameter`` s are
+cached (a weight computed in the forward pass is a new tensor every call). The cache is shared
+by threads (a lock guards it); :func:`clear` empties it and :func:`disabled` turns it off for
+a block.
 
 What it keeps is memory held between calls, about one copy of the weights per transform a
 composite uses (ResNet-50, 97 MB of weights, keeps 180 MB with ``epsilon_plus_flat``, 150 MB
