@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Kept", "budget", "cached", "cacheable", "clear", "detached_from", "disabled",
-           "kept_for", "nbytes", "set_budget", "size"]
+__all__ = ["Kept", "budget", "cacheable", "clear", "detached_from", "disabled", "kept_for",
+           "nbytes", "set_budget", "size"]
 
 #: reentrant: a garbage collection while the lock is held may run a weak reference's callback
 #: in the same thread (the callbacks themselves take no lock: one dict pop is atomic)
@@ -178,13 +178,6 @@ def kept_for(sources: Sequence[Tensor | float | None], values: Sequence[Tensor] 
             and all(_same(v, kept) for v, kept in zip(values, record.copies, strict=True))):
         record = None
     return Kept(slot, record, anchors, described, values)
-
-
-def cached(key: Hashable, sources: Sequence[Tensor | float | None],
-           make: Callable[[], Tensor], values: Sequence[Tensor] = ()) -> Tensor:
-    """``make()``, or the value it gave before for the same ``key`` and unchanged ``sources``
-    and ``values`` (see :func:`kept_for`)."""
-    return kept_for(sources, values).get(key, make)
 
 
 def _tensor_bytes(t: Tensor) -> int:
