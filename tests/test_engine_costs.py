@@ -405,7 +405,10 @@ def test_a_layer_output_a_merged_op_took_over_is_freed_at_once(merge: str) -> No
     went back to the OS, and the backward pass paid fresh pages for its temporaries)."""
     torch.manual_seed(0)
     model = _TakenOver(merge, reread=False).eval()
-    relprop.explain(model, torch.randn(2, 3, 6, 6), 1, LRP0)
+    # a dense layer under LRP-0/ε keeps no input (see the stand-in tests below), and keeps
+    # its output instead where that input is gone: γ reads inputs, so the layer keeps them
+    composite = C.uniform(R.Gamma(0.25)) if merge == "bias" else LRP0
+    relprop.explain(model, torch.randn(2, 3, 6, 6), 1, composite)
     assert model.freed == [True]
 
 
@@ -442,3 +445,77 @@ def test_a_taken_over_layer_output_read_again_gets_its_relevance(merge: str) -> 
     got = relprop.explain(shared, x, 1, epsilon).relevance
     torch.testing.assert_close(got, relprop.explain(Twice().eval(), x, 1, epsilon).relevance)
     assert not torch.allclose(got, expl.relevance, rtol=1e-2)
+
+
+class _DenseInput(nn.Module):
+    """A dense layer that reads a temporary nothing else keeps (``2 x``), with a probe of that
+    temporary's memory right after the layer; ``merge``: a ReLU joins the layer's output,
+    which is read once more, with the input still alive then (``alive``), and written in
+    place before the ReLU (``written``)."""
+
+    def __init__(self, merge: bool = False, alive: bool = False,
+                 written: bool = False) -> None:
+        super().__init__()
+        self.merge, self.alive, self.written = merge, alive, written
+        self.layer, self.head = nn.Linear(12, 8), nn.Linear(8, 3)
+        self.freed: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        a = 2.0 * x
+        with torch._C.DisableTorchFunction():
+            memory = StorageWeakRef(a.untyped_storage())
+        h = self.layer(a)
+        if self.written:
+            a.mul_(3.0)
+        if not self.alive:
+            del a
+        self.freed.append(memory.expired())
+        if not self.merge:
+            return self.head(h)
+        return self.head(torch.relu(h) + 0.5 * h)
+
+
+@pytest.mark.parametrize("rule", [R.Epsilon(0.0), R.Epsilon(0.5)])
+def test_a_dense_layer_under_epsilon_keeps_no_input(rule: R.Rule) -> None:
+    """ε and LRP-0 read a layer's input for its shape only (``Rule.reads_input``): a dense
+    layer whose candidate rules all say so takes a stand-in, and its input's memory goes as
+    soon as the model lets it go (a transformer's norm and attention outputs, which a plain
+    gradient does not keep). Its relevance is the one with the input kept (recording keeps
+    it), and the model's output is unchanged."""
+    torch.manual_seed(0)
+    model = _DenseInput().eval()
+    x = torch.randn(4, 12)
+    expl = relprop.explain(model, x, 1, C.uniform(rule))
+    assert model.freed == [True]
+    kept = relprop.explain(model, x, 1, C.uniform(rule), record=True)
+    assert model.freed[-1] is False  # recording keeps inputs: the probe can fail
+    torch.testing.assert_close(expl.relevance, kept.relevance, rtol=0, atol=0)
+    torch.testing.assert_close(expl.output, model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("alive", "written"), [(False, False), (True, False), (True, True)])
+def test_a_merged_dense_layer_read_again_without_its_input(alive: bool, written: bool) -> None:
+    """A ReLU joins a stand-in layer's output, which is read again: the layer's own node runs
+    backward too. If its input is still alive and unchanged at the merge, the node holds it
+    and lets ``z`` go (computing it again); if the input is gone, or written in place since,
+    it keeps ``z``. Each way the relevance is that of the net with the layer written twice."""
+    torch.manual_seed(0)
+    model = _DenseInput(merge=True, alive=alive, written=written).eval()
+    x = torch.randn(4, 12)
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.second = (copy.deepcopy(model.layer) for _ in range(2))
+            self.head = model.head
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = 2.0 * x
+            return self.head(torch.relu(self.first(a)) + 0.5 * self.second(a))
+
+    epsilon = C.uniform(R.Epsilon(0.5))
+    got = relprop.explain(model, x, 1, epsilon).relevance
+    torch.testing.assert_close(got, relprop.explain(Twice().eval(), x, 1, epsilon).relevance)
+    assert model.freed == [not alive]

@@ -188,6 +188,13 @@ class Composite:
             names |= rule.elementwise_ops
         return frozenset(names)
 
+    def reads_input(self, kind: str) -> bool:
+        """Whether a rule this composite may give an op of ``kind`` reads the op's input values
+        (``Rule.reads_input``): any rule for that kind, or the kind's default rule."""
+        rules = [rule for _, rule in self.rules if kind in rule.kinds]
+        default = DEFAULTS.get(kind)
+        return any(rule.reads_input for rule in rules + ([default] if default else []))
+
     def assign(self, calls: Sequence[OpCall]) -> None:
         """Give every call its rule (after the forward pass, before the backward pass)."""
         layout = Layout(calls)

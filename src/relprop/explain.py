@@ -101,6 +101,7 @@ def _forward(session: Session, model: nn.Module, x: Tensor, tokens: bool,
     """``model(x)`` under the interceptor (the caller enters :func:`eager`): the output the
     model returns, its explained part selected; a forward error of the model's is raised
     again with what relprop knows about it."""
+    session.keeps_dense_inputs = session.record or composite.reads_input("linear")
     try:
         with session.installed(Interceptor(session, composite.elementwise_ops())):
             return _select_output(model(session.model_input(), **kwargs))

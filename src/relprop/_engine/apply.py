@@ -9,6 +9,7 @@ with the call's op view (:mod:`relprop.rules.ops`). Nothing here knows a rule's 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from ..rules.ops import LinearOp, PoolOp, ShareOp
 from .records import OpCall
-from .saved import Held, storage_key
+from .saved import storage_key
 from .session import carried
 
 if TYPE_CHECKING:
@@ -61,7 +62,11 @@ class LayerFunction(torch.autograd.Function):
             assert compute is not None
             z = _own(compute(), a)
         else:  # the model's in-place ReLU on this layer's output: overwrite it, as asked
-            session.saved.protect(dirty, overwritten_by=call)
+            producer = layer_node(dirty)
+            if producer is None or not producer.stand_in or hold_input(producer):
+                session.saved.protect(dirty, overwritten_by=call)
+            else:  # the producer cannot compute its z again: it keeps a copy
+                session.saved.protect(dirty)
             z = dirty.relu_()
             ctx.mark_dirty(dirty)
         # kept by the session, not save_for_backward: an in-place write by the model later
@@ -69,6 +74,7 @@ class LayerFunction(torch.autograd.Function):
         ctx.a = session.saved.hold(a, detach=False)
         ctx.z = session.saved.hold(z, owner=call)
         ctx.op, ctx.call, ctx.session, ctx.relu = op, call, session, relu
+        ctx.stand_in = isinstance(a.grad_fn, _STAND_IN_NODE)
         ctx.set_materialize_grads(False)
         return z
 
@@ -81,6 +87,7 @@ class LayerFunction(torch.autograd.Function):
         a = ctx.a.take(again)
         ctx.op.again, ctx.op.clipped = again, ctx.relu
         if ctx.z.stale:  # overwritten in place or let go (see ``taken_over``): compute z again
+            assert not ctx.stand_in, f"{ctx.call.name}: z is gone and its input was not kept"
             ctx.z.tensor = None
             z = ctx.op.forward(a, ctx.op.weight, ctx.op.bias)
             z = z.relu() if ctx.relu else z
@@ -94,27 +101,70 @@ class LayerFunction(torch.autograd.Function):
         return (out, *nothing[1:])
 
 
-#: the class of LayerFunction's graph nodes (the node is the ``ctx`` of its forward)
+class InputStandIn(torch.autograd.Function):
+    """A stand-in for a layer's input ``a`` that holds none of its memory: ``a``'s shape,
+    dtype and device over a single element (expanded), through which the gradient reaches
+    ``a`` unchanged.
+
+    A dense layer whose candidate rules never read their input's values (ε, LRP-0:
+    ``Rule.reads_input``) takes it in place of ``a``, and so do the BatchNorm, ReLU or bias
+    merged into it, so that the backward pass does not keep ``a`` alive. A transformer's
+    dense layers read a norm's or the attention's output, which a plain gradient with frozen
+    weights does not keep (a Llama-style decoder at 1,024 tokens: 118 MiB). Its node keeps a
+    weak reference to ``a`` and ``a``'s version, for :func:`hold_input`."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor) -> Tensor:
+        ctx.source, ctx.version = weakref.ref(a), a._version
+        ctx.set_materialize_grads(False)
+        return a.new_empty(()).expand(a.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor | None) -> Tensor | None:
+        return grad
+
+
+#: the classes of the graph nodes of LayerFunction and InputStandIn (a node is the ``ctx``
+#: of its forward)
 _LAYER_NODE: Any = LayerFunction._backward_cls
+_STAND_IN_NODE: Any = InputStandIn._backward_cls
 
 
-def z_slot(out: Tensor) -> Held | None:
-    """The slot in which the :class:`LayerFunction` node that made ``out`` keeps ``z``
-    (``None`` if another op made it)."""
+def layer_node(out: Tensor) -> Any:
+    """The :class:`LayerFunction` node that made ``out`` (``None`` if another op made it)."""
     node = out.grad_fn
-    return node.z if isinstance(node, _LAYER_NODE) else None
+    return node if isinstance(node, _LAYER_NODE) else None
 
 
-def taken_over(slot: Held | None) -> None:
+def hold_input(node: Any) -> bool:
+    """A layer node that took a stand-in holds its real input after all, because its ``z``
+    is about to go and it would have to compute it again (see :func:`taken_over`). False if
+    that input is gone, or was written in place since the layer read it: the node must then
+    keep ``z``."""
+    stand_in = node.a.tensor
+    source: Any = None if stand_in is None else stand_in.grad_fn
+    if source is None:
+        return False
+    a = source.source()
+    if a is None or a._version != source.version:
+        return False
+    node.a = node.session.saved.hold(a, detach=False)
+    node.stand_in = False
+    return True
+
+
+def taken_over(node: Any) -> None:
     """A BatchNorm, ReLU or bias merged into a layer has taken over the layer's output: the
     node that made it runs backward only if another op reads that output as well. It lets
     ``z`` go now, not at the end of the forward pass (the session's records keep the node
     until then), and computes it again in that rare case. Holding it cost one activation per
     merge, and freeing them all at once after the forward pass gave that memory back to the
     OS, so the backward pass took fresh pages for its temporaries (EfficientNet-B0 at 224²,
-    batch 1: 5-9 thousand page faults and 8-24 ms of system time per call)."""
-    if slot is not None:
-        slot.drop()
+    batch 1: 5-9 thousand page faults and 8-24 ms of system time per call). A node that took
+    a stand-in for its input keeps ``z`` where the input is gone (:func:`hold_input`)."""
+    if node is None or (node.stand_in and not hold_input(node)):
+        return
+    node.z.drop()
 
 
 class InPlaceWrite(torch.autograd.Function):
@@ -156,9 +206,12 @@ class UnaryFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, op: Any, call: OpCall, session: Session,
-                compute: Callable[[Tensor], Tensor]) -> Tensor:
+                compute: Callable[[Tensor], Tensor], recompute: bool = False) -> Tensor:
         z = _own(compute(a), a)
-        ctx.save_for_backward(a, z)
+        # ``recompute``: keep ``a`` alone and compute ``z`` again on the way back (a
+        # normalisation whose output only dense layers that keep no input read)
+        ctx.save_for_backward(a) if recompute else ctx.save_for_backward(a, z)
+        ctx.compute = compute if recompute else None
         ctx.op, ctx.call, ctx.session = op, call, session
         # no signal arrives where a rule gave none (a gate of a product): pass none on, so
         # the branch behind it is not run on zeros (squeeze-and-excitation); a recorded
@@ -169,9 +222,14 @@ class UnaryFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None) -> tuple[Tensor | None, ...]:
         if grad is None:
-            return None, None, None, None, None
-        a, z = ctx.saved_tensors
-        return _run_rule(ctx.call, ctx.session, ctx.op, a, z, grad), None, None, None, None
+            return None, None, None, None, None, None
+        if ctx.compute is None:
+            a, z = ctx.saved_tensors
+        else:
+            (a,) = ctx.saved_tensors
+            with torch.no_grad():
+                z = ctx.compute(a)
+        return _run_rule(ctx.call, ctx.session, ctx.op, a, z, grad), None, None, None, None, None
 
 
 class MaxPoolFunction(torch.autograd.Function):

@@ -77,9 +77,13 @@ class Session:
         self.node_info: dict[Any, tuple[str, str]] = {}
         self.approved: set[Any] = set()
         #: layer outputs a BatchNorm, ReLU or bias may join: id -> (the output, its call, its
-        #: op, the layer's input, the slot where its node keeps ``z``)
+        #: op, the layer's input, its LayerFunction node)
         self.producers: dict[int, tuple[weakref.ref[Tensor], OpCall, Any, Tensor, Any]] = {}
         self.gates: dict[int, weakref.ref[Tensor]] = {}
+        #: False where no rule the composite may give a dense layer reads the layer's input
+        #: values (and nothing is recorded): dense layers then keep no copy of their input
+        #: (:class:`relprop._engine.apply.InputStandIn`)
+        self.keeps_dense_inputs = True
         self.deposit: Tensor | None = None
         #: True during a backward pass that another one over the same graph follows (several
         #: targets; :mod:`relprop.concepts` runs one pass per concept): saved tensors and the

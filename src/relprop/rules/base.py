@@ -175,6 +175,11 @@ class Rule:
     #: False when :meth:`propagate` reads ``grad`` only through ``R = z * grad`` (so relevance
     #: is 0 wherever ``z`` is); a ReLU merged into a layer then needs no mask
     reads_grad: ClassVar[bool] = True
+    #: False when :meth:`propagate` reads its input ``a`` for its shape, dtype and device only,
+    #: never its values (ε and LRP-0: ``c = Wᵀ(grad · z / (z + ε))`` needs ``W`` and ``z``).
+    #: A dense layer whose candidate rules in the composite all say so keeps no copy of its
+    #: input for the backward pass (see :class:`relprop._engine.apply.InputStandIn`)
+    reads_input: ClassVar[bool] = True
     #: True when the rule holds its op's output constant: no relevance flows through it, and
     #: a product that uses the output treats it as a weight (CP-LRP's attention weights)
     constant_output: ClassVar[bool] = False

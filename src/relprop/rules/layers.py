@@ -44,6 +44,8 @@ class Zero(LayerRule):
     share. This is the plain input-vjp: no extra forward pass.
     """
 
+    reads_input = False
+
     def __init__(self) -> None:
         super().__init__(0.0)
 
@@ -64,6 +66,7 @@ class Epsilon(LayerRule):
     """
 
     reads_grad = False
+    reads_input = False
 
     def __init__(self, epsilon: float = 1e-6, relative_to_std: bool = False) -> None:
         if not epsilon >= 0:

@@ -22,13 +22,14 @@ from torch import Tensor
 from ...errors import InvalidInputError, UnsupportedOperationError
 from ...rules.ops import ElementwiseOp, LinearOp, PoolOp, linear_op_from_call
 from ..apply import (
+    InputStandIn,
     LayerFunction,
     MaxPoolFunction,
     ProductFunction,
     ShareFunction,
     UnaryFunction,
+    layer_node,
     taken_over,
-    z_slot,
 )
 from ..paths import on_path as _on_path
 from ..paths import reads_input as _reads_input
@@ -72,6 +73,9 @@ def _layer(session: Session, func: Callable[..., Any], name: str,
             "samples): add the batch dimension, x.unsqueeze(0)")
     call = session.new_call(kind, name, reads_input=reads_input)
     call.groups = int(op.options.get("groups", 1))
+    if kind == "linear" and not session.keeps_dense_inputs:  # see InputStandIn
+        a = InputStandIn.apply(a)
+        session.approved.add(a.grad_fn)
     out = LayerFunction.apply(a, op, call, session, lambda: func(*args, **kwargs))
     produced(session, out, call, op, a)
     return out
@@ -81,7 +85,7 @@ def produced(session: Session, out: Tensor, call: Any, op: LinearOp, a: Tensor) 
     """Remember ``out`` as the output of the layer ``call`` (``op`` on ``a``), which a
     BatchNorm, ReLU or bias reading it next joins (:func:`_batch_norm`, :func:`_relu`,
     :func:`fuse_bias`)."""
-    session.producers[id(out)] = (weakref.ref(out), call, op, a, z_slot(out))
+    session.producers[id(out)] = (weakref.ref(out), call, op, a, layer_node(out))
 
 
 def _batch_norm(session: Session, func: Callable[..., Any], name: str,
@@ -112,14 +116,14 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
     channels = scale.numel()
     producer = session.producers.pop(id(x), None)
     if producer is not None and producer[0]() is x and producer[2].can_fuse_affine_on(x, channels):
-        _, call, op, a, slot = producer
+        _, call, op, a, node = producer
         call.fused = path
         fused = op.fuse_affine(scale, shift, (var, mean, bound["weight"], bound["bias"],
                                               float(bound["eps"])))
         value = bound["input"].detach()
         out = LayerFunction.apply(a, fused, call, session,
                                   _normalise(func, value, bound, args, kwargs))
-        taken_over(slot)
+        taken_over(node)
         produced(session, out, call, fused, a)
         return out
     op = LinearOp("norm", scale, shift, {})
@@ -166,13 +170,13 @@ def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
             if isinstance(t, Tensor) and t.grad_fn is not None:
                 session.approved.add(t.grad_fn)
         return out
-    _, call, op, a, slot = producer
+    _, call, op, a, node = producer
     if inplace:  # ``x`` becomes the merged node's output, for every later reader of it
         out = LayerFunction.apply(a, op, call, session, None, True, x)
     else:
         value = x.detach()
         out = LayerFunction.apply(a, op, call, session, lambda: torch.relu(value), True)
-    taken_over(slot)
+    taken_over(node)
     if session.record:
         session.merged(x, out)
     return out
@@ -276,13 +280,13 @@ def fuse_bias(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
         producer = session.producers.get(id(z))
         if producer is None or producer[0]() is not z:
             continue
-        _, call, op, a, slot = producer
+        _, call, op, a, node = producer
         if (op.kind == "linear" and op.bias is None and op._affine is None and b.dim() == 1
                 and not _on_path(b) and session.is_constant(b) and z.shape[-1:] == b.shape):
             session.producers.pop(id(z))
             fused = LinearOp("linear", op.weight, b, {})
             out = LayerFunction.apply(a, fused, call, session, partial(torch.add, z.detach(), b))
-            taken_over(slot)
+            taken_over(node)
             produced(session, out, call, fused, a)
             return out
     return None

@@ -91,8 +91,10 @@ CHAIN = frozenset({
 #: a tensor scaled by a statistic (``div``: divided by it)
 SCALINGS = frozenset({"mul", "__mul__", "__rmul__", "multiply"})
 DIVISIONS = frozenset({"div", "__truediv__", "true_divide", "divide"})
-#: nodes that only cast or copy: the tensor they make has the values of their input
-_CASTS = frozenset({"ToCopyBackward0", "CloneBackward0", "AliasBackward0"})
+#: nodes that only cast or copy: the tensor they make has the values of their input (a dense
+#: layer's input stand-in, :class:`relprop._engine.apply.InputStandIn`, stands for it)
+_CASTS = frozenset({"ToCopyBackward0", "CloneBackward0", "AliasBackward0",
+                    "InputStandInBackward"})
 
 
 @dataclass(frozen=True)

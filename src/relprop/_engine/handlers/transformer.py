@@ -107,7 +107,9 @@ def layer_norm(session: Session, func: Callable[..., Any], name: str,
             z, _, scale = torch.native_layer_norm(t, shape, weight, bias, float(eps))
             op.scale = scale
             return z
-    return UnaryFunction.apply(a, op, call, session, compute)
+    # the dense layers that read the norm's output keep no copy of it (InputStandIn): the
+    # norm keeps its input alone and computes the output again on the way back
+    return UnaryFunction.apply(a, op, call, session, compute, not session.keeps_dense_inputs)
 
 
 def normalize(session: Session, func: Callable[..., Any], name: str,
