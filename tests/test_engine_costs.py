@@ -519,3 +519,74 @@ def test_a_merged_dense_layer_read_again_without_its_input(alive: bool, written:
     got = relprop.explain(model, x, 1, epsilon).relevance
     torch.testing.assert_close(got, relprop.explain(Twice().eval(), x, 1, epsilon).relevance)
     assert model.freed == [not alive]
+
+
+class _NormThenDense(nn.Module):
+    """A LayerNorm and a GELU, each read by a dense layer only (a transformer block's MLP),
+    with probes of their outputs' memory right after the dense layers read them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(12), nn.Linear(12, 24), nn.Linear(24, 3)
+        self.freed: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        probes = []
+        h = self.norm(x)
+        with torch._C.DisableTorchFunction():
+            probes.append(StorageWeakRef(h.untyped_storage()))
+        h = F.gelu(self.fc1(h))
+        with torch._C.DisableTorchFunction():
+            probes.append(StorageWeakRef(h.untyped_storage()))
+        out = self.fc2(h)
+        del h
+        self.freed += [probe.expired() for probe in probes]
+        return out
+
+
+@pytest.mark.parametrize("rule", [R.Epsilon(1e-6), R.Epsilon(0.5)])
+def test_a_norm_or_activation_read_only_by_such_dense_layers_keeps_its_input_alone(
+        rule: R.Rule) -> None:
+    """A LayerNorm or GELU whose output only dense layers under ε read (they keep no input)
+    keeps its input alone and computes its output again on the way back: its output's memory
+    goes at once (a plain gradient keeps none of these outputs either). The relevance is
+    the one with everything kept (recording keeps it), to the bit; where the dense layers'
+    rule reads inputs (γ), the outputs are kept, which shows that the probes can fail."""
+    torch.manual_seed(0)
+    model = _NormThenDense().eval()
+    x = torch.randn(5, 12)
+    composite = C.Composite([(C.kind("linear"), rule)])
+    expl = relprop.explain(model, x, 1, composite)
+    assert model.freed == [True, True]
+    kept = relprop.explain(model, x, 1, composite, record=True)
+    torch.testing.assert_close(expl.relevance, kept.relevance, rtol=0, atol=0)
+    model.freed.clear()
+    relprop.explain(model, x, 1, C.Composite([(C.kind("linear"), R.Gamma(0.25))]))
+    assert model.freed == [False, False]
+
+
+def test_the_seed_is_handed_to_the_output_without_a_copy() -> None:
+    """A seeded backward pass hands the seed itself to the output's node (a copy of it was
+    a language model's output in size, 125 MiB at 1,024 tokens and 32,000 tokens of
+    vocabulary) and leaves it as it was."""
+    received: list[torch.Tensor] = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: object, t: torch.Tensor) -> torch.Tensor:
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+            received.append(grad)
+            return grad
+
+    x = torch.randn(3, 4, requires_grad=True)
+    seed = torch.randn(3, 4)
+    before = seed.clone()
+    (grad,) = seeded_grad(Probe.apply(x * 2.0), [x], seed)
+    assert received[0] is seed
+    torch.testing.assert_close(grad, 2.0 * before, rtol=0, atol=0)
+    torch.testing.assert_close(seed, before, rtol=0, atol=0)

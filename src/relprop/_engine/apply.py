@@ -130,6 +130,27 @@ _LAYER_NODE: Any = LayerFunction._backward_cls
 _STAND_IN_NODE: Any = InputStandIn._backward_cls
 
 
+def stand_in(session: Session, a: Tensor) -> Tensor:
+    """What a dense layer takes as its input: ``a`` itself, or where no rule the composite may
+    give the layer reads input values, a stand-in (:class:`InputStandIn`); then an elementwise
+    op or normalisation that made ``a`` and can compute it again lets its own copy go too
+    (:func:`let_output_go`: a transformer's LayerNorm, RMSNorm and GELU outputs, which only
+    dense layers read)."""
+    if session.keeps_dense_inputs:
+        return a
+    let_output_go(a.grad_fn)
+    out: Tensor = InputStandIn.apply(a)
+    session.approved.add(out.grad_fn)
+    return out
+
+
+def let_output_go(node: Any) -> None:
+    """The :class:`UnaryFunction` node ``node`` keeps its input alone and computes its output
+    again on the way back, if it can (``recomputable``); nothing otherwise."""
+    if type(node) is _UNARY_NODE and node.compute is not None:
+        node.z.drop()
+
+
 def layer_node(out: Tensor) -> Any:
     """The :class:`LayerFunction` node that made ``out`` (``None`` if another op made it)."""
     node = out.grad_fn
@@ -206,12 +227,13 @@ class UnaryFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, op: Any, call: OpCall, session: Session,
-                compute: Callable[[Tensor], Tensor], recompute: bool = False) -> Tensor:
+                compute: Callable[[Tensor], Tensor], recomputable: bool = False) -> Tensor:
         z = _own(compute(a), a)
-        # ``recompute``: keep ``a`` alone and compute ``z`` again on the way back (a
-        # normalisation whose output only dense layers that keep no input read)
-        ctx.save_for_backward(a) if recompute else ctx.save_for_backward(a, z)
-        ctx.compute = compute if recompute else None
+        ctx.save_for_backward(a)
+        # ``z`` in a slot of its own: a dense layer that keeps no input lets it go
+        # (:func:`let_output_go`) where ``compute(a)`` computes it again (``recomputable``)
+        ctx.z = session.saved.hold(z)
+        ctx.compute = compute if recomputable else None
         ctx.op, ctx.call, ctx.session = op, call, session
         # no signal arrives where a rule gave none (a gate of a product): pass none on, so
         # the branch behind it is not run on zeros (squeeze-and-excitation); a recorded
@@ -223,13 +245,15 @@ class UnaryFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor | None) -> tuple[Tensor | None, ...]:
         if grad is None:
             return None, None, None, None, None, None
-        if ctx.compute is None:
-            a, z = ctx.saved_tensors
-        else:
-            (a,) = ctx.saved_tensors
+        (a,) = ctx.saved_tensors
+        z = ctx.z.tensor
+        if z is None:  # let go: computed again from the kept input
             with torch.no_grad():
                 z = ctx.compute(a)
         return _run_rule(ctx.call, ctx.session, ctx.op, a, z, grad), None, None, None, None, None
+
+
+_UNARY_NODE: Any = UnaryFunction._backward_cls
 
 
 class MaxPoolFunction(torch.autograd.Function):

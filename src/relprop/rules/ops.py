@@ -31,17 +31,35 @@ __all__ = ["LinearOp", "ElementwiseOp", "PoolOp", "SoftmaxOp", "NormOp", "ShareO
 LAYER_KINDS = frozenset({"linear", "conv", "conv_transpose", "norm"})
 
 
+class _Seeded(torch.autograd.Function):
+    """A scalar made from ``output`` whose backward hands ``seed`` itself to ``output``: the
+    gradient of ``⟨seed, output⟩``, without a copy of the seed (``seed · 1`` would be one:
+    a language model's output at 1,024 tokens and 32,000 tokens of vocabulary is 125 MiB, and
+    the copy lived until the head's backward step). The scalar's value is 0: only its
+    gradient is used."""
+
+    @staticmethod
+    def forward(ctx: Any, output: Tensor, seed: Tensor) -> Tensor:
+        ctx.seed = seed
+        return output.new_zeros(())
+
+    @staticmethod
+    def backward(ctx: Any, _: Tensor) -> tuple[Tensor, None]:
+        return ctx.seed, None
+
+
 def seeded_grad(output: Tensor, inputs: Sequence[Tensor], seed: Tensor, **options: Any
                 ) -> tuple[Tensor | None, ...]:
-    """``torch.autograd.grad(output, inputs, seed, **options)``, taken as the gradient of the
-    scalar ``⟨seed, output⟩``: the same numbers (its backward hands ``1 · seed`` to
-    ``output``), without the module import (sympy, about 0.6 s) that ``torch.autograd.grad``
-    makes the first time a process passes it a tensor seed."""
+    """``torch.autograd.grad(output, inputs, seed, **options)``, taken as the gradient of a
+    scalar whose backward hands ``seed`` to ``output`` (:class:`_Seeded`): the same numbers,
+    without the module import (sympy, about 0.6 s) that ``torch.autograd.grad`` makes the
+    first time a process passes it a tensor seed. No op writes into the gradient it is
+    handed, so ``seed`` is left as it was."""
     if seed.shape != output.shape:
         raise ValueError(f"seed of shape {tuple(seed.shape)} for an output of shape "
                          f"{tuple(output.shape)}")
     with torch.enable_grad():  # also inside a backward pass, where grad mode is off
-        score = torch.dot(output.reshape(-1), seed.to(output.dtype).reshape(-1))
+        score = _Seeded.apply(output, seed.to(output.dtype))
     return torch.autograd.grad(score, inputs, **options)
 
 

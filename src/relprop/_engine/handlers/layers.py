@@ -22,13 +22,13 @@ from torch import Tensor
 from ...errors import InvalidInputError, UnsupportedOperationError
 from ...rules.ops import ElementwiseOp, LinearOp, PoolOp, linear_op_from_call
 from ..apply import (
-    InputStandIn,
     LayerFunction,
     MaxPoolFunction,
     ProductFunction,
     ShareFunction,
     UnaryFunction,
     layer_node,
+    stand_in,
     taken_over,
 )
 from ..paths import on_path as _on_path
@@ -73,9 +73,8 @@ def _layer(session: Session, func: Callable[..., Any], name: str,
             "samples): add the batch dimension, x.unsqueeze(0)")
     call = session.new_call(kind, name, reads_input=reads_input)
     call.groups = int(op.options.get("groups", 1))
-    if kind == "linear" and not session.keeps_dense_inputs:  # see InputStandIn
-        a = InputStandIn.apply(a)
-        session.approved.add(a.grad_fn)
+    if kind == "linear":
+        a = stand_in(session, a)
     out = LayerFunction.apply(a, op, call, session, lambda: func(*args, **kwargs))
     produced(session, out, call, op, a)
     return out
@@ -228,7 +227,7 @@ def elementwise(session: Session, kind: str, name: str, fn: Callable[[Tensor], T
                 a: Tensor) -> Tensor:
     """One elementwise op ``z = fn(a)`` of ``kind``, under its rule."""
     call = session.new_call(kind, name)
-    out: Tensor = UnaryFunction.apply(a, ElementwiseOp(kind, fn), call, session, fn)
+    out: Tensor = UnaryFunction.apply(a, ElementwiseOp(kind, fn), call, session, fn, True)
     return out
 
 
@@ -260,6 +259,7 @@ def _matmul_layer(session: Session, func: Callable[..., Any], name: str,
                 and a.dim() >= 1 and session.is_constant(w)):
             op = LinearOp("linear", w.t(), None, {})
             call = session.new_call("linear", name, reads_input=_reads_input(session, a))
+            a = stand_in(session, a)
             out = LayerFunction.apply(a, op, call, session, lambda: func(*args))
             produced(session, out, call, op, a)
             return out

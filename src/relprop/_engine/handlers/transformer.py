@@ -107,9 +107,7 @@ def layer_norm(session: Session, func: Callable[..., Any], name: str,
             z, _, scale = torch.native_layer_norm(t, shape, weight, bias, float(eps))
             op.scale = scale
             return z
-    # the dense layers that read the norm's output keep no copy of it (InputStandIn): the
-    # norm keeps its input alone and computes the output again on the way back
-    return UnaryFunction.apply(a, op, call, session, compute, not session.keeps_dense_inputs)
+    return UnaryFunction.apply(a, op, call, session, compute, True)  # recomputable
 
 
 def normalize(session: Session, func: Callable[..., Any], name: str,
