@@ -590,3 +590,39 @@ def test_the_seed_is_handed_to_the_output_without_a_copy() -> None:
     assert received[0] is seed
     torch.testing.assert_close(grad, 2.0 * before, rtol=0, atol=0)
     torch.testing.assert_close(seed, before, rtol=0, atol=0)
+
+
+def test_a_seed_in_a_box_is_let_go_after_the_output_node() -> None:
+    """Given in a one-element list, the seed is held by nothing but the backward pass, and
+    goes once the output's node has used it, as a plain backward pass lets its output's
+    gradient go (relprop's explanations pass their seeds so, one target at a time)."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    freed: list[bool] = []
+
+    class Late(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: object, t: torch.Tensor) -> torch.Tensor:
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+            return 2.0 * grad
+
+    class Early(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: object, t: torch.Tensor) -> torch.Tensor:
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+            freed.append(memory.expired())
+            return grad
+
+    x = torch.randn(3, 4, requires_grad=True)
+    box = [torch.randn(3, 4)]
+    memory = StorageWeakRef(box[0].untyped_storage())
+    expected = 2.0 * box[0]
+    (grad,) = seeded_grad(Late.apply(Early.apply(x)), [x], box)
+    assert freed == [True] and not box
+    torch.testing.assert_close(grad, expected, rtol=0, atol=0)

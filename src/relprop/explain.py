@@ -165,16 +165,23 @@ def _explain_output(session: Session, model: nn.Module, x: Tensor, output: Any, 
         raise InvalidInputError(
             f"record=True keeps the relevance of one target, but target has {len(parts)} per "
             "sample: explain them one at a time to record layers and the ledger")
-    seeds = [part.seed(detached) for part in (parts or [resolved])]
-    maps = [_relevance_for(session, output, x, seed, explained, tokens, kwargs, strict,
-                           again=i + 1 < len(seeds))
-            for i, (seed, explained) in enumerate(seeds)]
+    targets = parts or [resolved]
+    maps, explained_each = [], []
+    for i, part in enumerate(targets):
+        # one seed at a time, held by nothing but the backward pass, which lets it go after
+        # the output's node (a language model's seed is its output's size)
+        seed, explained = part.seed(detached)
+        explained_each.append(explained)
+        box = [seed]
+        del seed
+        maps.append(_relevance_for(session, output, x, box, explained, tokens, kwargs, strict,
+                                   again=i + 1 < len(targets)))
     if parts is None:
-        (relevance, sources), explained = maps[0], seeds[0][1]
+        (relevance, sources), explained = maps[0], explained_each[0]
     else:  # K targets: (batch, K, ...)
         relevance = torch.stack([r for r, _ in maps], dim=1)
         sources = {name: torch.stack([s[name] for _, s in maps], dim=1) for name in maps[0][1]}
-        explained = torch.stack([e for _, e in seeds], dim=1)
+        explained = torch.stack(explained_each, dim=1)
     return Explanation(
         relevance=relevance.detach(), output=detached, explained=explained.detach(),
         target=resolved, method=f"lrp:{composite.name}",
@@ -196,11 +203,12 @@ def _rule_names(session: Session) -> dict[str, str]:
     return names
 
 
-def _relevance_for(session: Session, output: Tensor, x: Tensor, seed: Tensor,
+def _relevance_for(session: Session, output: Tensor, x: Tensor, seed: list[Tensor],
                    explained: Tensor, tokens: bool, kwargs: dict[str, Any], strict: bool,
                    again: bool) -> tuple[Tensor, dict[str, Tensor]]:
-    """One modified backward pass from ``seed``, checked; ``again``: another pass over the
-    same graph follows (the graph and the rules' seed-independent terms are kept)."""
+    """One modified backward pass from the seed in ``seed`` (taken out of it: see
+    :func:`relprop.rules.ops.seeded_grad`), checked; ``again``: another pass over the same
+    graph follows (the graph and the rules' seed-independent terms are kept)."""
     session.again, session.deposit = again, None
     relevance, sources = _backward(session, output, seed, tokens)
     mask = kwargs.get("attention_mask")
@@ -293,7 +301,7 @@ def _verify(model: nn.Module, x: Tensor, kwargs: dict[str, Any], explained: Tens
         "with the model.")
 
 
-def _backward(session: Session, output: Tensor, seed: Tensor, tokens: bool
+def _backward(session: Session, output: Tensor, seed: list[Tensor], tokens: bool
               ) -> tuple[Tensor, dict[str, Tensor]]:
     """The modified backward pass: relevance at the input (or the token ids) and at the
     other embedding lookups."""

@@ -45,21 +45,27 @@ class _Seeded(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, _: Tensor) -> tuple[Tensor, None]:
-        return ctx.seed, None
+        seed, ctx.seed = ctx.seed, None  # the node does not keep it past its step
+        return seed, None
 
 
-def seeded_grad(output: Tensor, inputs: Sequence[Tensor], seed: Tensor, **options: Any
-                ) -> tuple[Tensor | None, ...]:
+def seeded_grad(output: Tensor, inputs: Sequence[Tensor], seed: Tensor | list[Tensor],
+                **options: Any) -> tuple[Tensor | None, ...]:
     """``torch.autograd.grad(output, inputs, seed, **options)``, taken as the gradient of a
     scalar whose backward hands ``seed`` to ``output`` (:class:`_Seeded`): the same numbers,
     without the module import (sympy, about 0.6 s) that ``torch.autograd.grad`` makes the
     first time a process passes it a tensor seed. No op writes into the gradient it is
-    handed, so ``seed`` is left as it was."""
+    handed, so ``seed`` is left as it was. ``seed`` in a one-element list is taken out of it:
+    then nothing keeps it once the output's node has used it, as a plain backward pass lets
+    its output's gradient go."""
+    if isinstance(seed, list):
+        seed = seed.pop()
     if seed.shape != output.shape:
         raise ValueError(f"seed of shape {tuple(seed.shape)} for an output of shape "
                          f"{tuple(output.shape)}")
     with torch.enable_grad():  # also inside a backward pass, where grad mode is off
         score = _Seeded.apply(output, seed.to(output.dtype))
+    del seed
     return torch.autograd.grad(score, inputs, **options)
 
 
