@@ -9,6 +9,7 @@ import gc
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -567,11 +568,8 @@ def test_a_norm_or_activation_read_only_by_such_dense_layers_keeps_its_input_alo
     assert model.freed == [False, False]
 
 
-def test_the_seed_is_handed_to_the_output_without_a_copy() -> None:
-    """A seeded backward pass hands the seed itself to the output's node (a copy of it was
-    a language model's output in size, 125 MiB at 1,024 tokens and 32,000 tokens of
-    vocabulary) and leaves it as it was."""
-    received: list[torch.Tensor] = []
+def _probe(backward: Any) -> Any:
+    """An autograd function that copies its input and hands its gradient to ``backward``."""
 
     class Probe(torch.autograd.Function):
         @staticmethod
@@ -580,13 +578,26 @@ def test_the_seed_is_handed_to_the_output_without_a_copy() -> None:
 
         @staticmethod
         def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-            received.append(grad)
-            return grad
+            out: torch.Tensor = backward(grad)
+            return out
+
+    return Probe.apply
+
+
+def test_the_seed_is_handed_to_the_output_without_a_copy() -> None:
+    """A seeded backward pass hands the seed itself to the output's node (a copy of it was
+    a language model's output in size, 125 MiB at 1,024 tokens and 32,000 tokens of
+    vocabulary) and leaves it as it was."""
+    received: list[torch.Tensor] = []
+
+    def keep(grad: torch.Tensor) -> torch.Tensor:
+        received.append(grad)
+        return grad
 
     x = torch.randn(3, 4, requires_grad=True)
     seed = torch.randn(3, 4)
     before = seed.clone()
-    (grad,) = seeded_grad(Probe.apply(x * 2.0), [x], seed)
+    (grad,) = seeded_grad(_probe(keep)(x * 2.0), [x], seed)
     assert received[0] is seed
     torch.testing.assert_close(grad, 2.0 * before, rtol=0, atol=0)
     torch.testing.assert_close(seed, before, rtol=0, atol=0)
@@ -600,29 +611,15 @@ def test_a_seed_in_a_box_is_let_go_after_the_output_node() -> None:
 
     freed: list[bool] = []
 
-    class Late(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: object, t: torch.Tensor) -> torch.Tensor:
-            return t.clone()
-
-        @staticmethod
-        def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-            return 2.0 * grad
-
-    class Early(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: object, t: torch.Tensor) -> torch.Tensor:
-            return t.clone()
-
-        @staticmethod
-        def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-            freed.append(memory.expired())
-            return grad
+    def look(grad: torch.Tensor) -> torch.Tensor:
+        freed.append(memory.expired())
+        return grad
 
     x = torch.randn(3, 4, requires_grad=True)
     box = [torch.randn(3, 4)]
     memory = StorageWeakRef(box[0].untyped_storage())
     expected = 2.0 * box[0]
-    (grad,) = seeded_grad(Late.apply(Early.apply(x)), [x], box)
+    late = _probe(lambda grad: 2.0 * grad)
+    (grad,) = seeded_grad(late(_probe(look)(x)), [x], box)
     assert freed == [True] and not box
     torch.testing.assert_close(grad, expected, rtol=0, atol=0)
