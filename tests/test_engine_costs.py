@@ -478,6 +478,24 @@ class _DenseInput(nn.Module):
         return self.head(torch.relu(h) + 0.5 * h)
 
 
+def test_a_composite_says_which_op_kinds_read_their_inputs() -> None:
+    """Only ε and LRP-0 read an input for its shape alone; a kind keeps its inputs as soon as
+    any rule the composite may give it (a selector's, or the kind's default) reads them."""
+    assert not R.Epsilon().reads_input and not R.Zero().reads_input
+    assert R.Gamma(0.25).reads_input and R.ZPlus().reads_input and R.Flat().reads_input
+    assert not C.uniform(R.Epsilon()).reads_input("linear")
+    assert not C.attnlrp().reads_input("linear")
+    assert C.uniform(R.Gamma(0.25)).reads_input("linear")
+    first_flat = C.Composite([(C.first_layers(1), R.Flat()), (C.kind("linear"), R.Epsilon())])
+    assert first_flat.reads_input("linear")  # the first dense layer may get Flat
+    assert C.epsilon_plus_flat().reads_input("linear")
+    convs = C.Composite([(C.kind("conv"), R.ZPlus()), (C.grouped_convs(), R.Gamma(0.25))])
+    assert not convs.reads_input("linear")  # dense layers get the default, LRP-0
+    assert convs.reads_input("conv")
+    assert C.Composite([(C.kind("conv") | C.name("head"), R.ZPlus())]).reads_input("linear")
+    assert not C.Composite([(C.kind("conv") & C.name("head"), R.ZPlus())]).reads_input("linear")
+
+
 @pytest.mark.parametrize("rule", [R.Epsilon(0.0), R.Epsilon(0.5)])
 def test_a_dense_layer_under_epsilon_keeps_no_input(rule: R.Rule) -> None:
     """ε and LRP-0 read a layer's input for its shape only (``Rule.reads_input``): a dense

@@ -68,22 +68,28 @@ class Layout:
 
 
 class Selector:
-    """A predicate over op calls; combine with ``&``, ``|`` and ``~``."""
+    """A predicate over op calls; combine with ``&``, ``|`` and ``~``. ``kinds``: the op kinds
+    it can select, where that is known before any call is seen (``None``: any kind)."""
 
-    def __init__(self, predicate: Callable[[OpCall, Layout], bool], description: str) -> None:
+    def __init__(self, predicate: Callable[[OpCall, Layout], bool], description: str,
+                 kinds: frozenset[str] | None = None) -> None:
         self.predicate = predicate
         self.description = description
+        self.kinds = kinds
 
     def __call__(self, call: OpCall, layout: Layout) -> bool:
         return self.predicate(call, layout)
 
     def __and__(self, other: Selector) -> Selector:
+        kinds = other.kinds if self.kinds is None else \
+            self.kinds if other.kinds is None else self.kinds & other.kinds
         return Selector(lambda c, lay: self(c, lay) and other(c, lay),
-                        f"({self.description} & {other.description})")
+                        f"({self.description} & {other.description})", kinds)
 
     def __or__(self, other: Selector) -> Selector:
+        kinds = None if self.kinds is None or other.kinds is None else self.kinds | other.kinds
         return Selector(lambda c, lay: self(c, lay) or other(c, lay),
-                        f"({self.description} | {other.description})")
+                        f"({self.description} | {other.description})", kinds)
 
     def __invert__(self) -> Selector:
         return Selector(lambda c, lay: not self(c, lay), f"~{self.description}")
@@ -99,7 +105,7 @@ def kind(*kinds: str) -> Selector:
     product, softmax, layer_norm (LayerNorm, RMSNorm), attention (fused attention).
     """
     wanted = frozenset(kinds)
-    return Selector(lambda c, _: c.kind in wanted, f"kind{tuple(kinds)}")
+    return Selector(lambda c, _: c.kind in wanted, f"kind{tuple(kinds)}", wanted)
 
 
 def layer_type(*types: type[nn.Module]) -> Selector:
@@ -123,19 +129,22 @@ def first_layers(n: int = 1) -> Selector:
 
 def top_dense() -> Selector:
     """The linear calls that run after the last convolution (all of them if there is none)."""
-    return Selector(lambda c, lay: c.kind == "linear" and c.index > lay.last_conv, "top_dense()")
+    return Selector(lambda c, lay: c.kind == "linear" and c.index > lay.last_conv, "top_dense()",
+                    frozenset({"linear"}))
 
 
 def grouped_convs() -> Selector:
     """Grouped and depthwise convolutions (``groups > 1``): each output sees few inputs, so
     often only contributions of one sign, where αβ with β > 0 returns α·R instead of R."""
-    return Selector(lambda c, _: c.kind in CONVS and c.groups > 1, "grouped_convs()")
+    return Selector(lambda c, _: c.kind in CONVS and c.groups > 1, "grouped_convs()",
+                    frozenset(CONVS))
 
 
 def convs_of_grouped_nets() -> Selector:
     """Every convolution of a forward pass that has a grouped or depthwise convolution
     (MobileNet, EfficientNet, ResNeXt), the dense 1x1 and 3x3 ones included; none elsewhere."""
-    return Selector(lambda c, lay: c.kind in CONVS and lay.grouped, "convs_of_grouped_nets()")
+    return Selector(lambda c, lay: c.kind in CONVS and lay.grouped, "convs_of_grouped_nets()",
+                    frozenset(CONVS))
 
 
 def lower_convs(fraction: float) -> Selector:
@@ -144,7 +153,7 @@ def lower_convs(fraction: float) -> Selector:
         if c.index not in lay.conv_position:
             return False
         return lay.conv_position[c.index] < round(fraction * len(lay.conv_position))
-    return Selector(pick, f"lower_convs({fraction})")
+    return Selector(pick, f"lower_convs({fraction})", frozenset(CONVS))
 
 
 DEFAULTS: dict[str, Rule] = {
@@ -190,8 +199,10 @@ class Composite:
 
     def reads_input(self, kind: str) -> bool:
         """Whether a rule this composite may give an op of ``kind`` reads the op's input values
-        (``Rule.reads_input``): any rule for that kind, or the kind's default rule."""
-        rules = [rule for _, rule in self.rules if kind in rule.kinds]
+        (``Rule.reads_input``): any rule for that kind whose selector may pick it (a selector
+        of other kinds, ``kind("conv")``, cannot), or the kind's default rule."""
+        rules = [rule for selector, rule in self.rules
+                 if kind in rule.kinds and (selector.kinds is None or kind in selector.kinds)]
         default = DEFAULTS.get(kind)
         return any(rule.reads_input for rule in rules + ([default] if default else []))
 
