@@ -381,3 +381,33 @@ def test_an_attention_mask_computed_from_the_tokens_takes_its_share() -> None:
     assert torch.isfinite(expl.relevance).all() and expl.relevance.abs().sum() > 0
     with pytest.raises(relprop.UnsupportedOperationError, match="op 'exp'"):
         relprop.explain(Masked(torch.exp).eval(), ids, 0)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_outputs_let_go_are_computed_again_to_the_bit(name: str, monkeypatch: Any) -> None:
+    """Under AttnLRP the dense layers keep no input, and the norms and activations that only
+    they read (Hugging Face's ``GELUActivation`` and ``LlamaRMSNorm`` taken whole, as modules)
+    let their outputs go and compute them again on the way back: the relevance is the one
+    with everything kept (recording keeps it), to the bit."""
+    from relprop._engine import apply
+
+    let_go: list[str] = []
+    original = apply.let_output_go
+
+    def counting(node: Any) -> None:
+        unary = apply.recomputable_below(node)
+        if unary is not None:
+            let_go.append(unary.call.op_name)
+        original(node)
+
+    monkeypatch.setattr(apply, "let_output_go", counting)
+    build, inputs = CASES[name]
+    model = build("sdpa")
+    x, target = inputs()
+    expl = relprop.explain(model, x, target, attnlrp())
+    kept = relprop.explain(model, x, target, attnlrp(), record=True)
+    torch.testing.assert_close(expl.relevance, kept.relevance, rtol=0, atol=0)
+    expected = {"bert": {"layer_norm", "GELUActivation", "tanh"},  # tanh: the pooler's
+                "llama": {"LlamaRMSNorm"}, "gpt2": {"layer_norm", "NewGELUActivation"},
+                "vit": {"layer_norm", "GELUActivation"}}
+    assert set(let_go) == expected[name], let_go

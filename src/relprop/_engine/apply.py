@@ -144,11 +144,29 @@ def stand_in(session: Session, a: Tensor) -> Tensor:
     return out
 
 
+#: graph nodes of views: a dense layer's input made by one of these (GPT-2's ``Conv1D`` reads
+#: ``x.view(-1, width)``) is the output of the op below it, reshaped
+_VIEWS = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0",
+                    "AliasBackward0", "TransposeBackward0", "TBackward0", "PermuteBackward0",
+                    "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0"})
+
+
+def recomputable_below(node: Any) -> Any:
+    """The :class:`UnaryFunction` node that made a tensor whose graph node is ``node`` (or a
+    few views of its output), if it can compute its output again; ``None`` otherwise."""
+    for _ in range(4):
+        if node is None or type(node).__name__ not in _VIEWS:
+            break
+        node = node.next_functions[0][0]
+    return node if type(node) is _UNARY_NODE and node.compute is not None else None
+
+
 def let_output_go(node: Any) -> None:
-    """The :class:`UnaryFunction` node ``node`` keeps its input alone and computes its output
-    again on the way back, if it can (``recomputable``); nothing otherwise."""
-    if type(node) is _UNARY_NODE and node.compute is not None:
-        node.z.drop()
+    """The op below ``node`` (:func:`recomputable_below`) keeps its input alone and computes
+    its output again on the way back; nothing where there is none."""
+    unary = recomputable_below(node)
+    if unary is not None:
+        unary.z.drop()
 
 
 def layer_node(out: Tensor) -> Any:
@@ -227,13 +245,14 @@ class UnaryFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, op: Any, call: OpCall, session: Session,
-                compute: Callable[[Tensor], Tensor], recomputable: bool = False) -> Tensor:
+                compute: Callable[[Tensor], Tensor],
+                again: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         z = _own(compute(a), a)
         ctx.save_for_backward(a)
         # ``z`` in a slot of its own: a dense layer that keeps no input lets it go
-        # (:func:`let_output_go`) where ``compute(a)`` computes it again (``recomputable``)
+        # (:func:`let_output_go`) where ``again(a)`` computes it again, to the bit
         ctx.z = session.saved.hold(z)
-        ctx.compute = compute if recomputable else None
+        ctx.compute = again
         ctx.op, ctx.call, ctx.session = op, call, session
         # no signal arrives where a rule gave none (a gate of a product): pass none on, so
         # the branch behind it is not run on zeros (squeeze-and-excitation); a recorded
@@ -254,6 +273,24 @@ class UnaryFunction(torch.autograd.Function):
 
 
 _UNARY_NODE: Any = UnaryFunction._backward_cls
+
+
+def again_by_call(module: torch.nn.Module, args: Any) -> Callable[[Tensor], Tensor] | None:
+    """How a module taken whole as one elementwise op (Hugging Face's ``GELUActivation``,
+    ``LlamaRMSNorm``) computes its output again from its input: its own ``forward``, where it
+    was called on that input alone and nothing of the user's acts on the call (no forward
+    hooks of the module's own, which may change its output); ``None`` otherwise, and the op
+    keeps its output."""
+    if not (isinstance(args, tuple) and len(args) == 1) or module._forward_hooks \
+            or module._forward_pre_hooks:
+        return None
+    forward = module.forward
+
+    def again(a: Tensor) -> Tensor:
+        out = forward(a)
+        assert isinstance(out, Tensor), f"{type(module).__name__} returned {type(out)}"
+        return out
+    return again
 
 
 class MaxPoolFunction(torch.autograd.Function):

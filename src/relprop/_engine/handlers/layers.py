@@ -227,7 +227,7 @@ def elementwise(session: Session, kind: str, name: str, fn: Callable[[Tensor], T
                 a: Tensor) -> Tensor:
     """One elementwise op ``z = fn(a)`` of ``kind``, under its rule."""
     call = session.new_call(kind, name)
-    out: Tensor = UnaryFunction.apply(a, ElementwiseOp(kind, fn), call, session, fn, True)
+    out: Tensor = UnaryFunction.apply(a, ElementwiseOp(kind, fn), call, session, fn, fn)
     return out
 
 

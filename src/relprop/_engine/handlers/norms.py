@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ...rules.ops import NormOp
-from ..apply import UnaryFunction
+from ..apply import UnaryFunction, again_by_call
 from ..paths import on_path
 
 if TYPE_CHECKING:
@@ -190,7 +190,8 @@ def wrap_module_output(session: Session, module: nn.Module, kind: str, args: Any
         return None
     value = out.detach()
     call = session.new_call("layer_norm", type(module).__name__)
-    wrapped = UnaryFunction.apply(a, op, call, session, lambda _: value)
+    again = again_by_call(module, args) if isinstance(output, Tensor) else None
+    wrapped = UnaryFunction.apply(a, op, call, session, lambda _: value, again)
     session.approved.add(wrapped.grad_fn)
     session.node_info[wrapped.grad_fn] = (session.where()[0] or "<model>", type(module).__name__)
     return wrapped if isinstance(output, Tensor) else (wrapped, *output[1:])

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ...errors import UnsupportedOperationError
 from ...rules.ops import ElementwiseOp, NormOp, SoftmaxOp
-from ..apply import ShareFunction, UnaryFunction
+from ..apply import ShareFunction, UnaryFunction, again_by_call
 from ..paths import graph_nodes, on_path
 from . import layers
 
@@ -107,7 +107,7 @@ def layer_norm(session: Session, func: Callable[..., Any], name: str,
             z, _, scale = torch.native_layer_norm(t, shape, weight, bias, float(eps))
             op.scale = scale
             return z
-    return UnaryFunction.apply(a, op, call, session, compute, True)  # recomputable
+    return UnaryFunction.apply(a, op, call, session, compute, compute)
 
 
 def normalize(session: Session, func: Callable[..., Any], name: str,
@@ -333,7 +333,7 @@ def wrap_module_output(session: Session, module: nn.Module, kind: str, args: Any
     call = session.new_call(kind, type(module).__name__)
     forward = module.forward
     op = ElementwiseOp(kind, forward) if kind == "activation" else NormOp("module", forward)
-    out = UnaryFunction.apply(a, op, call, session, lambda _: value)
+    out = UnaryFunction.apply(a, op, call, session, lambda _: value, again_by_call(module, args))
     session.approved.add(out.grad_fn)
     session.node_info[out.grad_fn] = (path, type(module).__name__)
     return out
