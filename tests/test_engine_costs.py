@@ -641,3 +641,41 @@ def test_a_seed_in_a_box_is_let_go_after_the_output_node() -> None:
     (grad,) = seeded_grad(late(_probe(look)(x)), [x], box)
     assert freed == [True] and not box
     torch.testing.assert_close(grad, expected, rtol=0, atol=0)
+
+
+class ScaledGELUActivation(nn.Module):
+    """A GELU module written with elementary ops, as a model zoo writes it (taken whole as one
+    activation by its name), with a keyword argument that changes what it computes."""
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608 * (x + 0.044715 * x ** 3))) * scale
+
+
+class _ActivationCalls(nn.Module):
+    def __init__(self, keyword: bool) -> None:
+        super().__init__()
+        self.keyword = keyword
+        self.fc1, self.act, self.fc2 = nn.Linear(6, 12), ScaledGELUActivation(), nn.Linear(12, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        h = self.act(h, scale=3.0) if self.keyword else self.act(h)
+        return self.fc2(h)
+
+
+@pytest.mark.parametrize("keyword", [False, True])
+def test_a_module_taken_whole_is_computed_again_from_its_call(keyword: bool) -> None:
+    """A GELU module taken whole as one op lets its output go under ε dense layers and computes
+    it again with its own forward on the input: the relevance of ``record=True`` (which keeps
+    everything), to the bit. Called with a keyword argument (``act(h, scale=3.0)``), which that
+    recomputation would not see, it is not taken whole: its ops run one by one, and the
+    explained output is still the model's."""
+    torch.manual_seed(0)
+    model = _ActivationCalls(keyword).eval()
+    x = torch.randn(4, 6)
+    composite = C.Composite([(C.kind("linear"), R.Epsilon(1e-6))])
+    expl = relprop.explain(model, x, 1, composite, strict=False)
+    kept = relprop.explain(model, x, 1, composite, record=True, strict=False)
+    torch.testing.assert_close(expl.relevance, kept.relevance, rtol=0, atol=0)
+    torch.testing.assert_close(expl.output, model(x), rtol=0, atol=0)
+    assert ("act:ScaledGELUActivation" in expl.rules) is (not keyword)  # taken whole or not

@@ -278,9 +278,9 @@ _UNARY_NODE: Any = UnaryFunction._backward_cls
 def again_by_call(module: torch.nn.Module, args: Any) -> Callable[[Tensor], Tensor] | None:
     """How a module taken whole as one elementwise op (Hugging Face's ``GELUActivation``,
     ``LlamaRMSNorm``) computes its output again from its input: its own ``forward``, where it
-    was called on that input alone and nothing of the user's acts on the call (no forward
-    hooks of the module's own, which may change its output); ``None`` otherwise, and the op
-    keeps its output."""
+    was called on that input alone (a call with keyword arguments is never taken whole) and
+    nothing of the user's acts on the call (no forward hooks of the module's own, which may
+    change its output); ``None`` otherwise, and the op keeps its output."""
     if not (isinstance(args, tuple) and len(args) == 1) or module._forward_hooks \
             or module._forward_pre_hooks:
         return None

@@ -297,12 +297,14 @@ class Session:
         if module not in self._own_hooks:
             self._pre_hook(module, args)
 
-    def _global_post(self, module: nn.Module, args: Any, output: Any) -> Any:
+    def _global_post(self, module: nn.Module, args: Any, kwargs: dict[str, Any],
+                     output: Any) -> Any:
         if module in self._own_hooks:
             return None
-        return self._post_hook(module, args, output)
+        return self._post_hook(module, args, kwargs, output)
 
-    def _post_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+    def _post_hook(self, module: nn.Module, args: Any, kwargs: dict[str, Any],
+                   output: Any) -> Any:
         if threading.get_ident() != self.thread or not self.stack:
             return None
         if self.opaque:
@@ -310,11 +312,13 @@ class Session:
             torch.set_grad_enabled(self._grad_modes.pop())
             kind = self._kind_of(module)
             if not self.opaque and kind is not None:
-                wrapped = self.modules.wrap(self, module, kind, args, output)
+                # a module taken as one op is one function of its input: a call with keyword
+                # arguments (which the op would not see again) runs its ops one by one
+                wrapped = None if kwargs else self.modules.wrap(self, module, kind, args, output)
                 if wrapped is None:  # taken for one op by its name, but it is not: again,
                     self._kinds[module] = None  # with its ops seen one by one
-                    wrapped = module.forward(*args)
-                self._post_hook(module, args, wrapped)
+                    wrapped = module.forward(*args, **kwargs)
+                self._post_hook(module, args, kwargs, wrapped)
                 return wrapped
         path, _, count = self.stack.pop()
         if isinstance(output, Tensor):
@@ -375,12 +379,13 @@ class Session:
                                if m._forward_pre_hooks or m._forward_hooks}
             for module in self._own_hooks:
                 stack.callback(module.register_forward_pre_hook(self._pre_hook).remove)
-                handle = module.register_forward_hook(self._post_hook, always_call=True)
+                handle = module.register_forward_hook(self._post_hook, always_call=True,
+                                                      with_kwargs=True)
                 stack.callback(handle.remove)
             hooks = torch.nn.modules.module
             stack.callback(hooks.register_module_forward_pre_hook(self._global_pre).remove)
             stack.callback(hooks.register_module_forward_hook(
-                self._global_post, always_call=True).remove)
+                self._global_post, always_call=True, with_kwargs=True).remove)
             stack.enter_context(self.saved.hooks())
             stack.enter_context(mode)
             yield
