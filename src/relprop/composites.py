@@ -201,10 +201,10 @@ class Composite:
         """Whether a rule this composite may give an op of ``kind`` reads the op's input values
         (``Rule.reads_input``): any rule for that kind whose selector may pick it (a selector
         of other kinds, ``kind("conv")``, cannot), or the kind's default rule."""
-        rules = [rule for selector, rule in self.rules
-                 if kind in rule.kinds and (selector.kinds is None or kind in selector.kinds)]
         default = DEFAULTS.get(kind)
-        return any(rule.reads_input for rule in rules + ([default] if default else []))
+        return (default is not None and default.reads_input) or any(
+            rule.reads_input for selector, rule in self.rules
+            if kind in rule.kinds and (selector.kinds is None or kind in selector.kinds))
 
     def assign(self, calls: Sequence[OpCall]) -> None:
         """Give every call its rule (after the forward pass, before the backward pass)."""

@@ -168,12 +168,10 @@ def _explain_output(session: Session, model: nn.Module, x: Tensor, output: Any, 
     targets = parts or [resolved]
     maps, explained_each = [], []
     for i, part in enumerate(targets):
-        # one seed at a time, held by nothing but the backward pass, which lets it go after
-        # the output's node (a language model's seed is its output's size)
-        seed, explained = part.seed(detached)
+        # one seed at a time, in a box that the backward pass empties, so that nothing here
+        # keeps it past the output's node (a language model's seed is its output's size)
+        *box, explained = part.seed(detached)
         explained_each.append(explained)
-        box = [seed]
-        del seed
         maps.append(_relevance_for(session, output, x, box, explained, tokens, kwargs, strict,
                                    again=i + 1 < len(targets)))
     if parts is None:

@@ -63,7 +63,7 @@ class LayerFunction(torch.autograd.Function):
             z = _own(compute(), a)
         else:  # the model's in-place ReLU on this layer's output: overwrite it, as asked
             producer = layer_node(dirty)
-            if producer is None or not producer.stand_in or hold_input(producer):
+            if producer is None or hold_input(producer):
                 session.saved.protect(dirty, overwritten_by=call)
             else:  # the producer cannot compute its z again: it keeps a copy
                 session.saved.protect(dirty)
@@ -74,7 +74,6 @@ class LayerFunction(torch.autograd.Function):
         ctx.a = session.saved.hold(a, detach=False)
         ctx.z = session.saved.hold(z, owner=call)
         ctx.op, ctx.call, ctx.session, ctx.relu = op, call, session, relu
-        ctx.stand_in = isinstance(a.grad_fn, _STAND_IN_NODE)
         ctx.set_materialize_grads(False)
         return z
 
@@ -87,7 +86,8 @@ class LayerFunction(torch.autograd.Function):
         a = ctx.a.take(again)
         ctx.op.again, ctx.op.clipped = again, ctx.relu
         if ctx.z.stale:  # overwritten in place or let go (see ``taken_over``): compute z again
-            assert not ctx.stand_in, f"{ctx.call.name}: z is gone and its input was not kept"
+            assert type(a.grad_fn) is not _STAND_IN_NODE, \
+                f"{ctx.call.name}: z is gone and its input was not kept"
             ctx.z.tensor = None
             z = ctx.op.forward(a, ctx.op.weight, ctx.op.bias)
             z = z.relu() if ctx.relu else z
@@ -176,19 +176,18 @@ def layer_node(out: Tensor) -> Any:
 
 
 def hold_input(node: Any) -> bool:
-    """A layer node that took a stand-in holds its real input after all, because its ``z``
-    is about to go and it would have to compute it again (see :func:`taken_over`). False if
-    that input is gone, or was written in place since the layer read it: the node must then
-    keep ``z``."""
-    stand_in = node.a.tensor
-    source: Any = None if stand_in is None else stand_in.grad_fn
-    if source is None:
-        return False
+    """Whether a layer node holds its real input, which it needs to compute its ``z`` again
+    once ``z`` goes (see :func:`taken_over`). A node that took a stand-in holds the real
+    input from now on if it can: not if that input is gone, or was written in place since
+    the layer read it; the node must then keep ``z``."""
+    held = node.a.tensor
+    source: Any = None if held is None else held.grad_fn
+    if type(source) is not _STAND_IN_NODE:
+        return True
     a = source.source()
     if a is None or a._version != source.version:
         return False
     node.a = node.session.saved.hold(a, detach=False)
-    node.stand_in = False
     return True
 
 
@@ -201,9 +200,8 @@ def taken_over(node: Any) -> None:
     OS, so the backward pass took fresh pages for its temporaries (EfficientNet-B0 at 224²,
     batch 1: 5-9 thousand page faults and 8-24 ms of system time per call). A node that took
     a stand-in for its input keeps ``z`` where the input is gone (:func:`hold_input`)."""
-    if node is None or (node.stand_in and not hold_input(node)):
-        return
-    node.z.drop()
+    if node is not None and hold_input(node):
+        node.z.drop()
 
 
 class InPlaceWrite(torch.autograd.Function):
