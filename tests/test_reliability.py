@@ -313,6 +313,31 @@ def test_model_built_in_inference_mode_is_named() -> None:
         relprop.explain(model, torch.randn(2, 1, 6, 6), target=0)
 
 
+def test_parameter_made_in_inference_mode_is_named_by_its_path() -> None:
+    model = _small_cnn()
+    with torch.inference_mode():
+        weight = torch.randn_like(model[0].weight)
+    model[0].weight = nn.Parameter(weight, requires_grad=False)
+    with pytest.raises(relprop.InvalidInputError, match=r"'0\.weight' was created inside"):
+        relprop.explain(model, torch.randn(2, 1, 6, 6), target=0)
+
+
+def test_walk_names_the_modules_as_named_modules_does() -> None:
+    """The engine's own walk of the module tree (one per call, no generator per module)
+    gives ``named_modules()``'s names in its order: a module held twice is named once, at
+    its first place, and an empty slot (``None``) is skipped."""
+    from relprop._engine.eager import walk
+
+    shared = nn.Linear(3, 3)
+    inner = nn.Sequential(shared, nn.ReLU(), nn.Sequential(nn.Linear(3, 3), shared))
+    model = nn.Sequential(inner, nn.Identity(), inner, nn.ModuleDict({"a": shared}))
+    model.add_module("empty", None)
+    model.add_module("deep", nn.Sequential(nn.Sequential(nn.Sequential(nn.Tanh()))))
+    expected = [(name, id(m)) for name, m in model.named_modules()]
+    assert [(name, id(m)) for name, m in walk(model)] == expected
+    assert len(expected) == 12  # 15 places, 3 of them a module seen before
+
+
 def test_compiled_model_is_explained_through_its_eager_module() -> None:
     model = _small_cnn()
     x = torch.randn(2, 1, 6, 6)

@@ -81,9 +81,8 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | Target | None = 
     Works inside ``torch.inference_mode()`` and on inputs made there; a ``torch.compile``d
     model is explained through the eager module it wraps (same function, eager speed).
     """
-    model, x, tokens, composite, x_leaf = _checked_call(model, x, composite)
+    model, named, x, tokens, composite, x_leaf = _checked_call(model, x, composite)
     kwargs = dict(forward_kwargs or {})
-    named = list(model.named_modules())  # one walk, for the session and the eager check
     session = Session(model, x_leaf, record, MODULES, named)
     with eager(model, (m for _, m in named)), collector_paused():
         output = None
@@ -111,12 +110,14 @@ def _forward(session: Session, model: nn.Module, x: Tensor, tokens: bool,
 
 
 def _checked_call(model: nn.Module, x: Any, composite: Composite | None
-                  ) -> tuple[nn.Module, Tensor, bool, Composite, Tensor]:
-    """What every explanation checks before its forward pass: the eager model, the input
-    (token ids or features), the composite (the default one for its kind of input) and the
-    input leaf that collects relevance: ``(model, x, tokens, composite, x_leaf)``."""
+                  ) -> tuple[nn.Module, list[tuple[str, nn.Module]], Tensor, bool, Composite,
+                             Tensor]:
+    """What every explanation checks before its forward pass: the eager model and its
+    modules by name, the input (token ids or features), the composite (the default one for
+    its kind of input) and the input leaf that collects relevance:
+    ``(model, named, x, tokens, composite, x_leaf)``."""
     _check_model(model)
-    model = eager_module(model)
+    model, named = eager_module(model)
     x = usable_input(x)
     tokens = isinstance(x, Tensor) and not x.is_floating_point() and not x.is_complex()
     if tokens:
@@ -129,7 +130,7 @@ def _checked_call(model: nn.Module, x: Any, composite: Composite | None
             f"composite must be a relprop Composite, got {type(composite).__name__}"
         )
     x_leaf = x if tokens else x.detach().requires_grad_(True)
-    return model, x, tokens, composite, x_leaf
+    return model, named, x, tokens, composite, x_leaf
 
 
 def _explain_output(session: Session, model: nn.Module, x: Tensor, output: Any, target: Any,

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..errors import InvalidInputError, ProbabilityOutputWarning
 from .aten import is_exported, is_program, training_ops
+from .eager import walk
 
 
 def check_model(model: nn.Module, purpose: str = "the explanation") -> None:
@@ -43,9 +44,10 @@ def check_model(model: nn.Module, purpose: str = "the explanation") -> None:
                 "updates its BatchNorm statistics. Call model.eval() before "
                 "torch.export.export(model, ...) and export again.")
         return
-    if not any(m.training for m in model.modules()):
+    named = walk(model)
+    if not any(m.training for _, m in named):
         return
-    training = [name or "<model>" for name, m in model.named_modules() if m.training]
+    training = [name or "<model>" for name, m in named if m.training]
     raise InvalidInputError(
         f"model is in training mode ({len(training)} modules, e.g. {training[:3]}): dropout "
         f"and batch statistics would make {purpose} random. Call model.eval() first."

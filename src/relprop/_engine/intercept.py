@@ -102,26 +102,35 @@ def _detach_leaves(value: Any, session: Session) -> Any:
 
 
 def _is_parameter_leaf(t: Any) -> bool:
-    """A leaf that requires grad (a parameter, or the input: :func:`_detach_leaves` decides)."""
-    return isinstance(t, Tensor) and t.requires_grad and t.grad_fn is None
+    """A leaf that requires grad (a parameter, or the input: :func:`_detach_leaves` decides).
+    ``is_leaf`` and not ``grad_fn is None``: reading ``grad_fn`` makes a Python object of it."""
+    return isinstance(t, Tensor) and t.requires_grad and t.is_leaf
 
 
 def _has_parameter_leaf(values: Iterable[Any]) -> bool:
     """Whether :func:`_detach_leaves` may have to detach one of ``values`` (arguments, or
-    keyword values): most calls of a frozen model have none, and need no new tuple."""
+    keyword values): most calls of a frozen model have none, and need no new tuple. (Inlined
+    :func:`_is_parameter_leaf`: this runs at every op call.)"""
     for value in values:
-        if isinstance(value, list | tuple):
-            for v in value:  # a loop, not a generator: this runs at every op call
-                if _is_parameter_leaf(v):
+        if isinstance(value, Tensor):
+            if value.requires_grad and value.is_leaf:
+                return True
+        elif isinstance(value, list | tuple):
+            for v in value:
+                if isinstance(v, Tensor) and v.requires_grad and v.is_leaf:
                     return True
-        elif _is_parameter_leaf(value):
-            return True
     return False
 
 
 def _nodes(args: tuple[Any, ...]) -> set[int]:
     """The graph nodes of a call's tensor arguments (ids)."""
-    return {id(a.grad_fn) for a in args if isinstance(a, Tensor) and a.grad_fn is not None}
+    found = set()
+    for a in args:
+        if isinstance(a, Tensor):
+            node = a.grad_fn
+            if node is not None:
+                found.add(id(node))
+    return found
 
 
 def _declared_elementwise(session: Session, func: Callable[..., Any], name: str,

@@ -265,9 +265,13 @@ class Session:
         return call
 
     def _kind_of(self, module: nn.Module) -> str | None:
-        if module not in self._kinds:
-            self._kinds[module] = None if self.modules is None else self.modules.kind(module)
-        return self._kinds[module]
+        kinds = self._kinds
+        if module in kinds:
+            return kinds[module]
+        kind = None if self.modules is None or type(module) in _TORCH_MODULES \
+            else self.modules.kind(module)
+        kinds[module] = kind
+        return kind
 
     def _pre_hook(self, module: nn.Module, args: Any) -> None:
         if threading.get_ident() != self.thread:
@@ -383,9 +387,13 @@ class Session:
                                                       with_kwargs=True)
                 stack.callback(handle.remove)
             hooks = torch.nn.modules.module
-            stack.callback(hooks.register_module_forward_pre_hook(self._global_pre).remove)
+            # without submodules of their own hooks (most models) the global hooks are the
+            # hooks themselves: one Python call less per module call and hook
+            pre, post = (self._global_pre, self._global_post) if self._own_hooks \
+                else (self._pre_hook, self._post_hook)
+            stack.callback(hooks.register_module_forward_pre_hook(pre).remove)
             stack.callback(hooks.register_module_forward_hook(
-                self._global_post, always_call=True, with_kwargs=True).remove)
+                post, always_call=True, with_kwargs=True).remove)
             stack.enter_context(self.saved.hooks())
             stack.enter_context(mode)
             yield
@@ -451,6 +459,12 @@ class Session:
         self.log(call, relevance_in, carried(a, grad))
         return grad
 
+
+#: module classes of PyTorch's own (``torch.nn``): no op family takes one whole (they call
+#: functional ops, which have handlers), so their kind needs no asking
+_TORCH_MODULES: frozenset[type] = frozenset(
+    cls for cls in vars(nn).values()
+    if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.startswith("torch."))
 
 #: tensor types by whether they are ``nn.Parameter`` types
 _PARAMETER_TYPES: dict[type, bool] = {}

@@ -153,9 +153,9 @@ def shared_forward(model: nn.Module, x: Tensor, target: Any, composite: Composit
 
     ``watch``: layer names whose values are copied as they are made (cheap: only those).
     """
-    model, x, tokens, composite, x_leaf = _checked_call(model, x, composite)
+    model, named, x, tokens, composite, x_leaf = _checked_call(model, x, composite)
     kwargs = dict(forward_kwargs or {})
-    session = Session(model, x_leaf, False, MODULES)
+    session = Session(model, x_leaf, False, MODULES, named)
     session.again = True
     sites: dict[str, Site] = {}
     wanted = set(watch)
@@ -167,7 +167,7 @@ def shared_forward(model: nn.Module, x: Tensor, target: Any, composite: Composit
         sites[name] = Site(name, module, get_gradient_edge(tensor), tuple(tensor.shape), value)
 
     session.on_tensor = capture
-    with eager(model):
+    with eager(model, (m for _, m in named)):
         output = _forward(session, model, x, tokens, kwargs, composite)
         session.on_tensor = None
         check_output(output)

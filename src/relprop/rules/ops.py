@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -197,6 +196,30 @@ def _tuple(value: Any, n: int) -> list[int]:
     return [int(v) for v in value]
 
 
+_T = TypeVar("_T")
+
+
+class _once(Generic[_T]):  # noqa: N801 - used as a decorator, like cached_property
+    """``functools.cached_property`` without the lock that Python 3.11's takes at each first
+    access (an op belongs to the one thread that explains; a net has hundreds of ops): the
+    value is computed at the first access and kept in the instance's ``__dict__``, where
+    :meth:`LinearOp.release` drops it."""
+
+    def __init__(self, compute: Callable[[Any], _T]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> _T:
+        if instance is None:
+            return self  # type: ignore[return-value]
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
+
+
 class LinearOp:
     """One call of a linear op, with detached weights; ``kind`` selects the maths.
 
@@ -256,14 +279,14 @@ class LinearOp:
         base, scale, shift = self._affine
         return (*base._affine_values(), scale, shift)
 
-    @cached_property
+    @_once
     def weight(self) -> Tensor:
         if self._affine is None:
             return self._weight
         base, scale, _ = self._affine
         return self.rho("weight", lambda: base._scaled_weight(scale))
 
-    @cached_property
+    @_once
     def bias(self) -> Tensor | None:
         if self._affine is None:
             return self._bias
@@ -273,11 +296,11 @@ class LinearOp:
             return shift
         return self.rho("bias", lambda: base_bias * scale + shift)
 
-    @cached_property
+    @_once
     def positive_weight(self) -> Tensor:
         return self.rho("w+", lambda: self._clamped_weight(min=0))
 
-    @cached_property
+    @_once
     def negative_weight(self) -> Tensor:
         return self.rho("w-", lambda: self._clamped_weight(max=0))
 
@@ -295,12 +318,12 @@ class LinearOp:
         base, scale, _ = self._affine
         return base._scaled_weight(scale), True
 
-    @cached_property
+    @_once
     def positive_bias(self) -> Tensor | None:
         bias = self.bias
         return None if bias is None else self.rho("b+", lambda: bias.clamp(min=0))
 
-    @cached_property
+    @_once
     def negative_bias(self) -> Tensor | None:
         bias = self.bias
         return None if bias is None else self.rho("b-", lambda: bias.clamp(max=0))

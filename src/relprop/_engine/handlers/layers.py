@@ -61,7 +61,8 @@ SUMS = frozenset({"add", "__add__", "__radd__"})
 def _layer(session: Session, func: Callable[..., Any], name: str,
            args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     a, op = linear_op_from_call(name, args, kwargs)
-    if op is None or not _on_path(a) or _on_path(op.weight) or _on_path(op.bias):
+    # the op's own weight and bias (``weight`` and ``bias`` are the merged ones, made lazily)
+    if op is None or not _on_path(a) or _on_path(op._weight) or _on_path(op._bias):
         return func(*args, **kwargs)  # constant, or a weight computed from the input
     kind = op.kind
     reads_input = _reads_input(session, a)
