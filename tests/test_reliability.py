@@ -376,6 +376,30 @@ def test_backward_hook_is_named() -> None:
         handle.remove()
 
 
+class _FailingActivation(nn.Module):
+    """A parameter-free activation module (taken whole as one op, by its name) that raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the model's own error")
+
+
+def test_an_error_raised_in_the_forward_pass_reaches_the_caller_alone() -> None:
+    """torch calls a global ``always_call`` forward hook without keyword arguments when the
+    forward raises; relprop's hook takes that call too: the model's error reaches the caller
+    with no warning of a hook that failed on the way, and grad mode is as it was."""
+    import warnings
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(_FailingActivation()), nn.Linear(4, 2))
+    for grad in (True, False):
+        with warnings.catch_warnings(record=True) as caught, torch.set_grad_enabled(grad):
+            warnings.simplefilter("always")
+            with pytest.raises(RuntimeError, match="the model's own error"):
+                relprop.explain(model.eval(), torch.randn(2, 4), target=0)
+            assert torch.is_grad_enabled() is grad
+        assert not [w for w in caught if "hook" in str(w.message)], \
+            [str(w.message) for w in caught]
+
+
 def test_missing_batch_dimension_is_named() -> None:
     model = _small_cnn()
     with pytest.raises(relprop.InvalidInputError, match=r"unsqueeze\(0\)"):

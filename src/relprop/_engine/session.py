@@ -301,22 +301,26 @@ class Session:
         if module not in self._own_hooks:
             self._pre_hook(module, args)
 
-    def _global_post(self, module: nn.Module, args: Any, kwargs: dict[str, Any],
-                     output: Any) -> Any:
+    def _global_post(self, module: nn.Module, args: Any, *rest: Any) -> Any:
         if module in self._own_hooks:
             return None
-        return self._post_hook(module, args, kwargs, output)
+        return self._post_hook(module, args, *rest)
 
-    def _post_hook(self, module: nn.Module, args: Any, kwargs: dict[str, Any],
-                   output: Any) -> Any:
+    def _post_hook(self, module: nn.Module, args: Any, *rest: Any) -> Any:
+        """After a module call: ``(module, args, kwargs, output)``. When the forward raised,
+        torch calls a global hook of ``always_call=True`` as ``(module, args, output)``
+        whatever its ``with_kwargs`` (torch 2.13): the module context is closed all the same."""
+        *keywords, output = rest
+        kwargs: dict[str, Any] = keywords[0] if keywords else {}
         if threading.get_ident() != self.thread or not self.stack:
             return None
         if self.opaque:
             self.opaque -= 1
             torch.set_grad_enabled(self._grad_modes.pop())
             kind = self._kind_of(module)
-            if not self.opaque and kind is not None:
-                # a module taken as one op is one function of its input: a call with keyword
+            if not self.opaque and kind is not None and output is not None:
+                # (no output: the forward raised, and the context is only closed) a module
+                # taken as one op is one function of its input: a call with keyword
                 # arguments (which the op would not see again) runs its ops one by one
                 wrapped = None if kwargs else self.modules.wrap(self, module, kind, args, output)
                 if wrapped is None:  # taken for one op by its name, but it is not: again,
