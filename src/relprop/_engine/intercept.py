@@ -221,16 +221,16 @@ class Interceptor(TorchFunctionMode):
         """Name the graph nodes the call made; approve them if a handler made them.
         ``before``: the nodes of the arguments before the call, which other ops made."""
         session = self.session
-        outs = out if isinstance(out, tuple | list) else (out,)
-        path = session.where()[0] or "<model>"
+        outs = (out,) if isinstance(out, Tensor) else out if isinstance(out, tuple | list) \
+            else ()
         for t in outs:
-            if not isinstance(t, Tensor) or t.grad_fn is None:
+            if not isinstance(t, Tensor):
                 continue
             node = t.grad_fn
-            if id(node) in before:  # the call returned its input unchanged (``contiguous``
-                continue  # of a contiguous tensor): that node is its producer's
+            if node is None or id(node) in before:  # the call returned its input unchanged
+                continue  # (``contiguous`` of a contiguous tensor): that node is its producer's
             if node not in session.node_info:
-                session.node_info[node] = (path, name)
+                session.node_info[node] = (session.where()[0] or "<model>", name)
             if handled and not session.is_unvouched(node):
                 session.approved.add(node)
             elif name in SHAPE_OPS and args and session.is_gate(args[0]):

@@ -329,7 +329,8 @@ class Session:
                 self._post_hook(module, args, kwargs, wrapped)
                 return wrapped
         path, _, count = self.stack.pop()
-        if isinstance(output, Tensor):
+        # (torch.nn's own modules run intercepted ops only: their nodes are named already)
+        if isinstance(output, Tensor) and type(module) not in _TORCH_MODULES:
             with torch._C.DisableTorchFunction():  # a metadata read: past the interceptor
                 node = output.grad_fn
             if node is not None:
