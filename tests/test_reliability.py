@@ -347,6 +347,12 @@ def test_compiled_model_is_explained_through_its_eager_module() -> None:
     assert list(expl.rules) == list(expected.rules)
 
 
+def test_compiled_model_in_training_mode_is_named_by_its_eager_paths() -> None:
+    model = _small_cnn().train()
+    with pytest.raises(relprop.InvalidInputError, match=r"training mode.*'<model>', '0'"):
+        relprop.explain(torch.compile(model), torch.randn(2, 1, 6, 6), target=1)
+
+
 def test_compiled_submodule_runs_eagerly() -> None:
     model = _small_cnn()
     x = torch.randn(2, 1, 6, 6)

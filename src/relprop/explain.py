@@ -12,6 +12,7 @@ from ._engine import (
     MODULES,
     Interceptor,
     Session,
+    check_eval_mode,
     collector_paused,
     eager,
     eager_module,
@@ -116,8 +117,9 @@ def _checked_call(model: nn.Module, x: Any, composite: Composite | None
     modules by name, the input (token ids or features), the composite (the default one for
     its kind of input) and the input leaf that collects relevance:
     ``(model, named, x, tokens, composite, x_leaf)``."""
-    _check_model(model)
-    model, named = eager_module(model)
+    _check_model(model, eval_mode=False)  # what the model is; its eval mode over the walk
+    model, named = eager_module(model)  # that eager_module makes of it
+    check_eval_mode(model, named)
     x = usable_input(x)
     tokens = isinstance(x, Tensor) and not x.is_floating_point() and not x.is_complex()
     if tokens:

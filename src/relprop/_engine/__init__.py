@@ -22,6 +22,7 @@ The pipeline, one module per step (this package's public face is what
 
 from .assumptions import check_relevance_changes
 from .checks import (
+    check_eval_mode,
     check_input,
     check_model,
     check_output,
@@ -38,7 +39,8 @@ from .session import Session
 
 __all__ = [
     "check_relevance_changes",
-    "check_input", "check_model", "check_output", "check_token_ids", "select_output",
+    "check_eval_mode", "check_input", "check_model", "check_output", "check_token_ids",
+    "select_output",
     "warn_if_probabilities", "collector_paused", "eager", "eager_module", "usable_input",
     "find_unsupported",
     "MODULES", "Interceptor", "short_name", "LedgerEntry", "OpCall", "Session",

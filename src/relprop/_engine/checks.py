@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -13,13 +14,15 @@ from .aten import is_exported, is_program, training_ops
 from .eager import walk
 
 
-def check_model(model: nn.Module, purpose: str = "the explanation") -> None:
+def check_model(model: nn.Module, purpose: str = "the explanation",
+                eval_mode: bool = True) -> None:
     """Refuse anything but an ``nn.Module`` in eval mode, or a ``torch.export`` program
     (``ExportedProgram`` or its ``.module()``) exported in eval mode.
 
     An exported graph has no train/eval switch (its ``eval()`` raises): the mode it was
     exported in is in its ops, so those are checked instead (``batch_norm(training=True)``,
-    ``dropout(train=True)``)."""
+    ``dropout(train=True)``). ``eval_mode=False``: a module's eval mode is left to the
+    caller, who walks its modules anyway (:func:`check_eval_mode`)."""
     if is_program(model):
         model = model.module()
     if _is_onnx(model):
@@ -44,8 +47,15 @@ def check_model(model: nn.Module, purpose: str = "the explanation") -> None:
                 "updates its BatchNorm statistics. Call model.eval() before "
                 "torch.export.export(model, ...) and export again.")
         return
-    named = walk(model)
-    if not any(m.training for _, m in named):
+    if eval_mode:
+        check_eval_mode(model, walk(model), purpose)
+
+
+def check_eval_mode(model: nn.Module, named: Sequence[tuple[str, nn.Module]],
+                    purpose: str = "the explanation") -> None:
+    """Refuse a module in training mode; ``named``: its modules by name (``walk(model)``).
+    An exported graph is judged by its ops (:func:`check_model`) instead."""
+    if not any(m.training for _, m in named) or is_exported(model):
         return
     training = [name or "<model>" for name, m in named if m.training]
     raise InvalidInputError(
