@@ -40,3 +40,21 @@ def test_the_floor_engine_refuses_what_it_cannot_merge() -> None:
     model = nn.Sequential(nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).eval()
     with pytest.raises(NotImplementedError, match="BatchNorm"):
         explain_epsilon(model, torch.randn(1, 3, 4, 4), torch.tensor([0]))
+
+
+def test_the_fixed_cost_script_times_two_checkouts_side_by_side() -> None:
+    """``bench/fixed_cost.py --against`` imports another checkout's relprop beside this one,
+    checks that both give the same relevance to the bit, and prints one row per method."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "fixed_cost.py"), "--models", "efficientnet_b0",
+         "--rounds", "1", "--against", str(root)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| efficientnet_b0")]
+    assert [row.split(" | ")[1] for row in rows] == [
+        "gradient", "floor engine", "relprop ε", "relprop (against) ε"]
