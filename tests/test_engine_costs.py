@@ -679,3 +679,82 @@ def test_a_module_taken_whole_is_computed_again_from_its_call(keyword: bool) -> 
     torch.testing.assert_close(expl.relevance, kept.relevance, rtol=0, atol=0)
     torch.testing.assert_close(expl.output, model(x), rtol=0, atol=0)
     assert ("act:ScaledGELUActivation" in expl.rules) is (not keyword)  # taken whole or not
+
+
+class _SignCounter:
+    """Counts the sign checks rules make (``is_nonnegative``: a pass over the tensor, and on
+    a GPU a wait for the device) and says whether the last one was asked about ``a``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import relprop.rules.alphabeta as alphabeta
+        import relprop.rules.layers as layers
+
+        self.calls = 0
+        self.seen: list[torch.Tensor] = []
+        original = layers.is_nonnegative
+
+        def counted(t: torch.Tensor) -> bool:
+            self.calls += 1
+            self.seen.append(t)
+            return original(t)
+
+        for module in (alphabeta, layers):
+            monkeypatch.setattr(module, "is_nonnegative", counted)
+
+
+def _sign_marks_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Session, "is_nonnegative", lambda self, t: False)
+
+
+@pytest.mark.parametrize("composite", ["default", "gamma", "zplus"])
+@pytest.mark.parametrize("net", ["resnet", "vgg"])
+def test_a_layer_reading_a_relu_output_takes_its_sign_from_the_forward_pass(
+        composite: str, net: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The input of a convolution behind a ReLU (merged or not, max- or average-pooled,
+    reshaped) is known to be >= 0 from the forward pass: the rules do not look again, and the
+    relevance is the one they compute when they look, to the bit."""
+    from tests.helpers import models
+
+    model = (models.resnet() if net == "resnet" else models.vgg("A-tiny")).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    chosen = {"default": C.default(), "gamma": C.epsilon_gamma_box(low=-3.0, high=3.0),
+              "zplus": C.epsilon_plus_flat()}[composite]
+    counter = _SignCounter(monkeypatch)
+    marked = relprop.explain(model, x, target=1, composite=chosen).relevance
+    with_marks = counter.calls
+    _sign_marks_off(monkeypatch)
+    counter.calls = 0
+    looked = relprop.explain(model, x, target=1, composite=chosen).relevance
+    assert torch.equal(marked, looked)
+    assert counter.calls > with_marks
+    if composite != "gamma":  # γ also looks at outputs not clipped by a ReLU
+        assert with_marks <= 1  # the image alone, where its rule asks (αβ on the first layer)
+
+
+def test_a_relu_output_written_in_place_since_is_looked_at_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mark made at a ReLU holds for the values it saw: an in-place write since, through
+    the tensor or another view of it, voids it, and the rule looks at the values the layer
+    read (negative ones here: the general maths, as without marks)."""
+
+    class Shifted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.conv1(x) + 0.0)  # a plain ReLU (not merged: an add between)
+            view = h.view(h.shape)
+            h[:, :2].sub_(0.5)  # through another view: the version counter is shared
+            return self.fc(torch.relu(self.conv2(view)).flatten(1))
+
+    model = Shifted().eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    counter = _SignCounter(monkeypatch)
+    got = relprop.explain(model, x, target=0, composite=C.default()).relevance
+    assert any(t.shape == (2, 4, 8, 8) and bool((t < 0).any()) for t in counter.seen)
+    _sign_marks_off(monkeypatch)
+    assert torch.equal(got, relprop.explain(model, x, target=0, composite=C.default()).relevance)

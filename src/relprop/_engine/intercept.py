@@ -41,6 +41,11 @@ _KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "type_as", "float", "half", "bfloat1
 #: shape ops that keep a parameter a parameter (``W.t()`` in ``x @ W.t() + b``)
 _KEEPS_CONSTANT = SHAPE_OPS | {"t", "T.__get__", "mT.__get__", "to", "type", "float", "double",
                                "half", "bfloat16", "detach"}
+#: ops whose output is >= 0 wherever their input is: moves, averages, eval-mode dropout
+_KEEPS_NONNEGATIVE = SHAPE_OPS | {
+    "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+    "dropout", "narrow", "select"}
 #: reads of a tensor's metadata: they make no tensor and no graph node, so they skip the
 #: handlers (a module hook reading ``output.grad_fn`` under the mode is one such call per module)
 METADATA = frozenset({
@@ -235,6 +240,8 @@ class Interceptor(TorchFunctionMode):
                 session.approved.add(node)
             elif name in SHAPE_OPS and args and session.is_gate(args[0]):
                 session.mark_gate(t)
+            if name in _KEEPS_NONNEGATIVE and args and session.is_nonnegative(args[0]):
+                session.mark_nonnegative(t)
             if name in _KEEPS_WEIGHTS and args:
                 source = session.weights_call(args[0])
                 if source is not None:

@@ -80,6 +80,10 @@ class Session:
         #: op, the layer's input, its LayerFunction node)
         self.producers: dict[int, tuple[weakref.ref[Tensor], OpCall, Any, Tensor, Any]] = {}
         self.gates: dict[int, weakref.ref[Tensor]] = {}
+        #: tensors whose every value the forward pass knows to be >= 0 (a ReLU's output,
+        #: pooled or reshaped): id -> (the tensor, its version then); an in-place write since
+        #: (through any view: views share the version counter) voids the entry
+        self._nonnegative: dict[int, tuple[weakref.ref[Tensor], int]] = {}
         #: False where no rule the composite may give a dense layer reads the layer's input
         #: values (and nothing is recorded): dense layers then keep no copy of their input
         #: (:class:`relprop._engine.apply.InputStandIn`)
@@ -216,6 +220,17 @@ class Session:
         entry = self._notes.get(label, {}).get(id(t))
         return entry[1] if entry is not None and entry[0]() is t else None
 
+    def mark_nonnegative(self, t: Tensor) -> None:
+        """Remember that every value of ``t`` (as it is now) is ``>= 0`` (or NaN)."""
+        self._nonnegative[id(t)] = (weakref.ref(t), t._version)
+
+    def is_nonnegative(self, t: Any) -> bool:
+        """Whether the forward pass knows every value of ``t`` to be ``>= 0``: a rule then
+        takes its cheaper maths without a pass over ``t`` (and, on a GPU, a wait for it)."""
+        entry = self._nonnegative.get(id(t))
+        return entry is not None and entry[0]() is t and isinstance(t, Tensor) \
+            and t._version == entry[1]
+
     def is_gate(self, t: Any) -> bool:
         ref = self.gates.get(id(t))
         return ref is not None and ref() is t
@@ -226,6 +241,7 @@ class Session:
         self.approved.clear()
         self.producers.clear()
         self.gates.clear()
+        self._nonnegative.clear()
         self.weights.clear()
         self.constants.clear()
         self._unvouched.clear()

@@ -52,7 +52,8 @@ class AlphaBeta(LayerRule):
         return 0.5 if self.beta > 0 else None
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        nonneg, _ = op.once(("nonneg", "a"), lambda: is_nonnegative(a))
+        nonneg, _ = op.once(("nonneg", "a"),
+                            lambda: op.nonnegative_input or is_nonnegative(a))
         stacked = self._stacked(op, a, z, nonneg)
         if stacked is not None and not op.again and not _coarse(z):
             return self._propagate_once(op, a, z, grad, stacked)

@@ -159,7 +159,8 @@ class Gamma(LayerRule):
         return op.rho((f"w+γw{sign}", self.gamma), make)
 
     def propagate(self, op: LinearOp, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        nonneg, _ = op.once(("nonneg", "a"), lambda: is_nonnegative(a))
+        nonneg, _ = op.once(("nonneg", "a"),
+                            lambda: op.nonnegative_input or is_nonnegative(a))
         # behind a merged ReLU z ≥ 0 is known: no pass over it
         positive_only, _ = op.once(("nonneg", "z"), lambda: op.clipped or is_nonnegative(z))
         if positive_only:  # one vjp with rho(W) = W + γW⁺ on inputs ≥ 0

@@ -74,6 +74,7 @@ def _layer(session: Session, func: Callable[..., Any], name: str,
             "samples): add the batch dimension, x.unsqueeze(0)")
     call = session.new_call(kind, name, reads_input=reads_input)
     call.groups = int(op.options.get("groups", 1))
+    op.nonnegative_input = session.is_nonnegative(a)
     if kind == "linear":
         a = stand_in(session, a)
     out = LayerFunction.apply(a, op, call, session, lambda: func(*args, **kwargs))
@@ -127,6 +128,7 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
         produced(session, out, call, fused, a)
         return out
     op = LinearOp("norm", scale, shift, {})
+    op.nonnegative_input = session.is_nonnegative(x)
     call = session.new_call("norm", name, reads_input=_reads_input(session, x))
     out = LayerFunction.apply(x, op, call, session, lambda: func(*args, **kwargs))
     produced(session, out, call, op, x)
@@ -162,13 +164,16 @@ def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
     producer = session.producers.pop(id(x), None)
     if producer is None or producer[0]() is not x or (inplace and x.grad_fn is None):
         if not inplace:
-            return torch.relu(x)
+            out = torch.relu(x)
+            session.mark_nonnegative(out)
+            return out
         session.saved.protect(x)  # a ReLU gate is its own rule: run it as written
         session.written(x)
         out = torch.relu_(x)
         for t in (out, out._base):
             if isinstance(t, Tensor) and t.grad_fn is not None:
                 session.approved.add(t.grad_fn)
+        session.mark_nonnegative(out)
         return out
     _, call, op, a, node = producer
     if inplace:  # ``x`` becomes the merged node's output, for every later reader of it
@@ -179,6 +184,7 @@ def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
     taken_over(node)
     if session.record:
         session.merged(x, out)
+    session.mark_nonnegative(out)
     return out
 
 
@@ -247,6 +253,8 @@ def _max_pool(session: Session, func: Callable[..., Any], name: str,
                "ceil_mode": bound.get("ceil_mode", False)}
     call = session.new_call("max_pool", name)
     out, indices = MaxPoolFunction.apply(a, PoolOp(options, int(name[-2])), call, session)
+    if session.is_nonnegative(a):  # a maximum of values >= 0 (padding is never the maximum)
+        session.mark_nonnegative(out)
     return (out, indices) if return_indices else out
 
 
@@ -259,6 +267,7 @@ def _matmul_layer(session: Session, func: Callable[..., Any], name: str,
         if (_on_path(a) and isinstance(w, Tensor) and not _on_path(w) and w.dim() == 2
                 and a.dim() >= 1 and session.is_constant(w)):
             op = LinearOp("linear", w.t(), None, {})
+            op.nonnegative_input = session.is_nonnegative(a)
             call = session.new_call("linear", name, reads_input=_reads_input(session, a))
             a = stand_in(session, a)
             out = LayerFunction.apply(a, op, call, session, lambda: func(*args))
@@ -286,6 +295,7 @@ def fuse_bias(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
                 and not _on_path(b) and session.is_constant(b) and z.shape[-1:] == b.shape):
             session.producers.pop(id(z))
             fused = LinearOp("linear", op.weight, b, {})
+            fused.nonnegative_input = op.nonnegative_input
             out = LayerFunction.apply(a, fused, call, session, partial(torch.add, z.detach(), b))
             taken_over(node)
             produced(session, out, call, fused, a)
