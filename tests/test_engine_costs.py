@@ -758,3 +758,27 @@ def test_a_relu_output_written_in_place_since_is_looked_at_again(
     assert any(t.shape == (2, 4, 8, 8) and bool((t < 0).any()) for t in counter.seen)
     _sign_marks_off(monkeypatch)
     assert torch.equal(got, relprop.explain(model, x, target=0, composite=C.default()).relevance)
+
+
+def test_an_average_pool_with_a_negative_divisor_does_not_pass_the_sign_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``avg_pool2d(divisor_override=-1)`` of a ReLU's output is <= 0: the layer after it
+    must not take the ReLU's sign."""
+
+    class Flipped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 4 * 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = F.avg_pool2d(torch.relu(self.conv1(x)), 2, divisor_override=-1)
+            return self.fc(torch.relu(self.conv2(h)).flatten(1))
+
+    model = Flipped().eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    got = relprop.explain(model, x, target=0, composite=C.default()).relevance
+    _sign_marks_off(monkeypatch)
+    assert torch.equal(got, relprop.explain(model, x, target=0, composite=C.default()).relevance)

@@ -41,11 +41,12 @@ _KEEPS_WEIGHTS = SHAPE_OPS | {"to", "type", "type_as", "float", "half", "bfloat1
 #: shape ops that keep a parameter a parameter (``W.t()`` in ``x @ W.t() + b``)
 _KEEPS_CONSTANT = SHAPE_OPS | {"t", "T.__get__", "mT.__get__", "to", "type", "float", "double",
                                "half", "bfloat16", "detach"}
-#: ops whose output is >= 0 wherever their input is: moves, averages, eval-mode dropout
+#: ops whose output is >= 0 wherever their input is: moves, averages, dropout (not
+#: ``avg_pool2d``/``avg_pool3d``: their ``divisor_override`` may be negative)
 _KEEPS_NONNEGATIVE = SHAPE_OPS | {
-    "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-    "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
-    "dropout", "narrow", "select"}
+    "avg_pool1d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "dropout", "narrow",
+    "select"}
 #: reads of a tensor's metadata: they make no tensor and no graph node, so they skip the
 #: handlers (a module hook reading ``output.grad_fn`` under the mode is one such call per module)
 METADATA = frozenset({
