@@ -80,8 +80,8 @@ class LayerFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None) -> tuple[Tensor | None, ...]:
         nothing = (None,) * 7
-        if grad is None:  # only the model's overwrite of this output reaches here
-            return nothing
+        if grad is None:  # no signal: the model overwrote this output, or the layer is on a
+            return nothing  # branch behind a gate that takes no relevance
         again = ctx.session.again  # another target's pass follows: keep what it reads
         a = ctx.a.take(again)
         ctx.op.again, ctx.op.clipped = again, ctx.relu
