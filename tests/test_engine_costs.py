@@ -8,6 +8,7 @@ import copy
 import gc
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -731,27 +732,34 @@ def test_a_layer_reading_a_relu_output_takes_its_sign_from_the_forward_pass(
         assert with_marks <= 1  # the image alone, where its rule asks (αβ on the first layer)
 
 
+class _TwoConvs(nn.Module):
+    """Two convolutions and a dense layer, with ``between(h)`` after the first ReLU."""
+
+    def __init__(self, between: Callable[[torch.Tensor], torch.Tensor], side: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * side * side, 3)
+        self.between = between
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.between(torch.relu(self.conv1(x) + 0.0))  # a ReLU not merged (an add before)
+        return self.fc(torch.relu(self.conv2(h)).flatten(1))
+
+
+def _shift_through_another_view(h: torch.Tensor) -> torch.Tensor:
+    view = h.view(h.shape)
+    h[:, :2].sub_(0.5)  # through another view: the version counter is shared
+    return view
+
+
 def test_a_relu_output_written_in_place_since_is_looked_at_again(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A mark made at a ReLU holds for the values it saw: an in-place write since, through
     the tensor or another view of it, voids it, and the rule looks at the values the layer
     read (negative ones here: the general maths, as without marks)."""
-
-    class Shifted(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-            self.fc = nn.Linear(4 * 8 * 8, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = torch.relu(self.conv1(x) + 0.0)  # a plain ReLU (not merged: an add between)
-            view = h.view(h.shape)
-            h[:, :2].sub_(0.5)  # through another view: the version counter is shared
-            return self.fc(torch.relu(self.conv2(view)).flatten(1))
-
-    model = Shifted().eval()
+    model = _TwoConvs(_shift_through_another_view, side=8).eval()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     counter = _SignCounter(monkeypatch)
     got = relprop.explain(model, x, target=0, composite=C.default()).relevance
@@ -764,20 +772,7 @@ def test_an_average_pool_with_a_negative_divisor_does_not_pass_the_sign_on(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """``avg_pool2d(divisor_override=-1)`` of a ReLU's output is <= 0: the layer after it
     must not take the ReLU's sign."""
-
-    class Flipped(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-            self.fc = nn.Linear(4 * 4 * 4, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = F.avg_pool2d(torch.relu(self.conv1(x)), 2, divisor_override=-1)
-            return self.fc(torch.relu(self.conv2(h)).flatten(1))
-
-    model = Flipped().eval()
+    model = _TwoConvs(lambda h: F.avg_pool2d(h, 2, divisor_override=-1), side=4).eval()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     got = relprop.explain(model, x, target=0, composite=C.default()).relevance
     _sign_marks_off(monkeypatch)
