@@ -777,3 +777,47 @@ def test_an_average_pool_with_a_negative_divisor_does_not_pass_the_sign_on(
     got = relprop.explain(model, x, target=0, composite=C.default()).relevance
     _sign_marks_off(monkeypatch)
     assert torch.equal(got, relprop.explain(model, x, target=0, composite=C.default()).relevance)
+
+
+def test_a_composite_says_whether_gates_take_nothing() -> None:
+    assert C.default().gates_take_nothing()
+    assert C.epsilon_plus_flat().gates_take_nothing()
+    assert C.attnlrp().gates_take_nothing()
+    split = C.Composite([(C.kind("product"), R.Product(gates_take_none=False))], "split")
+    assert not split.gates_take_nothing()
+
+    class Halves(R.Product):
+        def shares(self, is_gate: list[bool], constant: list[bool] | None = None) -> list[float]:
+            return [0.5] * len(is_gate)
+
+    assert not C.Composite([(C.kind("product"), Halves())], "halves").gates_take_nothing()
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "zplus", "default"])
+def test_a_gate_held_constant_leaves_its_branch_out_of_the_backward_pass(
+        composite: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where every product rule gives a gate no relevance, ``x · sigmoid(·)`` is the plain
+    product with the gate held constant: the squeeze-and-excitation branch is not visited on
+    the way back at all (before, its nodes ran with no signal), and the relevance is the same
+    to the bit as through the product's own node."""
+    from relprop._engine.apply import LayerFunction
+    from tests.helpers import models
+
+    model = models.efficientnet().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    chosen = {"epsilon": C.uniform(R.Epsilon(1e-6)), "zplus": C.epsilon_plus_flat(),
+              "default": C.default()}[composite]
+    silent = {"calls": 0}
+    backward = LayerFunction.backward
+
+    def counted(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        silent["calls"] += grad is None
+        return backward(ctx, grad)
+
+    monkeypatch.setattr(LayerFunction, "backward", staticmethod(counted))
+    held = relprop.explain(model, x, target=3, composite=chosen).relevance
+    assert silent["calls"] == 0
+    monkeypatch.setattr(C.Composite, "gates_take_nothing", lambda self: False)
+    through_node = relprop.explain(model, x, target=3, composite=chosen).relevance
+    assert silent["calls"] > 0  # the branch's convolutions, visited with no signal
+    assert torch.equal(held, through_node)

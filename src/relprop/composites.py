@@ -206,6 +206,16 @@ class Composite:
             rule.reads_input for selector, rule in self.rules
             if kind in rule.kinds and (selector.kinds is None or kind in selector.kinds))
 
+    def gates_take_nothing(self) -> bool:
+        """Whether every rule this composite may give a product is relprop's ``Product`` with
+        ``gates_take_none=True`` (the default): a product of one gate and other factors then
+        gives the gate no relevance whatever call it is, and the engine may hold the gate
+        constant in the forward pass (the branch that made it leaves the backward graph)."""
+        candidates = [DEFAULTS["product"]] + [
+            rule for selector, rule in self.rules
+            if "product" in rule.kinds and (selector.kinds is None or "product" in selector.kinds)]
+        return all(type(rule) is Product and rule.gates_take_none for rule in candidates)
+
     def assign(self, calls: Sequence[OpCall]) -> None:
         """Give every call its rule (after the forward pass, before the backward pass)."""
         layout = Layout(calls)

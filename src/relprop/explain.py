@@ -102,6 +102,8 @@ def _forward(session: Session, model: nn.Module, x: Tensor, tokens: bool,
     model returns, its explained part selected; a forward error of the model's is raised
     again with what relprop knows about it."""
     session.keeps_dense_inputs = session.record or composite.reads_input("linear")
+    session.gates_constant = not session.record and session.on_tensor is None \
+        and composite.gates_take_nothing()
     try:
         with session.installed(Interceptor(session, composite.elementwise_ops())):
             return _select_output(model(session.model_input(), **kwargs))

@@ -88,6 +88,11 @@ class Session:
         #: values (and nothing is recorded): dense layers then keep no copy of their input
         #: (:class:`relprop._engine.apply.InputStandIn`)
         self.keeps_dense_inputs = True
+        #: True where every rule the composite may give a product gives a gate factor no
+        #: relevance (and nothing is recorded or watched): a product of a gate and a signal is
+        #: then the plain product with the gate held constant, and the branch that made the
+        #: gate (squeeze-and-excitation) leaves the backward graph
+        self.gates_constant = False
         self.deposit: Tensor | None = None
         #: True during a backward pass that another one over the same graph follows (several
         #: targets; :mod:`relprop.concepts` runs one pass per concept): saved tensors and the

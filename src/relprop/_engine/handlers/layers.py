@@ -320,6 +320,15 @@ def _product(session: Session, func: Callable[..., Any], name: str,
     if any(source is not None for source in sources):
         call.sources = sources
     if name in ELEMENTWISE_PRODUCTS and len(operands) == 2 and len(on_path) == 2 \
+            and not kwargs and session.gates_constant and call.gates.count(True) == 1 \
+            and not call.sources:
+        # the gate takes no relevance, the signal all of it: the plain product with the gate
+        # held constant passes exactly that, and nothing behind the gate stays in the graph
+        held = [t.detach() if gate else t for t, gate in zip(operands, call.gates)]
+        out = func(*held)
+        session.approved.add(out.grad_fn)
+        return out
+    if name in ELEMENTWISE_PRODUCTS and len(operands) == 2 and len(on_path) == 2 \
             and not kwargs and not any(t.is_complex() for t in operands):
         # one node; no gradient is computed for a factor that gets no signal
         out = ProductFunction.apply(operands[0], operands[1], call, session, _detached(func))
