@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import atexit
 import shutil
 import sys
 import tempfile
@@ -68,6 +69,7 @@ def main() -> int:
     versions: dict[str, Any] = {"relprop": relprop}
     if args.against is not None:
         copy = Path(tempfile.mkdtemp(prefix="relprop_base_"))
+        atexit.register(shutil.rmtree, copy, ignore_errors=True)
         shutil.copytree(args.against / "src" / "relprop", copy / "relprop_base")
         sys.path.insert(0, str(copy))
         import relprop_base
