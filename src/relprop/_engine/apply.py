@@ -74,6 +74,7 @@ class LayerFunction(torch.autograd.Function):
         ctx.a = session.saved.hold(a, detach=False)
         ctx.z = session.saved.hold(z, owner=call)
         ctx.op, ctx.call, ctx.session, ctx.relu = op, call, session, relu
+        op.nonnegative_input = session.is_nonnegative(a)  # known here: no rule need look
         ctx.set_materialize_grads(False)
         return z
 

@@ -250,8 +250,9 @@ class LinearOp:
         #: True where the ``z`` a rule gets is ``max(0, z)``: a ReLU merged into this op
         self.clipped = False
         #: True where the forward pass knew every input value to be ``>= 0`` (the output of
-        #: a ReLU, pooled or reshaped): a rule need not look (:func:`relprop.rules.base.
-        #: is_nonnegative` is a pass over the input and, on a GPU, a wait for the device)
+        #: a ReLU, pooled or reshaped; set by the layer's node): a rule need not look
+        #: (:func:`relprop.rules.base.is_nonnegative` is a pass over the input and, on a
+        #: GPU, a wait for the device)
         self.nonnegative_input = False
         self._kept: dict[object, Any] = {}
 
@@ -457,10 +458,8 @@ class LinearOp:
         dtype = self._weight.dtype
         if scale.dtype != dtype or shift.dtype != dtype:
             scale, shift = scale.to(dtype), shift.to(dtype)
-        fused = LinearOp(self.kind, self._weight, None, self.options, (self, scale, shift),
-                         sources)
-        fused.nonnegative_input = self.nonnegative_input
-        return fused
+        return LinearOp(self.kind, self._weight, None, self.options, (self, scale, shift),
+                        sources)
 
     def _scaled_weight(self, scale: Tensor) -> Tensor:
         w = self.weight

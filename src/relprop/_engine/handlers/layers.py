@@ -74,7 +74,6 @@ def _layer(session: Session, func: Callable[..., Any], name: str,
             "samples): add the batch dimension, x.unsqueeze(0)")
     call = session.new_call(kind, name, reads_input=reads_input)
     call.groups = int(op.options.get("groups", 1))
-    op.nonnegative_input = session.is_nonnegative(a)
     if kind == "linear":
         a = stand_in(session, a)
     out = LayerFunction.apply(a, op, call, session, lambda: func(*args, **kwargs))
@@ -128,7 +127,6 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
         produced(session, out, call, fused, a)
         return out
     op = LinearOp("norm", scale, shift, {})
-    op.nonnegative_input = session.is_nonnegative(x)
     call = session.new_call("norm", name, reads_input=_reads_input(session, x))
     out = LayerFunction.apply(x, op, call, session, lambda: func(*args, **kwargs))
     produced(session, out, call, op, x)
@@ -148,6 +146,16 @@ def _normalise(func: Callable[..., Any], value: Tensor, bound: dict[str, Any],
 
 def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
           kwargs: dict[str, Any], inplace: bool) -> Any:
+    """A ReLU (see :func:`_relu_op`); its output is marked ``>= 0`` for the layers that read
+    it (``LinearOp.nonnegative_input``)."""
+    out = _relu_op(session, func, args, kwargs, inplace)
+    if isinstance(out, Tensor):
+        session.mark_nonnegative(out)
+    return out
+
+
+def _relu_op(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any], inplace: bool) -> Any:
     """A ReLU right after a layer joins that layer's node (see ``LayerFunction``).
 
     If the model asked for an in-place ReLU, the layer's output is overwritten as the model
@@ -164,16 +172,13 @@ def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
     producer = session.producers.pop(id(x), None)
     if producer is None or producer[0]() is not x or (inplace and x.grad_fn is None):
         if not inplace:
-            out = torch.relu(x)
-            session.mark_nonnegative(out)
-            return out
+            return torch.relu(x)
         session.saved.protect(x)  # a ReLU gate is its own rule: run it as written
         session.written(x)
         out = torch.relu_(x)
         for t in (out, out._base):
             if isinstance(t, Tensor) and t.grad_fn is not None:
                 session.approved.add(t.grad_fn)
-        session.mark_nonnegative(out)
         return out
     _, call, op, a, node = producer
     if inplace:  # ``x`` becomes the merged node's output, for every later reader of it
@@ -184,7 +189,6 @@ def _relu(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
     taken_over(node)
     if session.record:
         session.merged(x, out)
-    session.mark_nonnegative(out)
     return out
 
 
@@ -267,7 +271,6 @@ def _matmul_layer(session: Session, func: Callable[..., Any], name: str,
         if (_on_path(a) and isinstance(w, Tensor) and not _on_path(w) and w.dim() == 2
                 and a.dim() >= 1 and session.is_constant(w)):
             op = LinearOp("linear", w.t(), None, {})
-            op.nonnegative_input = session.is_nonnegative(a)
             call = session.new_call("linear", name, reads_input=_reads_input(session, a))
             a = stand_in(session, a)
             out = LayerFunction.apply(a, op, call, session, lambda: func(*args))
@@ -295,7 +298,6 @@ def fuse_bias(session: Session, func: Callable[..., Any], args: tuple[Any, ...],
                 and not _on_path(b) and session.is_constant(b) and z.shape[-1:] == b.shape):
             session.producers.pop(id(z))
             fused = LinearOp("linear", op.weight, b, {})
-            fused.nonnegative_input = op.nonnegative_input
             out = LayerFunction.apply(a, fused, call, session, partial(torch.add, z.detach(), b))
             taken_over(node)
             produced(session, out, call, fused, a)
