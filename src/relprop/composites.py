@@ -197,24 +197,27 @@ class Composite:
             names |= rule.elementwise_ops
         return frozenset(names)
 
+    def candidates(self, kind: str) -> list[Rule]:
+        """The rules this composite may give an op of ``kind``, known before the forward
+        pass: the kind's default rule, then every rule for that kind whose selector may pick
+        it (a selector of other kinds, ``kind("conv")``, cannot)."""
+        default = DEFAULTS.get(kind)
+        return ([default] if default is not None else []) + [
+            rule for selector, rule in self.rules
+            if kind in rule.kinds and (selector.kinds is None or kind in selector.kinds)]
+
     def reads_input(self, kind: str) -> bool:
         """Whether a rule this composite may give an op of ``kind`` reads the op's input values
-        (``Rule.reads_input``): any rule for that kind whose selector may pick it (a selector
-        of other kinds, ``kind("conv")``, cannot), or the kind's default rule."""
-        default = DEFAULTS.get(kind)
-        return (default is not None and default.reads_input) or any(
-            rule.reads_input for selector, rule in self.rules
-            if kind in rule.kinds and (selector.kinds is None or kind in selector.kinds))
+        (``Rule.reads_input``)."""
+        return any(rule.reads_input for rule in self.candidates(kind))
 
     def gates_take_nothing(self) -> bool:
         """Whether every rule this composite may give a product is relprop's ``Product`` with
         ``gates_take_none=True`` (the default): a product of one gate and other factors then
         gives the gate no relevance whatever call it is, and the engine may hold the gate
         constant in the forward pass (the branch that made it leaves the backward graph)."""
-        candidates = [DEFAULTS["product"]] + [
-            rule for selector, rule in self.rules
-            if "product" in rule.kinds and (selector.kinds is None or "product" in selector.kinds)]
-        return all(type(rule) is Product and rule.gates_take_none for rule in candidates)
+        return all(type(rule) is Product and rule.gates_take_none
+                   for rule in self.candidates("product"))
 
     def assign(self, calls: Sequence[OpCall]) -> None:
         """Give every call its rule (after the forward pass, before the backward pass)."""
