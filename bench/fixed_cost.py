@@ -57,6 +57,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--models", default="efficientnet_b0")
     p.add_argument("--side", type=int, default=8)
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--against", type=Path, default=None,
@@ -77,16 +78,16 @@ def main() -> int:
     stages = {label: _timed_stages(sys.modules[f"{module.__name__}.explain"])
               for label, module in versions.items()}
     print(f"min over {args.rounds} interleaved rounds, one process, {args.threads} thread(s), "
-          f"batch 1, {args.side}², torch {torch.__version__}\n")
+          f"batch {args.batch}, {args.side}², torch {torch.__version__}\n")
     print("| model | method | forward | backward | set-up, checks, teardown | whole call | "
           "/ gradient |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):
-        _rows(name, args.side, args.rounds, versions, stages)
+        _rows(name, args.side, args.batch, args.rounds, versions, stages)
     return 0
 
 
-def _rows(name: str, side: int, rounds: int, versions: dict[str, Any],
+def _rows(name: str, side: int, batch: int, rounds: int, versions: dict[str, Any],
           stages: dict[str, dict[str, float]]) -> None:
     """Print the table's rows for model ``name``."""
     import torch
@@ -96,7 +97,7 @@ def _rows(name: str, side: int, rounds: int, versions: dict[str, Any],
     model, _, classes = build_model(name, False, False)
     model = model.eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(1234)
-    x, target = _inputs(name, 1, side, classes, "cpu", torch.float32, gen)
+    x, target = _inputs(name, batch, side, classes, "cpu", torch.float32, gen)
     composites = {label: module.composites.uniform(module.rules.Epsilon(1e-6))
                   for label, module in versions.items()}
     maps = [module.explain(model, x, target, composites[label]).relevance

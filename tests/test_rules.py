@@ -705,6 +705,25 @@ POOLS = {
     "2d-k3-s2-p1": (lambda: nn.MaxPool2d(3, stride=2, padding=1), (2, 2, 7, 7)),
     "2d-ceil": (lambda: nn.MaxPool2d(2, ceil_mode=True), (2, 2, 5, 5)),
     "1d-k3-s2": (lambda: nn.MaxPool1d(3, stride=2), (2, 3, 9)),
+    "3d-k2": (lambda: nn.MaxPool3d(2), (2, 2, 4, 4, 4)),
+    "3d-k3-s2-p1-ceil": (lambda: nn.MaxPool3d(3, stride=2, padding=1, ceil_mode=True),
+                         (1, 2, 5, 6, 5)),
+}
+
+
+class _FunctionalPool(nn.Module):
+    """``F.max_pool2d(x, 3)``: no stride given (it is the kernel's)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, 3)
+
+
+#: poolings only winner-take-all reads (sum pooling refuses dilation)
+WINNER_POOLS = {
+    **POOLS,
+    "2d-k3-d2": (lambda: nn.MaxPool2d(3, stride=1, dilation=2), (2, 2, 8, 8)),
+    "2d-k2x3-s1x2": (lambda: nn.MaxPool2d((2, 3), stride=(1, 2)), (2, 2, 5, 7)),
+    "2d-functional-no-stride": (_FunctionalPool, (2, 2, 7, 7)),
 }
 
 
@@ -726,10 +745,10 @@ def pooled_inputs(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.rand(shape, generator=g, dtype=torch.float64) + 0.1  # positive, no ties
 
 
-@pytest.mark.parametrize("pool_name", list(POOLS))
+@pytest.mark.parametrize("pool_name", list(WINNER_POOLS))
 def test_max_pool_winner_take_all(pool_name: str) -> None:
     """All of ``R_k`` goes to the arg-max of window ``k`` (summed if it wins several)."""
-    factory, shape = POOLS[pool_name]
+    factory, shape = WINNER_POOLS[pool_name]
     model = nn.Sequential(factory()).eval()
     x = pooled_inputs(shape, 0)
     M = pool_windows(model[0], shape)

@@ -118,12 +118,26 @@ def test_two_threads_get_the_same_results_as_one_after_the_other() -> None:
 
 @pytest.mark.parametrize("x, match", [
     (torch.tensor([[1.0, float("nan"), 0.0, 0.0]]), "NaN or inf"),
+    (torch.tensor([[1.0, 2.0, 0.0, 0.0], [0.0, 0.0, float("-inf"), 1.0]]), r"NaN or inf.*\[1, 2\]"),
     (torch.ones(2, 4, dtype=torch.long), "floating point"),
     (torch.ones(0, 4), "non-empty"),
 ])
 def test_bad_inputs_are_refused(x: torch.Tensor, match: str) -> None:
     with pytest.raises(relprop.InvalidInputError, match=match):
         relprop.explain(_mlp_with(nn.ReLU()), x, target=0)
+
+
+def test_an_input_whose_sum_overflows_is_finite() -> None:
+    """The input check sums the input first: a sum that overflows (every value finite) is
+    not taken for an inf in the input, and an inf beside it is still found."""
+    from relprop._engine import check_input
+
+    big = torch.full((2, 4), 3e38)
+    assert not torch.isfinite(big.sum())
+    check_input(big)  # no error
+    big[1, 3] = float("inf")
+    with pytest.raises(relprop.InvalidInputError, match=r"first at index \[1, 3\]"):
+        check_input(big)
 
 
 @pytest.mark.parametrize("target, match", [

@@ -85,7 +85,9 @@ def check_input(x: Tensor) -> None:
         )
     if x.dim() == 0 or x.shape[0] == 0:
         raise InvalidInputError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    # a finite sum has only finite terms (NaN and inf propagate): one reduction without a
+    # mask of the input's size; a sum that overflows is looked at value by value
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()
         raise InvalidInputError(f"x contains NaN or inf (first at index {bad})")
 

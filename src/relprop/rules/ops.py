@@ -99,8 +99,21 @@ class PoolOp:
     kind: str = "max_pool"
 
     def gradient(self, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
-        """All of each output's signal to its arg-max (the gradient of max pooling)."""
+        """All of each output's signal to its arg-max (the gradient of max pooling): torch's
+        own backward kernel for 2-D and 3-D pooling (one pass, no temporary), a scatter of
+        the signal onto the arg-max positions for 1-D."""
         assert self.indices is not None
+        backward = _MAX_POOL_BACKWARD.get(self.nd)
+        if backward is not None and a.dim() in (self.nd + 1, self.nd + 2):
+            o, nd = self.options, self.nd
+            kernel = _tuple(o["kernel_size"], nd)
+            stride = o.get("stride")
+            result: Tensor = backward(
+                grad, a, kernel, kernel if stride is None or stride == [] or stride == ()
+                else _tuple(stride, nd), _tuple(o.get("padding", 0), nd),
+                _tuple(o.get("dilation", 1), nd), bool(o.get("ceil_mode", False)),
+                self.indices)
+            return result
         spatial = a.dim() - self.nd  # indices count within each (batch, channel) plane
         g = torch.zeros_like(a).flatten(spatial)  # out of place: the signal may be vmapped
         g = g.scatter_add(-1, self.indices.flatten(spatial), grad.flatten(spatial))
@@ -193,7 +206,15 @@ class ShareOp:
 def _tuple(value: Any, n: int) -> list[int]:
     if isinstance(value, int):
         return [value] * n
-    return [int(v) for v in value]
+    values = [int(v) for v in value]
+    return values * n if len(values) == 1 else values
+
+
+#: torch's backward kernels of max pooling with indices, by number of pooled dims
+_MAX_POOL_BACKWARD: dict[int, Callable[..., Tensor]] = {
+    2: torch.ops.aten.max_pool2d_with_indices_backward.default,
+    3: torch.ops.aten.max_pool3d_with_indices_backward.default,
+}
 
 
 _T = TypeVar("_T")
