@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..rules.ops import seeded_grad
+from .affine import AffineBatch
 from .records import LedgerEntry, OpCall
 from .saved import SavedTensors
 
@@ -79,6 +80,8 @@ class Session:
         #: layer outputs a BatchNorm, ReLU or bias may join: id -> (the output, its call, its
         #: op, the layer's input, its LayerFunction node)
         self.producers: dict[int, tuple[weakref.ref[Tensor], OpCall, Any, Tensor, Any]] = {}
+        #: the BatchNorms merged into layers, whose scales and shifts are made on first use
+        self.affines = AffineBatch()
         self.gates: dict[int, weakref.ref[Tensor]] = {}
         #: tensors whose every value the forward pass knows to be >= 0 (a ReLU's output,
         #: pooled or reshaped): id -> (the tensor, its version then); an in-place write since
@@ -172,7 +175,11 @@ class Session:
 
     def written(self, t: Tensor) -> None:
         """``t`` (or the tensor it views) was written in place: it is no longer the output of
-        the op that made it, nor a gate, attention weights or a constant."""
+        the op that made it, nor a gate, attention weights or a constant. (Called before the
+        write: a write into a tensor off the relevance path, which may be a BatchNorm's
+        statistics, first makes the pending BatchNorm scales and shifts from what they are.)"""
+        if self.affines.pending and not t.requires_grad:
+            self.affines.make()
         for tensor in (t, t._base):
             if tensor is not None:
                 key = id(tensor)
@@ -262,6 +269,7 @@ class Session:
         self.interceptor = None  # the interceptor holds the session: a cycle
         self.calls = []
         self.saved = SavedTensors()
+        self.affines = AffineBatch()
         for table in (self._op_counts, self.call_counts, self._kinds, self._open,
                       self._unregistered, self.expanded, self.id_maps, self.source_positions,
                       self._marks):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -241,6 +241,24 @@ class _once(Generic[_T]):  # noqa: N801 - used as a decorator, like cached_prope
         return value
 
 
+class Affine(Protocol):
+    """``y = scale · z + shift`` per output channel, merged into a layer (a BatchNorm)."""
+
+    @property
+    def scale(self) -> Tensor: ...
+
+    @property
+    def shift(self) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class FixedAffine:
+    """An :class:`Affine` whose scale and shift are given."""
+
+    scale: Tensor
+    shift: Tensor
+
+
 class LinearOp:
     """One call of a linear op, with detached weights; ``kind`` selects the maths.
 
@@ -254,7 +272,7 @@ class LinearOp:
 
     def __init__(self, kind: str, weight: Tensor, bias: Tensor | None,
                  options: dict[str, Any],
-                 affine: tuple[LinearOp, Tensor, Tensor] | None = None,
+                 affine: tuple[LinearOp, Affine] | None = None,
                  sources: tuple[Tensor | float | None, ...] | None = None) -> None:
         self.kind = kind  # "linear" | "conv" | "conv_transpose" | "norm"
         self.options = options
@@ -302,25 +320,25 @@ class LinearOp:
     def _affine_values(self) -> tuple[Tensor, ...]:
         if self._affine is None:
             return ()
-        base, scale, shift = self._affine
-        return (*base._affine_values(), scale, shift)
+        base, affine = self._affine
+        return (*base._affine_values(), affine.scale, affine.shift)
 
     @_once
     def weight(self) -> Tensor:
         if self._affine is None:
             return self._weight
-        base, scale, _ = self._affine
-        return self.rho("weight", lambda: base._scaled_weight(scale))
+        base, affine = self._affine
+        return self.rho("weight", lambda: base._scaled_weight(affine.scale))
 
     @_once
     def bias(self) -> Tensor | None:
         if self._affine is None:
             return self._bias
-        base, scale, shift = self._affine
+        base, affine = self._affine
         base_bias = base.bias
         if base_bias is None:
-            return shift
-        return self.rho("bias", lambda: base_bias * scale + shift)
+            return affine.shift
+        return self.rho("bias", lambda: base_bias * affine.scale + affine.shift)
 
     @_once
     def positive_weight(self) -> Tensor:
@@ -341,8 +359,8 @@ class LinearOp:
         so that a rule that needs only transforms keeps one copy of the weights, not two."""
         if self._affine is None or "weight" in self.__dict__:
             return self.weight, False
-        base, scale, _ = self._affine
-        return base._scaled_weight(scale), True
+        base, affine = self._affine
+        return base._scaled_weight(affine.scale), True
 
     @_once
     def positive_bias(self) -> Tensor | None:
@@ -414,8 +432,8 @@ class LinearOp:
         temporary of the caller and may be scaled in place."""
         if self._affine is None:
             return self.input_vjp(a, self.weight, grad)
-        base, scale, _ = self._affine
-        view = self._channel_view(scale, grad)
+        base, affine = self._affine
+        view = self._channel_view(affine.scale, grad)
         return base.vjp(a, grad.mul_(view) if owned else grad * view, owned=True)
 
     def gradient(self, a: Tensor, z: Tensor, grad: Tensor) -> Tensor:
@@ -479,8 +497,13 @@ class LinearOp:
         dtype = self._weight.dtype
         if scale.dtype != dtype or shift.dtype != dtype:
             scale, shift = scale.to(dtype), shift.to(dtype)
-        return LinearOp(self.kind, self._weight, None, self.options, (self, scale, shift),
-                        sources)
+        return self.fuse_deferred(FixedAffine(scale, shift), sources)
+
+    def fuse_deferred(self, affine: Affine,
+                      sources: tuple[Tensor | float | None, ...] | None = None) -> LinearOp:
+        """:meth:`fuse_affine` with ``scale`` and ``shift`` read from ``affine`` when a rule
+        first needs them (already in this op's dtype)."""
+        return LinearOp(self.kind, self._weight, None, self.options, (self, affine), sources)
 
     def _scaled_weight(self, scale: Tensor) -> Tensor:
         w = self.weight

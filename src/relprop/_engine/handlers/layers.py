@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ...errors import InvalidInputError, UnsupportedOperationError
 from ...rules.ops import ElementwiseOp, LinearOp, PoolOp, linear_op_from_call
+from ..affine import affine_of
 from ..apply import (
     LayerFunction,
     MaxPoolFunction,
@@ -106,26 +107,24 @@ def _batch_norm(session: Session, func: Callable[..., Any], name: str,
             "training mode or track_running_stats=False), so each sample's output depends on "
             "the others. Call model.eval() and use running statistics."
         )
-    var, mean = bound["running_var"], bound["running_mean"]
-    scale = (var + bound["eps"]).rsqrt_()  # four small ops, not six: a net has many
-    weight = bound["weight"]
-    if weight is not None:
-        scale = scale.mul_(weight) if weight.dtype == scale.dtype else scale * weight
-    shift = (mean * scale).neg_() if bound["bias"] is None \
-        else torch.addcmul(bound["bias"], mean, scale, value=-1)
-    channels = scale.numel()
+    var, mean, weight, bias = (bound["running_var"], bound["running_mean"], bound["weight"],
+                               bound["bias"])
+    eps = float(bound["eps"])
     producer = session.producers.pop(id(x), None)
-    if producer is not None and producer[0]() is x and producer[2].can_fuse_affine_on(x, channels):
+    if producer is not None and producer[0]() is x \
+            and producer[2].can_fuse_affine_on(x, var.numel()):
         _, call, op, a, node = producer
         call.fused = path
-        fused = op.fuse_affine(scale, shift, (var, mean, bound["weight"], bound["bias"],
-                                              float(bound["eps"])))
+        # scale and shift are made on the way back, with every other BatchNorm's
+        affine = session.affines.defer(var, mean, weight, bias, eps, op._weight.dtype, path)
+        fused = op.fuse_deferred(affine, (var, mean, weight, bias, eps))
         value = bound["input"].detach()
         out = LayerFunction.apply(a, fused, call, session,
                                   _normalise(func, value, bound, args, kwargs))
         taken_over(node)
         produced(session, out, call, fused, a)
         return out
+    scale, shift = affine_of(var, mean, weight, bias, eps)
     op = LinearOp("norm", scale, shift, {})
     call = session.new_call("norm", name, reads_input=_reads_input(session, x))
     out = LayerFunction.apply(x, op, call, session, lambda: func(*args, **kwargs))
