@@ -18,6 +18,7 @@ a call, and module kinds (whole modules taken as one op).
 
 from __future__ import annotations
 
+from collections.abc import Container
 from types import ModuleType
 from typing import Any
 
@@ -74,7 +75,7 @@ OBSERVERS = tuple(f.observe for f in FAMILIES if hasattr(f, "observe"))
 MODULES = ModuleOps(FAMILIES)
 
 
-def _concerned(hook: str, names: str) -> tuple[tuple[Any, frozenset[str] | None], ...]:
+def _concerned(hook: str, names: str) -> tuple[tuple[Any, Container[str] | None], ...]:
     """Each family's ``hook`` with the op names it acts on (``names``; ``None``: any op)."""
     return tuple((getattr(f, hook), getattr(f, names, None)) for f in FAMILIES
                  if hasattr(f, hook))
