@@ -52,6 +52,7 @@ def main() -> int:
           f"thread(s), batch {args.batch}, torch {torch.__version__}\n")
     print("| model | method | min CPU (ms) | / gradient | page faults | note |")
     print("|---|---|---:|---:|---:|---|")
+    against: list[tuple[str, ...]] = []
     for name in args.models.split(","):
         model, side, classes = build_model(name, False, args.small)
         model = model.eval().requires_grad_(False)
@@ -94,6 +95,14 @@ def main() -> int:
             print(f"| {name} | K targets / K calls | | "
                   f"{best['relprop K targets'] / best['relprop K calls']:.2f}x | | K = {args.k} |",
                   flush=True)
+        found = {m: t for m, t in best.items() if m not in refused}
+        against.extend((name, *row) for row in verdicts(name, found))
+    if against:
+        print(f"\n## Against the goals (batch {args.batch})\n")
+        print("| model | method | ratio | verdict |")
+        print("|---|---|---:|---|")
+        for row in against:
+            print("| " + " | ".join(row) + " |")
     if args.overhead:
         per_op, floor = _per_op_cost(args.rounds)
         print(f"\nrelprop's fixed cost per op (a chain of 200 Linear(16, 16) + ReLU, batch 1, "
@@ -104,6 +113,50 @@ def main() -> int:
               "TorchFunctionMode, one autograd Function per op, global module hooks): "
               f"{floor * 1e6:.0f} us per layer")
     return 0
+
+
+#: the goals of the engine's speed (ratio to the gradient; issue 14) ...
+GOALS = {"relprop epsilon": 1.05, "relprop epsilon_plus_flat": 1.5,
+         "relprop epsilon_gamma_box": 2.0, "relprop default": 2.0, "relprop attnlrp": 1.1}
+#: ... and the FLOP floors above them (``bench/engine.py``'s FLOORS says why): z⁺, γ and αβ
+#: on inputs of both signs (EfficientNet's SiLUs), αβ's two-sign first layer on ResNet-50
+FLOP_FLOORS = {("efficientnet_b0", "relprop epsilon_plus_flat"): 2.5,
+               ("efficientnet_b0", "relprop epsilon_gamma_box"): 2.5,
+               ("efficientnet_b0", "relprop default"): 2.5,
+               ("resnet50", "relprop default"): 2.04}
+#: K targets in one call against K calls
+K_GOAL = 0.6
+
+
+def verdicts(name: str, best: dict[str, float]) -> list[tuple[str, str, str]]:
+    """``(method, ratio, verdict)`` against :data:`GOALS` for one model's minimum times
+    (``best``, with ``"gradient"``): met, at the FLOP floor that is above the goal, below
+    the interception floor (``floor epsilon``) for ε, or not met."""
+    out = []
+    grad = best["gradient"]
+    for method, goal in GOALS.items():
+        if method not in best:
+            continue
+        ratio = best[method] / grad
+        flop = FLOP_FLOORS.get((name, method))
+        if ratio <= goal:
+            verdict = f"met (goal ≤ {goal}x)"
+        elif flop is not None and flop > goal:
+            verdict = (f"{(ratio / flop - 1) * 100:+.0f} % from its FLOP floor {flop}x, "
+                       f"which is above the goal ≤ {goal}x")
+        elif method == "relprop epsilon" and "floor epsilon" in best \
+                and best["floor epsilon"] / grad > goal:
+            above = (best[method] - best["floor epsilon"]) * 1e3
+            verdict = (f"the interception floor is {best['floor epsilon'] / grad:.2f}x, above "
+                       f"the goal ≤ {goal}x; relprop is {above:+.1f} ms from it")
+        else:
+            verdict = f"not met (goal ≤ {goal}x)"
+        out.append((method, f"{ratio:.2f}x", verdict))
+    if "relprop K targets" in best and "relprop K calls" in best:
+        ratio = best["relprop K targets"] / best["relprop K calls"]
+        out.append(("K targets / K calls", f"{ratio:.2f}x",
+                    f"{'met' if ratio <= K_GOAL else 'not met'} (goal ≤ {K_GOAL}x)"))
+    return out
 
 
 def _ops_per_call(model: Any, x: Any) -> int:
