@@ -668,15 +668,17 @@ Beyond FLOPs, any engine that sees each op call from Python pays for it, and the
 relevance as relprop's, tests/test_bench_floor.py) through a `TorchFunctionMode` and one
 autograd Function per layer op, with nothing else: no checks, records, rule dispatch or
 in-place protection. It is 1.03-1.21x at batch 1 on ResNet-50 and EfficientNet-B0 (1 thread,
-224²): ε's rescale is three elementwise passes over each layer's output, and a Python node per
-op costs ≈ 40 us forward and back. The ≤ 1.05x goal for ε at batch 1 is at or below that
-floor. What relprop adds to it is its own Python per op (`bench/fixed_cost.py` splits it, at
-8² where compute is negligible): module context (the module path and call count of every op,
-from global module hooks) ≈ 1.5-2 ms on EfficientNet-B0, saved-tensor protection ≈ 0.8 ms,
-naming the graph nodes for the graph check ≈ 0.5 ms, the per-call checks and teardown ≈ 2.6 ms,
-routing each call with its record, and the rule's dispatch on the way back: ≈ 12 ms on
-EfficientNet-B0's 239 ops at batch 1 (+7 forward, +2.2 backward; ε 1.3-1.45x), ≈ 9 ms on
-ResNet-50's 175 (ε 1.05-1.12x), a few per cent at batch 8.
+224²; 1.05-1.09x and 1.15-1.16x in session 13's runs): ε's rescale is three elementwise passes
+over each layer's output, and a Python node per op costs ≈ 40 us forward and back. The
+≤ 1.05x goal for ε at batch 1 is below that floor (`bench/interleaved.py`'s last table says
+so per run). What relprop adds to it is its own Python per op (`bench/fixed_cost.py` splits
+it, at 8² where compute is negligible): module context (the module path and call count of
+every op, from global module hooks) ≈ 1.5-2 ms on EfficientNet-B0, saved-tensor protection
+≈ 0.8 ms, naming the graph nodes for the graph check ≈ 0.5 ms, the per-call checks and
+teardown ≈ 2.6 ms, routing each call with its record, and the rule's dispatch on the way
+back: ≈ 10 ms on EfficientNet-B0's 239 ops at batch 1 (ε 1.35-1.39x), ≈ 8 ms on ResNet-50's
+175 (ε 1.06-1.13x, at the floor row of the same runs within ±4 ms), a few per cent at batch 8
+(ε 1.03x and 1.05x with glibc's trimming off, at or below the floor row).
 Page faults move every ratio: the C library's allocator gives freed memory back to the OS,
 and a call that needs it again takes fresh pages (a plain gradient of EfficientNet-B0 at
 batch 1: 3-6 thousand faults per call in a process of its own). At batch 8 every buffer above
