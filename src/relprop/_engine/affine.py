@@ -92,10 +92,11 @@ class AffineBatch:
         BatchNorm's part a view (the same arithmetic per value as one by one, so the same
         bits). A group whose tensors torch would promote to a wider dtype than the running
         variance's (or that do not concatenate) is made op by op, as before."""
+        for affine in self._pending:  # before any is made: an error leaves them pending
+            affine._check_unchanged()
         pending, self._pending = self._pending, []
         groups: dict[tuple[Any, ...], list[DeferredAffine]] = {}
         for affine in pending:
-            affine._check_unchanged()
             var, _, weight, bias, eps = affine.sources
             key = (var.dtype, var.device, weight is None, bias is None, eps)
             groups.setdefault(key, []).append(affine)
