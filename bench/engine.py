@@ -677,7 +677,7 @@ every op, from global module hooks) ≈ 1.5-2 ms on EfficientNet-B0, saved-tenso
 ≈ 0.8 ms, naming the graph nodes for the graph check ≈ 0.5 ms, the per-call checks and
 teardown ≈ 2.6 ms, routing each call with its record, and the rule's dispatch on the way
 back: ≈ 10 ms on EfficientNet-B0's 239 ops at batch 1 (ε 1.35-1.39x), ≈ 8 ms on ResNet-50's
-175 (ε 1.06-1.13x, at the floor row of the same runs within ±4 ms), a few per cent at batch 8
+175 (ε 1.06-1.13x, 2-9 ms above the floor row of the same runs), a few per cent at batch 8
 (ε 1.03x and 1.05x with glibc's trimming off, at or below the floor row).
 Page faults move every ratio: the C library's allocator gives freed memory back to the OS,
 and a call that needs it again takes fresh pages (a plain gradient of EfficientNet-B0 at
