@@ -1,6 +1,7 @@
 """BatchNorm scales and shifts made for a whole forward pass at once
-(:mod:`relprop._engine.affine`) are the op-by-op ones to the bit, and a model that writes its
-BatchNorm statistics after using them is explained with the values its BatchNorm used."""
+(:mod:`relprop._engine.affine`) are the op-by-op ones (the same arithmetic, compared at float
+round-off), and a model that writes its BatchNorm statistics after using them is explained
+with the values its BatchNorm used."""
 
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ def test_batched_scales_and_shifts_are_the_op_by_op_ones() -> None:
     assert batch.pending
     for affine, sources, layer_dtype in cases:
         scale, shift = affine_of(*sources)
-        assert torch.equal(affine.scale, scale.to(layer_dtype))
-        assert torch.equal(affine.shift, shift.to(layer_dtype))
+        tight = {torch.float16: 1e-3, torch.float32: 1e-6, torch.float64: 1e-12}[layer_dtype]
+        torch.testing.assert_close(affine.scale, scale.to(layer_dtype), rtol=tight, atol=0.0)
+        torch.testing.assert_close(affine.shift, shift.to(layer_dtype), rtol=tight, atol=0.0)
         # and the formula itself, independently of the op order
         var, mean, w, b, eps = (s.double() if isinstance(s, torch.Tensor) else s
                                 for s in sources)

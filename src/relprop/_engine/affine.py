@@ -105,7 +105,7 @@ class AffineBatch:
                 made = _joined(group, dtype, no_weight, no_bias, eps)
                 if made is None:
                     for affine in group:
-                        affine._set(*_one(*affine.sources))
+                        affine._set(*affine_of(*affine.sources))
                     continue
                 scales, shifts = made
                 sizes = [a.sources[0].numel() for a in group]
@@ -119,22 +119,25 @@ def _joined(group: list[DeferredAffine], dtype: torch.dtype, no_weight: bool, no
     """The scales and shifts of ``group`` over its tensors concatenated, or ``None`` where
     that would not be the op-by-op arithmetic (a tensor of a wider dtype, other devices,
     statistics that are not one value per channel)."""
+    def joined(i: int) -> Tensor:
+        return torch.cat([cast(Tensor, a.sources[i]) for a in group])
+
     try:
-        parts = [torch.cat([cast(Tensor, a.sources[i]) for a in group]) for i, absent in
-                 enumerate((False, False, no_weight, no_bias)) if not absent]
+        var, mean = joined(0), joined(1)
+        weight = None if no_weight else joined(2)
+        bias = None if no_bias else joined(3)
     except RuntimeError:
         return None
-    if any(p.dtype != dtype or p.dim() != 1 for p in parts):
+    if any(t is not None and (t.dtype != dtype or t.dim() != 1)
+           for t in (var, mean, weight, bias)):
         return None
-    var, mean = parts[0], parts[1]
-    weight = None if no_weight else parts[2]
-    bias = None if no_bias else parts[-1]
-    return _one(var, mean, weight, bias, eps)
+    return affine_of(var, mean, weight, bias, eps)
 
 
-def _one(var: Tensor, mean: Tensor, weight: Tensor | None, bias: Tensor | None,
-         eps: float) -> tuple[Tensor, Tensor]:
-    """One BatchNorm's ``(scale, shift)``, op by op."""
+def affine_of(var: Tensor, mean: Tensor, weight: Tensor | None, bias: Tensor | None,
+              eps: float) -> tuple[Tensor, Tensor]:
+    """A BatchNorm's ``(scale, shift)`` now, op by op (one that no layer absorbs, or one that
+    cannot be made with others)."""
     with torch.no_grad():
         scale = (var + eps).rsqrt_()
         if weight is not None:
@@ -142,9 +145,3 @@ def _one(var: Tensor, mean: Tensor, weight: Tensor | None, bias: Tensor | None,
         shift = (mean * scale).neg_() if bias is None \
             else torch.addcmul(bias, mean, scale, value=-1)
     return scale, shift
-
-
-def affine_of(var: Tensor, mean: Tensor, weight: Tensor | None, bias: Tensor | None,
-              eps: float) -> tuple[Tensor, Tensor]:
-    """A BatchNorm's ``(scale, shift)`` now (a BatchNorm that no layer absorbs)."""
-    return _one(var, mean, weight, bias, eps)

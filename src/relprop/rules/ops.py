@@ -109,8 +109,8 @@ class PoolOp:
             kernel = _tuple(o["kernel_size"], nd)
             stride = o.get("stride")
             result: Tensor = backward(
-                grad, a, kernel, kernel if stride is None or stride == [] or stride == ()
-                else _tuple(stride, nd), _tuple(o.get("padding", 0), nd),
+                grad, a, kernel, _tuple(stride, nd) if stride else kernel,
+                _tuple(o.get("padding", 0), nd),
                 _tuple(o.get("dilation", 1), nd), bool(o.get("ceil_mode", False)),
                 self.indices)
             return result
